@@ -1,0 +1,115 @@
+"""Append-only landing area: newline-delimited JSON segments, one file per writer per kind per day.
+
+A write returns only after `fsync`, so an acknowledged record survives `kill -9` or a power cut.
+One file per writer means no cross-process locking; a torn last line (a crash mid-write) is
+detected on read and quarantined by the lake stage, never breaking a later run.
+Each line is an envelope `{"t": received_ns, "w": writer, "r": record}`: `t` orders re-sends of the
+same id across writers (the last received wins).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+KINDS = ("trajectory", "outcome", "preference")
+
+
+def new_writer_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class LandingWriter:
+    """Durable appender for one workspace's landing folder. Thread-safe; one fsync per batch."""
+
+    def __init__(self, root: Path, writer_id: str | None = None):
+        self.root = Path(root)
+        self.writer_id = writer_id or new_writer_id()
+        self._files: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def path_for(self, kind: str, day: str) -> Path:
+        return self.root / kind / day / f"{self.writer_id}.ndjson"
+
+    def append(self, kind: str, day: str, records: Iterable[dict[str, Any]]) -> int:
+        """Append records (already validated dicts) and fsync before returning their count."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        now = time.time_ns()
+        payload = b"".join(
+            orjson.dumps({"t": now + i, "w": self.writer_id, "r": rec}) + b"\n" for i, rec in enumerate(records)
+        )
+        if not payload:
+            return 0
+        with self._lock:
+            fh = self._files.get((kind, day))
+            if fh is None:
+                path = self.path_for(kind, day)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fh = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open for the writer's life
+                self._files[(kind, day)] = fh
+            fh.write(payload)
+            os.fsync(fh.fileno())
+        return payload.count(b"\n")
+
+    def close(self) -> None:
+        with self._lock:
+            for fh in self._files.values():
+                fh.close()
+            self._files.clear()
+
+
+@dataclass(frozen=True)
+class LandedLine:
+    """One line read back from a segment: the envelope fields, or `error` when it did not parse."""
+
+    source: str
+    line_no: int
+    received_ns: int
+    record: Any
+    error: str | None = None
+    raw: bytes = b""
+
+
+def segment_files(root: Path, kind: str, day: str | None = None) -> list[Path]:
+    base = Path(root) / kind
+    if not base.exists():
+        return []
+    pattern = f"{day}/*.ndjson" if day else "*/*.ndjson"
+    return sorted(base.glob(pattern))
+
+
+def landed_days(root: Path, kind: str) -> list[str]:
+    base = Path(root) / kind
+    return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.exists() else []
+
+
+def read_segment(path: Path) -> Iterator[LandedLine]:
+    """Yield every line of a segment; unparsable lines (torn writes, garbage) come back with `error` set."""
+    with open(path, "rb") as fh:
+        for no, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            complete = raw.endswith(b"\n")
+            try:
+                env = orjson.loads(raw)
+                if not isinstance(env, dict) or "r" not in env:
+                    raise ValueError("line is not a landing envelope with an 'r' record")
+                yield LandedLine(str(path), no, int(env.get("t", 0)), env["r"])
+            except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+                reason = "torn write: last line has no newline" if not complete else f"malformed JSON: {exc}"
+                yield LandedLine(str(path), no, 0, None, error=reason, raw=raw)
+
+
+def read_landed(root: Path, kind: str, day: str | None = None) -> Iterator[LandedLine]:
+    for path in segment_files(root, kind, day):
+        yield from read_segment(path)

@@ -1,0 +1,194 @@
+"""Workspaces: one folder per workspace under `$TRACEMILL_HOME` holding landing, lake and quarantine.
+
+`Workspace.open("ft-live")` is the entry point of the capture SDK in local mode; the same object
+tells the pipeline stages where each layer of data lives, so paths are defined in exactly one place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.landing import LandingWriter, landed_days
+from pipeline.schema import Outcome, Preference, Trajectory, utcnow
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def home_dir(home: str | os.PathLike | None = None) -> Path:
+    """The tracemill home: explicit argument, else `$TRACEMILL_HOME`, else `./.tracemill`."""
+    return Path(home or os.environ.get("TRACEMILL_HOME") or ".tracemill").resolve()
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise ValueError(
+            f"workspace name {name!r} is invalid: use 1-63 lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit (e.g. 'ft-live')"
+        )
+    return name
+
+
+class WorkspaceNotFound(LookupError):
+    pass
+
+
+class Workspace:
+    """A named capture space. Thread-safe for writes; each process writes its own landing segments."""
+
+    def __init__(self, name: str, home: str | os.PathLike | None = None):
+        self.name = check_name(name)
+        self.home = home_dir(home)
+        self.root = self.home / "workspaces" / name
+        self._writer: LandingWriter | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, name: str, home: str | os.PathLike | None = None, description: str = "",
+               exist_ok: bool = False) -> Workspace:
+        ws = cls(name, home)
+        if ws.exists():
+            if exist_ok:
+                return ws
+            raise FileExistsError(f"workspace {name!r} already exists at {ws.root}")
+        for sub in ("landing", "lake", "quarantine"):
+            (ws.root / sub).mkdir(parents=True, exist_ok=True)
+        info = {"name": name, "description": description, "created_at": utcnow().isoformat()}
+        (ws.root / "workspace.json").write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2))
+        return ws
+
+    @classmethod
+    def open(cls, name: str, home: str | os.PathLike | None = None, create: bool = True) -> Workspace:
+        """Open a workspace, creating it on first use unless `create=False`."""
+        ws = cls(name, home)
+        if not ws.exists():
+            if not create:
+                raise WorkspaceNotFound(
+                    f"workspace {name!r} does not exist under {ws.home}: "
+                    f"create it with `tracemill workspace create {name}`"
+                )
+            return cls.create(name, home, exist_ok=True)
+        return ws
+
+    @classmethod
+    def list(cls, home: str | os.PathLike | None = None) -> list[str]:
+        base = home_dir(home) / "workspaces"
+        return sorted(p.name for p in base.iterdir() if (p / "workspace.json").exists()) if base.exists() else []
+
+    def exists(self) -> bool:
+        return (self.root / "workspace.json").exists()
+
+    def info(self) -> dict[str, Any]:
+        return orjson.loads((self.root / "workspace.json").read_bytes())
+
+    def delete(self) -> None:
+        self.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- paths -----------------------------------------------------------------------------
+    @property
+    def landing(self) -> Path:
+        return self.root / "landing"
+
+    @property
+    def lake(self) -> Path:
+        return self.root / "lake"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    def raw_path(self, day: str) -> Path:
+        return self.lake / "trajectories" / f"{day}.parquet"
+
+    def joined_path(self, day: str) -> Path:
+        return self.lake / "joined" / f"{day}.parquet"
+
+    @property
+    def outcomes_path(self) -> Path:
+        return self.lake / "outcomes.parquet"
+
+    @property
+    def preferences_path(self) -> Path:
+        return self.lake / "preferences.parquet"
+
+    def curated_path(self, corpus: str) -> Path:
+        return self.root / "curated" / f"{corpus}.parquet"
+
+    def quarantine_path(self, kind: str, day: str) -> Path:
+        return self.quarantine / kind / f"{day}.ndjson"
+
+    def days(self, kind: str = "trajectory") -> list[str]:
+        return landed_days(self.landing, kind)
+
+    # ---- writes (local mode of the capture SDK) ---------------------------------------------
+    @property
+    def writer(self) -> LandingWriter:
+        if self._writer is None:
+            self._writer = LandingWriter(self.landing)
+        return self._writer
+
+    def write_trajectories(self, trajectories: Iterable[Trajectory | dict[str, Any]]) -> int:
+        """Validate and durably append trajectories, one fsync per day touched."""
+        by_day: dict[str, list[dict[str, Any]]] = {}
+        for t in trajectories:
+            traj = t if isinstance(t, Trajectory) else Trajectory.model_validate(t)
+            if traj.workspace is None:
+                traj.workspace = self.name
+            by_day.setdefault(traj.day, []).append(traj.model_dump(mode="json", exclude_none=True))
+        return sum(self.writer.append("trajectory", day, recs) for day, recs in by_day.items())
+
+    def write_outcomes(self, outcomes: Iterable[Outcome | dict[str, Any]]) -> int:
+        """Outcomes land under the day they were *recorded*: that is what lets a sensor see late ones."""
+        by_day: dict[str, list[dict[str, Any]]] = {}
+        for o in outcomes:
+            out = o if isinstance(o, Outcome) else Outcome.model_validate(o)
+            by_day.setdefault(out.recorded_at.date().isoformat(), []).append(out.model_dump(mode="json"))
+        return sum(self.writer.append("outcome", day, recs) for day, recs in by_day.items())
+
+    def write_preferences(self, preferences: Iterable[Preference | dict[str, Any]]) -> int:
+        by_day: dict[str, list[dict[str, Any]]] = {}
+        for p in preferences:
+            pref = p if isinstance(p, Preference) else Preference.model_validate(p)
+            by_day.setdefault(pref.recorded_at.date().isoformat(), []).append(pref.model_dump(mode="json"))
+        return sum(self.writer.append("preference", day, recs) for day, recs in by_day.items())
+
+    def record_outcome(self, trajectory_id: str, name: str = "reward", value: float | bool | None = None, *,
+                       label: str | None = None, step: int | None = None, source: str = "env",
+                       recorded_at: datetime | None = None, **metadata: Any) -> Outcome:
+        """Record an outcome for a trajectory, from any process, at any time (before or after it lands)."""
+        out = Outcome(trajectory_id=trajectory_id, name=name, value=value, label=label, step=step,
+                      source=source, recorded_at=recorded_at or utcnow(), metadata=metadata)
+        self.write_outcomes([out])
+        return out
+
+    def record_preference(self, chosen: str, rejected: str, *, task_id: str | None = None,
+                          source: str = "human", recorded_at: datetime | None = None) -> Preference:
+        pref = Preference(chosen=chosen, rejected=rejected, task_id=task_id, source=source,
+                          recorded_at=recorded_at or utcnow())
+        self.write_preferences([pref])
+        return pref
+
+    def trajectory(self, agent: str, **fields: Any):
+        """Context manager recording one agent run; see `pipeline.recorder.TrajectoryRecorder`."""
+        from pipeline.recorder import TrajectoryRecorder
+
+        return TrajectoryRecorder(self, agent=agent, **fields)
