@@ -1,0 +1,72 @@
+"""Resources: where the data lives and where runs are tracked, with a local and a production variant.
+
+Local: everything under `$TRACEMILL_HOME` (default ./.tracemill): file:// Deeplake, sqlite MLflow.
+Production: the same resources pointed at object storage and a tracking server through env vars.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from pipeline.workspace import Workspace, home_dir
+
+
+class TracemillResource(dg.ConfigurableResource):
+    """The tracemill home and workspace the pipeline reads and writes."""
+
+    home: str = ""
+    workspace: str = "demo"
+    corpus_root: str = ""
+    base_model: str = "tiny"
+
+    @property
+    def home_path(self) -> Path:
+        return home_dir(self.home or None)
+
+    def open_workspace(self) -> Workspace:
+        return Workspace.open(self.workspace, home=self.home_path)
+
+    def corpus_root_url(self) -> str:
+        return self.corpus_root or f"file://{self.home_path / 'corpora'}"
+
+    def models_dir(self) -> Path:
+        return self.home_path / "models"
+
+    def checkpoints_dir(self, corpus: str) -> Path:
+        return self.home_path / "checkpoints" / corpus
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking; an empty URI means the local sqlite DB under the tracemill home."""
+
+    tracking_uri: str = ""
+    experiment: str = "tracemill"
+
+    def tracker(self, home: Path):
+        from pipeline.tracking import MlflowTracker
+
+        uri = self.tracking_uri or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+        return MlflowTracker(uri, self.experiment, artifact_root=str(home / "mlflow" / "artifacts"))
+
+
+def local_resources(workspace: str = "demo", home: str = "", base_model: str = "tiny") -> dict[str, object]:
+    return {"tracemill": TracemillResource(home=home, workspace=workspace, base_model=base_model),
+            "mlflow": MlflowResource()}
+
+
+def production_resources(workspace: str, base_model: str) -> dict[str, object]:
+    return {
+        "tracemill": TracemillResource(home=dg.EnvVar("TRACEMILL_HOME"), workspace=workspace,
+                                       corpus_root=dg.EnvVar("TRACEMILL_CORPUS_ROOT"), base_model=base_model),
+        "mlflow": MlflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
+    }
+
+
+def resources_for_env(workspace: str, base_model: str) -> dict[str, object]:
+    """`TRACEMILL_ENV=production` selects the production variant; anything else is local."""
+    if os.environ.get("TRACEMILL_ENV") == "production":
+        return production_resources(workspace, base_model)
+    return local_resources(workspace, base_model=base_model)

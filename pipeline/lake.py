@@ -1,0 +1,191 @@
+"""Landing → lake: validate landed records, quarantine the bad ones with their reason, write Parquet.
+
+The lake keeps messages as one JSON string column (Arrow struct inference corrupts mixed tool
+argument shapes) plus flat columns that filters and joins use. Each run rewrites its whole day
+partition from the landing segments, so re-running is idempotent and re-sent ids collapse to one
+row (the last one received wins).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+from pydantic import ValidationError
+
+from pipeline.landing import read_landed
+from pipeline.schema import Outcome, Preference, Trajectory, format_validation_error
+from pipeline.workspace import Workspace
+
+TRAJECTORY_SCHEMA: dict[str, Any] = {
+    "trajectory_id": pl.String, "workspace": pl.String, "agent": pl.String, "agent_version": pl.String,
+    "model": pl.String, "task_id": pl.String, "session_id": pl.String, "day": pl.String,
+    "started_at": pl.Datetime("us", "UTC"), "ended_at": pl.Datetime("us", "UTC"),
+    "n_messages": pl.Int32, "n_user": pl.Int32, "n_assistant": pl.Int32, "n_tool_calls": pl.Int32,
+    "n_tool_errors": pl.Int32, "input_tokens": pl.Int64, "output_tokens": pl.Int64, "cost_usd": pl.Float64,
+    "final_answer": pl.String, "messages_json": pl.String, "tools_json": pl.String,
+    "metadata_json": pl.String, "received_ns": pl.Int64,
+}
+OUTCOME_SCHEMA: dict[str, Any] = {
+    "outcome_id": pl.String, "trajectory_id": pl.String, "step": pl.Int32, "name": pl.String,
+    "value": pl.Float64, "label": pl.String, "source": pl.String,
+    "recorded_at": pl.Datetime("us", "UTC"), "received_ns": pl.Int64,
+}
+PREFERENCE_SCHEMA: dict[str, Any] = {
+    "preference_id": pl.String, "chosen": pl.String, "rejected": pl.String, "task_id": pl.String,
+    "source": pl.String, "recorded_at": pl.Datetime("us", "UTC"), "received_ns": pl.Int64,
+}
+
+
+@dataclass
+class IngestStats:
+    """What one ingest pass saw; goes straight into Dagster metadata."""
+
+    lines: int = 0
+    valid: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["reasons"] = dict(self.reasons.most_common(10))
+        return d
+
+
+def flatten(traj: Trajectory, received_ns: int = 0) -> dict[str, Any]:
+    """The flat row for one trajectory: ids and counts for filtering, messages kept as JSON."""
+    msgs = traj.messages
+    metas = [m.meta for m in msgs if m.meta is not None]
+    final = next((m.content for m in reversed(msgs) if m.role == "assistant" and not m.tool_calls), None)
+    return {
+        "trajectory_id": traj.trajectory_id, "workspace": traj.workspace, "agent": traj.agent.name,
+        "agent_version": traj.agent.version, "model": traj.model, "task_id": traj.task_id,
+        "session_id": traj.session_id, "day": traj.day, "started_at": traj.started_at,
+        "ended_at": traj.ended_at, "n_messages": len(msgs),
+        "n_user": sum(m.role == "user" for m in msgs),
+        "n_assistant": sum(m.role == "assistant" for m in msgs),
+        "n_tool_calls": sum(len(m.tool_calls) for m in msgs),
+        "n_tool_errors": sum(m.role == "tool" and m.is_error for m in msgs),
+        "input_tokens": sum(m.input_tokens or 0 for m in metas) if metas else None,
+        "output_tokens": sum(m.output_tokens or 0 for m in metas) if metas else None,
+        "cost_usd": sum(m.cost_usd or 0.0 for m in metas) if metas else None,
+        "final_answer": final,
+        "messages_json": orjson.dumps([m.model_dump(mode="json", exclude_none=True) for m in msgs]).decode(),
+        "tools_json": orjson.dumps(traj.tools).decode(),
+        "metadata_json": orjson.dumps(traj.metadata, default=str).decode(),
+        "received_ns": received_ns,
+    }
+
+
+def write_parquet(df: pl.DataFrame, path: Path) -> None:
+    """Write to a temp file then rename: readers never see half a partition."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.tmp")
+    df.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
+def _write_quarantine(path: Path, items: list[dict[str, Any]]) -> None:
+    if not items:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(b"".join(orjson.dumps(i, default=str) + b"\n" for i in items))
+    os.replace(tmp, path)
+
+
+def _validated(ws: Workspace, kind: str, model: type, day: str | None, stats: IngestStats,
+               bad: list[dict[str, Any]]):
+    """Yield (received_ns, model) for every valid landed record; collect the rest in `bad`."""
+    for line in read_landed(ws.landing, kind, day):
+        stats.lines += 1
+        if line.error:
+            reason = line.error
+            raw: Any = line.raw.decode(errors="replace")[:10_000]
+        else:
+            try:
+                yield line.received_ns, model.model_validate(line.record)
+                stats.valid += 1
+                continue
+            except ValidationError as exc:
+                reason, raw = format_validation_error(exc), line.record
+        stats.quarantined += 1
+        stats.reasons[reason.split(":")[0]] += 1
+        bad.append({"source": line.source, "line": line.line_no, "reason": reason, "record": raw})
+
+
+def ingest_trajectories(ws: Workspace, day: str) -> tuple[pl.DataFrame, IngestStats]:
+    """Validate one day's landed trajectories into `lake/trajectories/<day>.parquet`."""
+    stats, bad, latest = IngestStats(), [], {}
+    for received, traj in _validated(ws, "trajectory", Trajectory, day, stats, bad):
+        prev = latest.get(traj.trajectory_id)
+        if prev is not None:
+            stats.duplicates += 1
+        if prev is None or received >= prev[0]:
+            latest[traj.trajectory_id] = (received, traj)
+    rows = [flatten(t, r) for r, t in latest.values()]
+    df = pl.DataFrame(rows, schema=TRAJECTORY_SCHEMA).sort("started_at", "trajectory_id")
+    write_parquet(df, ws.raw_path(day))
+    _write_quarantine(ws.quarantine_path("trajectory", day), bad)
+    return df, stats
+
+
+def ingest_outcomes(ws: Workspace) -> tuple[pl.DataFrame, IngestStats]:
+    """All landed outcomes (any day) into `lake/outcomes.parquet`; exact re-sends collapse by id."""
+    stats, bad, seen = IngestStats(), [], {}
+    for received, out in _validated(ws, "outcome", Outcome, None, stats, bad):
+        if out.outcome_id in seen:
+            stats.duplicates += 1
+        seen[out.outcome_id] = {**out.model_dump(include=set(OUTCOME_SCHEMA)), "received_ns": received}
+    df = pl.DataFrame(list(seen.values()), schema=OUTCOME_SCHEMA).sort("recorded_at", "outcome_id")
+    write_parquet(df, ws.outcomes_path)
+    _write_quarantine(ws.quarantine_path("outcome", "all"), bad)
+    return df, stats
+
+
+def ingest_preferences(ws: Workspace) -> tuple[pl.DataFrame, IngestStats]:
+    stats, bad, seen = IngestStats(), [], {}
+    for received, pref in _validated(ws, "preference", Preference, None, stats, bad):
+        seen[pref.preference_id] = {**pref.model_dump(include=set(PREFERENCE_SCHEMA)), "received_ns": received}
+    df = pl.DataFrame(list(seen.values()), schema=PREFERENCE_SCHEMA)
+    write_parquet(df, ws.preferences_path)
+    _write_quarantine(ws.quarantine_path("preference", "all"), bad)
+    return df, stats
+
+
+def read_quarantine(ws: Workspace) -> list[dict[str, Any]]:
+    items = []
+    for path in sorted(ws.quarantine.glob("*/*.ndjson")):
+        items.extend(orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip())
+    return items
+
+
+def read_days(paths: list[Path], schema: dict[str, Any] | None = None) -> pl.DataFrame:
+    """Concatenate day partitions that exist; an empty frame with the schema when none do."""
+    present = [p for p in paths if p.exists()]
+    if not present:
+        return pl.DataFrame(schema=schema or TRAJECTORY_SCHEMA)
+    return pl.concat([pl.read_parquet(p) for p in present], how="diagonal_relaxed")
+
+
+def read_outcomes(ws: Workspace) -> pl.DataFrame:
+    return pl.read_parquet(ws.outcomes_path) if ws.outcomes_path.exists() else pl.DataFrame(schema=OUTCOME_SCHEMA)
+
+
+def quarantine_counts(ws: Workspace, days: list[str]) -> tuple[int, int]:
+    """(valid, quarantined) trajectory counts over the given day partitions."""
+    good = sum(pl.scan_parquet(ws.raw_path(d)).select(pl.len()).collect().item()
+               for d in days if ws.raw_path(d).exists())
+    bad = 0
+    for d in days:
+        path = ws.quarantine_path("trajectory", d)
+        if path.exists():
+            bad += sum(1 for line in path.read_bytes().splitlines() if line.strip())
+    return good, bad

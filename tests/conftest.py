@@ -1,0 +1,21 @@
+"""Shared fixtures. The tiny model is built once per session (see conftest_model)."""
+
+import os
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
+
+try:  # the model fixtures live in their own module
+    from tests.conftest_model import *  # noqa: F401,F403,E402
+except ImportError:  # pragma: no cover - while the module is being written
+    pass
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An isolated tracemill home."""
+    monkeypatch.setenv("TRACEMILL_HOME", str(tmp_path))
+    return tmp_path
