@@ -189,3 +189,27 @@ def quarantine_counts(ws: Workspace, days: list[str]) -> tuple[int, int]:
         if path.exists():
             bad += sum(1 for line in path.read_bytes().splitlines() if line.strip())
     return good, bad
+
+
+def workspace_counts(ws: Workspace) -> dict[str, int]:
+    """Counts straight from the landing area (no pipeline run needed): what `workspace show` prints."""
+    latest: dict[str, tuple[int, dict[str, Any]]] = {}
+    unreadable = 0
+    for line in read_landed(ws.landing, "trajectory"):
+        if line.error or not isinstance(line.record, dict):
+            unreadable += 1
+            continue
+        tid = str(line.record.get("trajectory_id"))
+        if tid not in latest or line.received_ns >= latest[tid][0]:
+            latest[tid] = (line.received_ns, line.record)
+    msgs = [m for _, rec in latest.values() for m in (rec.get("messages") or []) if isinstance(m, dict)]
+    outcome_ids = {line.record.get("outcome_id") for line in read_landed(ws.landing, "outcome")
+                   if not line.error and isinstance(line.record, dict)}
+    prefs = sum(1 for line in read_landed(ws.landing, "preference") if not line.error)
+    quarantined = sum(1 for _ in read_quarantine(ws))
+    return {
+        "trajectories": len(latest), "messages": len(msgs),
+        "tool_calls": sum(len(m.get("tool_calls") or []) for m in msgs),
+        "outcomes": len(outcome_ids), "preferences": prefs,
+        "quarantined": max(quarantined, unreadable), "days": len(ws.days("trajectory")),
+    }

@@ -1,0 +1,113 @@
+"""The `tracemill` command line. Heavy imports (torch, deeplake, mlflow) happen inside commands so
+that `tracemill --help` and `tracemill workspace list` answer instantly."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.workspace import Workspace, WorkspaceNotFound
+
+app = typer.Typer(help="tracemill: agent trajectories → curated, versioned corpora → trained models.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+workspace_app = typer.Typer(help="Create, list, inspect and delete workspaces.", no_args_is_help=True)
+corpus_app = typer.Typer(help="Inspect versioned corpora.", no_args_is_help=True)
+app.add_typer(workspace_app, name="workspace")
+app.add_typer(corpus_app, name="corpus")
+console = Console()
+err = Console(stderr=True)
+
+HomeOpt = Annotated[str | None, typer.Option("--home", envvar="TRACEMILL_HOME", help="tracemill home folder.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def open_ws(name: str, home: str | None) -> Workspace:
+    try:
+        return Workspace.open(name, home=home, create=False)
+    except (WorkspaceNotFound, ValueError) as exc:
+        fail(str(exc))
+        raise  # unreachable; keeps type checkers calm
+
+
+@app.command()
+def schema(out: Annotated[Path | None, typer.Option(help="Write one <record>.schema.json per type here.")] = None):
+    """Print (or write) the JSON Schema of Trajectory, Outcome and Preference."""
+    from pipeline.schema import json_schemas
+
+    schemas = json_schemas()
+    if out is None:
+        sys.stdout.write(orjson.dumps(schemas, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, body in schemas.items():
+        (out / f"{name}.schema.json").write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2))
+    console.print(f"wrote {len(schemas)} schemas to {out}")
+
+
+@workspace_app.command("create")
+def workspace_create(name: str, description: str = "", home: HomeOpt = None):
+    """Create a workspace (a folder under the tracemill home)."""
+    try:
+        ws = Workspace.create(name, home=home, description=description)
+    except (FileExistsError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"created workspace [bold]{name}[/] at {ws.root}")
+
+
+@workspace_app.command("list")
+def workspace_list(home: HomeOpt = None, json: JsonOpt = False):
+    """List workspaces."""
+    names = Workspace.list(home)
+    if json:
+        sys.stdout.write(orjson.dumps(names).decode() + "\n")
+        return
+    if not names:
+        console.print("no workspaces yet: `tracemill workspace create NAME`")
+    for n in names:
+        console.print(n)
+
+
+@workspace_app.command("show")
+def workspace_show(name: str, home: HomeOpt = None, json: JsonOpt = False):
+    """Counts of trajectories, messages, tool calls, outcomes and quarantined records."""
+    from pipeline.lake import workspace_counts
+
+    ws = open_ws(name, home)
+    counts = {"workspace": name, "path": str(ws.root), **workspace_counts(ws)}
+    if json:
+        sys.stdout.write(orjson.dumps(counts).decode() + "\n")
+        return
+    table = Table(title=f"workspace {name}", show_header=False)
+    for k, v in counts.items():
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+@workspace_app.command("delete")
+def workspace_delete(name: str, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+                     home: HomeOpt = None):
+    """Delete a workspace and everything captured in it."""
+    ws = open_ws(name, home)
+    if not yes and not typer.confirm(f"delete workspace {name!r} and all its data?"):
+        raise typer.Exit(1)
+    ws.delete()
+    console.print(f"deleted workspace {name}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
