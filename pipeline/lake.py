@@ -196,7 +196,11 @@ def workspace_counts(ws: Workspace) -> dict[str, int]:
     latest: dict[str, tuple[int, dict[str, Any]]] = {}
     unreadable = 0
     for line in read_landed(ws.landing, "trajectory"):
-        if line.error or not isinstance(line.record, dict):
+        try:
+            if line.error:
+                raise ValueError(line.error)
+            Trajectory.model_validate(line.record)
+        except (ValueError, ValidationError):
             unreadable += 1
             continue
         tid = str(line.record.get("trajectory_id"))

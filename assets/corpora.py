@@ -1,0 +1,104 @@
+"""The corpus-spec factory: each spec in tracemill.yaml becomes curated → corpus → checkpoint → eval."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.resources import MlflowResource, TracemillResource
+from pipeline import stages
+from pipeline.config import CorpusSpec, TracemillConfig
+from pipeline.report import counts_table, markdown_table
+
+GPU_TAGS = {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}}
+
+
+def build_model_asset(joined: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(group_name="model", deps=[joined], kinds={"pytorch"},
+              description="The base model: a Hugging Face id/path, or a tiny local Llama whose BPE "
+                          "tokenizer is trained on the workspace's own text (built once, then reused).")
+    def base_model(tracemill: TracemillResource) -> dg.MaterializeResult:
+        info = stages.prepare_base_model(tracemill.open_workspace(), tracemill.base_model, tracemill.models_dir())
+        return dg.MaterializeResult(metadata={
+            "model": info["model"], "built_now": info["built"], "parameters": info.get("parameters", 0),
+            "vocab_size": info.get("vocab_size", 0), "path": dg.MetadataValue.path(info["model"]),
+        })
+
+    return base_model
+
+
+def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_model: dg.AssetsDefinition) -> list:
+    name = spec.name
+
+    @dg.asset(name=f"curated_{name}", group_name="curation", deps=[joined], kinds={"polars"},
+              description=f"Joined trajectories filtered by `{spec.filter or 'everything'}`, quality rules, "
+                          "PII/secret redaction, de-duplication and a stable train/eval split.")
+    def curated(tracemill: TracemillResource) -> dg.MaterializeResult:
+        df, st = stages.curate_corpus(tracemill.open_workspace(), spec)
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": df.height, "filter": spec.filter, "input_rows": st.input_rows,
+            "after_filter": st.after_filter,
+            "dropped": dg.MetadataValue.md(counts_table(dict(st.dropped), "rule")),
+            "redactions": dg.MetadataValue.md(counts_table(dict(st.redactions), "kind")),
+            "splits": dg.MetadataValue.json(dict(st.splits)),
+            "preview": dg.MetadataValue.md(markdown_table(df, ["trajectory_id", "agent", "task_id", "reward", "split"])),
+        })
+
+    @dg.asset(name=f"corpus_{name}", group_name="corpus", deps=[curated, base_model], kinds={"deeplake"},
+              description=f"Versioned Deeplake snapshot of curated_{name} at {spec.target}: a commit plus a "
+                          "tag vN, text, JSON messages, token ids and loss masks.")
+    def corpus(tracemill: TracemillResource) -> dg.MaterializeResult:
+        info = stages.snapshot_corpus(tracemill.open_workspace(), spec, tracemill.corpus_root_url(),
+                                      tracemill.base_model, tracemill.models_dir())
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": info.row_count, "version": info.version, "new_version": info.created,
+            "mode": info.mode, "appended": info.appended, "parent": info.parent or "",
+            "content_hash": info.content_hash, "url": info.url,
+            "lineage": dg.MetadataValue.json(info.lineage),
+        })
+
+    @dg.asset_check(asset=corpus, blocking=True,
+                    description="Corpus is non-empty, every row has trainable tokens, and no task is in both splits.")
+    def corpus_is_trainable(tracemill: TracemillResource) -> dg.AssetCheckResult:
+        report = stages.check_corpus(spec, tracemill.corpus_root_url())
+        return dg.AssetCheckResult(passed=report["passed"], metadata=report)
+
+    @dg.asset(name=f"checkpoint_{name}", group_name="training", deps=[corpus, base_model], pool="gpu",
+              op_tags=GPU_TAGS, kinds={"pytorch", "mlflow"},
+              description=f"TRL {spec.format.upper()} fine-tune of the base model on corpus_{name}'s latest "
+                          "version, tracked in MLflow; saved as a Hugging Face model directory.")
+    def checkpoint(context: dg.AssetExecutionContext, tracemill: TracemillResource,
+                   mlflow: MlflowResource) -> dg.MaterializeResult:
+        home = tracemill.home_path
+        res = stages.train_corpus(spec, tracemill.corpus_root_url(), tracemill.base_model, tracemill.models_dir(),
+                                  tracemill.checkpoints_dir(name), mlflow.tracker(home),
+                                  tags={"dagster_run_id": context.run.run_id})
+        return dg.MaterializeResult(metadata={
+            "checkpoint": dg.MetadataValue.path(str(res["checkpoint_dir"])),
+            "corpus_version": res["corpus_ref"], "reused": res["reused"], "steps": res["steps"],
+            "final_loss": res["final_loss"], "first_loss": res["first_loss"],
+            "tokens_per_second": res["tokens_per_second"], "train_seconds": res["train_seconds"],
+            "mlflow_run_id": res["mlflow_run_id"] or "", "size_mb": res["size_mb"],
+            "base_model": res["base_model"],
+        })
+
+    @dg.asset(name=f"eval_{name}", group_name="evaluation", deps=[checkpoint, corpus], kinds={"deeplake", "pytorch"},
+              description=f"Metrics of checkpoint_{name} on the eval slice queried from the same Deeplake corpus.")
+    def evaluation(tracemill: TracemillResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+        rep = stages.evaluate_corpus(spec, tracemill.corpus_root_url(), tracemill.checkpoints_dir(name),
+                                     mlflow.tracker(tracemill.home_path))
+        metrics = {k: v for k, v in rep["metrics"].items() if isinstance(v, int | float)}
+        return dg.MaterializeResult(metadata={
+            **metrics, "corpus_version": rep["corpus_ref"], "query": rep["query"],
+            "checkpoint": dg.MetadataValue.path(rep["checkpoint"]),
+            "report": dg.MetadataValue.md(rep["markdown"]),
+        })
+
+    return [curated, corpus, corpus_is_trainable, checkpoint, evaluation]
+
+
+def build_all(cfg: TracemillConfig, joined: dg.AssetsDefinition) -> list:
+    model = build_model_asset(joined)
+    out: list = [model]
+    for spec in cfg.corpora:
+        out.extend(build_corpus_assets(spec, joined, model))
+    return out
