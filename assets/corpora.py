@@ -1,6 +1,5 @@
 """The corpus-spec factory: each spec in tracemill.yaml becomes curated → corpus → checkpoint → eval."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """The one Definitions object: every stage of the loop as software-defined assets in one lineage graph."""
 
-from __future__ import annotations
 
 import dagster as dg
 
@@ -10,13 +9,20 @@ from assets.resources import resources_for_env
 from pipeline.config import TracemillConfig, load_config
 
 
+def build_assets(cfg: TracemillConfig) -> tuple[list, list]:
+    """(assets, asset checks) for a config: the capture stage plus one chain per corpus spec."""
+    ingest = build_ingest_assets(day_partitions(cfg.partitions_start)) = build_ingest_assets(partitions)
+    checks = [a for a in ingest if isinstance(a, dg.AssetChecksDefinition)]
+    assets = [a for a in ingest if a not in checks]
+    joined = next(a for a in assets if a.key.path == ["joined_trajectories"])
+    for item in build_all(cfg, joined):
+        (checks if isinstance(item, dg.AssetChecksDefinition) else assets).append(item)
+    return assets, checks
+
+
 def build_definitions(cfg: TracemillConfig) -> dg.Definitions:
     partitions = day_partitions(cfg.partitions_start)
-    ingest = build_ingest_assets(partitions)
-    joined = next(a for a in ingest if isinstance(a, dg.AssetsDefinition) and a.key.path == ["joined_trajectories"])
-    items = ingest + build_all(cfg, joined)
-    assets = [a for a in items if isinstance(a, dg.AssetsDefinition) and not a.is_asset_check]
-    checks = [a for a in items if isinstance(a, dg.AssetChecksDefinition)]
+    assets, checks = build_assets(cfg)
     downstream = dg.AssetSelection.assets(*[a for a in assets if not a.partitions_def])
     names = [s.name for s in cfg.corpora]
     jobs = [

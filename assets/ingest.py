@@ -1,6 +1,5 @@
 """Capture-stage assets: landing → validated day partitions, the outcome table, the outcome join."""
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

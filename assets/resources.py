@@ -4,7 +4,6 @@ Local: everything under `$TRACEMILL_HOME` (default ./.tracemill): file:// Deepla
 Production: the same resources pointed at object storage and a tracking server through env vars.
 """
 
-from __future__ import annotations
 
 import os
 from pathlib import Path
