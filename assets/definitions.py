@@ -11,7 +11,7 @@ from pipeline.config import TracemillConfig, load_config
 
 def build_assets(cfg: TracemillConfig) -> tuple[list, list]:
     """(assets, asset checks) for a config: the capture stage plus one chain per corpus spec."""
-    ingest = build_ingest_assets(day_partitions(cfg.partitions_start)) = build_ingest_assets(partitions)
+    ingest = build_ingest_assets(day_partitions(cfg.partitions_start))
     checks = [a for a in ingest if isinstance(a, dg.AssetChecksDefinition)]
     assets = [a for a in ingest if a not in checks]
     joined = next(a for a in assets if a.key.path == ["joined_trajectories"])
