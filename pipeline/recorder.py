@@ -92,14 +92,24 @@ class TrajectoryRecorder:
 
     outcome = record_outcome
 
+    @property
+    def ended_at(self) -> datetime | None:
+        return self._traj.ended_at
+
+    @ended_at.setter
+    def ended_at(self, value: datetime) -> None:
+        """Set when the run ended (otherwise the time the block exits)."""
+        self._traj.ended_at = value
+
     def set_metadata(self, **values: Any) -> None:
         self._traj.metadata.update(values)
 
     # ---- lifecycle ------------------------------------------------------------------------------
-    def finish(self) -> Trajectory:
-        """Write the trajectory (durable on return). Idempotent: a second call does nothing."""
+    def finish(self, ended_at: datetime | None = None) -> Trajectory:
+        """Write the trajectory (durable on return). Idempotent: a second call does nothing.
+        `ended_at` defaults to now; pass it when replaying recorded runs so re-imports are identical."""
         if not self.written:
-            self._traj.ended_at = self._traj.ended_at or utcnow()
+            self._traj.ended_at = ended_at or self._traj.ended_at or utcnow()
             self.workspace.write_trajectories([self._traj])
             if self._outcomes:
                 self.workspace.write_outcomes(self._outcomes)

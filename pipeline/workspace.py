@@ -181,9 +181,11 @@ class Workspace:
         return out
 
     def record_preference(self, chosen: str, rejected: str, *, task_id: str | None = None,
-                          source: str = "human", recorded_at: datetime | None = None) -> Preference:
+                          source: str = "human", recorded_at: datetime | None = None,
+                          preference_id: str | None = None) -> Preference:
+        extra = {"preference_id": preference_id} if preference_id else {}
         pref = Preference(chosen=chosen, rejected=rejected, task_id=task_id, source=source,
-                          recorded_at=recorded_at or utcnow())
+                          recorded_at=recorded_at or utcnow(), **extra)
         self.write_preferences([pref])
         return pref
 

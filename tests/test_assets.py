@@ -47,7 +47,7 @@ def test_ingest_assets_quarantine_and_check(world, home, tiny_model_dir):
     res = _materialize(cfg, home, ["raw_trajectories", "outcomes", "joined_trajectories"], partition_key=DAYS[0])
     assert res.success
     raw = _md(res, "raw_trajectories")
-    assert raw["dagster/row_count"] == 16 and raw["quarantined"] == stats.bad_records_per_day.get(DAYS[0], 0)
+    assert raw["dagster/row_count"] == 16 and raw["quarantined"] == stats.bad_records == 2
     assert "| trajectory_id |" in raw["preview"]
     checks = res.get_asset_check_evaluations()
     assert [c.check_name for c in checks] == ["quarantine_rate"] and checks[0].passed
