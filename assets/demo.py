@@ -107,7 +107,7 @@ def _print_summary(s: dict) -> None:
     t.add_row("training", f"{ck.get('steps')} steps, loss {ck.get('first_loss', 0):.3f} → {ck.get('final_loss', 0):.3f}"
               f"{' (reused checkpoint)' if ck.get('reused') else ''}")
     t.add_row("MLflow run", str(ck.get("mlflow_run_id")))
-    for k in ("eval_loss", "perplexity", "tool_name_accuracy", "tool_call_accuracy", "final_answer_accuracy"):
+    for k in ("loss", "perplexity", "tool_name_accuracy", "tool_call_accuracy", "final_answer_accuracy"):
         if k in ev:
             t.add_row(f"eval {k}", f"{ev[k]:.3f}" if isinstance(ev[k], float) else str(ev[k]))
     t.add_row("wall time", f"{s['wall_seconds']} s")

@@ -88,7 +88,7 @@ def test_full_graph_versions_trains_and_evaluates(world, home, tiny_model_dir):
     assert ck["final_loss"] == ck["final_loss"]  # finite, not NaN
     AutoModelForCausalLM.from_pretrained(ck["checkpoint"])  # reloads as a plain HF model
     assert ev["corpus_version"] == ck["corpus_version"] and "split" in ev["query"]
-    assert ev["eval_loss"] > 0 and 0 <= ev["tool_call_accuracy"] <= 1
+    assert ev["loss"] > 0 and 0 <= ev["tool_call_accuracy"] <= 1
     summary = orjson.loads((home / "checkpoints" / "sft").glob("*/tracemill_train.json").__next__().read_bytes())
     assert summary["mlflow_run_id"] == ck["mlflow_run_id"]
 

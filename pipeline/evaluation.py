@@ -1,0 +1,195 @@
+"""Evaluate a checkpoint on corpus rows: masked assistant-token loss, next-tool-call accuracy and
+final-answer accuracy.
+
+The loss uses the rows' stored `input_ids`/`loss_mask` (the very tensors training saw), batched.
+Generation metrics replay each reference conversation: for every assistant turn that calls a tool,
+and for the final answer, the model greedily writes that turn from the reference prefix, and the
+output is parsed with the same chat format used to render training data. Tool arguments compare
+as parsed JSON (so key order and spacing don't matter); final answers compare after whitespace
+normalisation, or as numbers when both parse as numbers ("3.50" == "3.5").
+Accuracies are NaN when no example has the turn kind they measure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.chat_format import (
+    END,
+    canonical_arguments,
+    parse_assistant_output,
+    tokenize_conversation,
+    tokenize_prompt,
+)
+
+
+def _load(value: Any, default: Any) -> Any:
+    """Corpus columns hold JSON strings; tests and callers may pass objects."""
+    if value is None or value == "":
+        return default
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def normalize_answer(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        value = float(text.replace(",", ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def answers_match(predicted: str | None, reference: str | None) -> tuple[bool, bool]:
+    """(exact after whitespace normalisation, exact or numerically equal)."""
+    p, r = normalize_answer(predicted), normalize_answer(reference)
+    exact = p == r
+    pn, rn = _as_number(p), _as_number(r)
+    numeric = pn is not None and rn is not None and math.isclose(pn, rn, rel_tol=1e-6, abs_tol=1e-9)
+    return exact, exact or numeric
+
+
+def _calls(message: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    out = []
+    for call in message.get("tool_calls") or []:
+        inner = call.get("function") or call
+        out.append((inner.get("name"), canonical_arguments(inner.get("arguments"))))
+    return out
+
+
+def generation_tasks(messages: Sequence[Mapping[str, Any]]) -> list[tuple[str, int]]:
+    """(kind, index) of the assistant turns to regenerate: every tool-calling turn, and the last
+    message when it is an assistant answer without tool calls."""
+    tasks = [("tool_call", i) for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get("tool_calls")]
+    last = messages[-1] if messages else {}
+    if last.get("role") == "assistant" and not last.get("tool_calls") and last.get("content"):
+        tasks.append(("final", len(messages) - 1))
+    return tasks
+
+
+def masked_loss(model: Any, rows: Sequence[tuple[list[int], list[int]]], pad_id: int,
+                batch_size: int = 8) -> tuple[float, int]:
+    """Mean next-token loss over the masked (assistant) tokens, teacher-forced, in length-sorted batches."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    for start in range(0, len(order), batch_size):
+        batch = [rows[i] for i in order[start:start + batch_size]]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        loss_mask = torch.zeros((len(batch), width), dtype=torch.float32)
+        for j, (i, m) in enumerate(batch):
+            ids[j, :len(i)] = torch.tensor(i)
+            mask[j, :len(i)] = 1
+            loss_mask[j, :len(m)] = torch.tensor(m, dtype=torch.float32)
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:].to(device), reduction="none")
+        weights = loss_mask[:, 1:].to(device)
+        total += float((nll * weights).sum())
+        count += int(weights.sum())
+    return (total / count if count else float("nan")), count
+
+
+def generate_turns(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int,
+                   batch_size: int = 16) -> list[str]:
+    """Greedy continuations of token-id prompts (left-padded batches), decoded with markup kept."""
+    import torch
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop = [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END)}
+            if t is not None and t != tokenizer.unk_token_id]
+    texts: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        width = max(len(p) for p in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for j, p in enumerate(batch):
+            ids[j, width - len(p):] = torch.tensor(p)
+            attn[j, width - len(p):] = 1
+        with torch.no_grad():
+            out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=False,
+                                 max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=pad_id)
+        for row in out[:, width:].tolist():
+            texts.append(tokenizer.decode(row, skip_special_tokens=False))
+    return texts
+
+
+def evaluate_checkpoint(checkpoint_dir: str, rows: Sequence[Mapping[str, Any]], *, max_examples: int = 24,
+                        max_new_tokens: int = 48, max_loss_examples: int = 256, batch_size: int = 8,
+                        device: str = "auto") -> dict[str, Any]:
+    """Metrics of a saved HF checkpoint on rows with `messages`, `tools` and (optionally)
+    `input_ids`/`loss_mask`. Loss uses up to `max_loss_examples` rows, generation the first `max_examples`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32).to(device).eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    max_pos = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+
+    loss_rows = []
+    for row in rows[:max_loss_examples]:
+        if row.get("input_ids") is not None and row.get("loss_mask") is not None:
+            ids, mask = [int(t) for t in row["input_ids"]], [int(t) for t in row["loss_mask"]]
+        else:
+            ids, mask = tokenize_conversation(tokenizer, _load(row["messages"], []), _load(row.get("tools"), []))
+        loss_rows.append((ids[:max_pos], mask[:max_pos]))
+    loss, n_tokens = masked_loss(model, loss_rows, pad_id, batch_size) if loss_rows else (float("nan"), 0)
+
+    prompts, refs = [], []
+    truncated = 0
+    for row in rows[:max_examples]:
+        messages, tools = _load(row["messages"], []), _load(row.get("tools"), [])
+        for kind, i in generation_tasks(messages):
+            prompt = tokenize_prompt(tokenizer, messages[:i], tools)
+            if len(prompt) + max_new_tokens > max_pos:
+                truncated += 1
+                prompt = prompt[-(max_pos - max_new_tokens):]
+            prompts.append(prompt)
+            refs.append((kind, messages[i]))
+    started = time.perf_counter()
+    outputs = generate_turns(model, tokenizer, prompts, max_new_tokens, batch_size * 2) if prompts else []
+    gen_seconds = time.perf_counter() - started
+
+    names_ok = calls_ok = parsed = n_calls = exact_ok = final_ok = n_final = 0
+    for (kind, ref), text in zip(refs, outputs, strict=True):
+        pred = parse_assistant_output(text)
+        if kind == "tool_call":
+            n_calls += 1
+            want, got = _calls(ref), _calls(pred)
+            parsed += bool(got) and not pred["invalid_tool_calls"]
+            names_ok += [n for n, _ in got] == [n for n, _ in want]
+            calls_ok += got == want
+        else:
+            n_final += 1
+            exact, match = answers_match(pred["content"], ref.get("content"))
+            exact_ok += exact
+            final_ok += match
+
+    def rate(k: int, n: int) -> float:
+        return k / n if n else float("nan")
+
+    return {
+        "loss": loss, "perplexity": math.exp(loss) if math.isfinite(loss) and loss < 50 else float("inf"),
+        "tool_name_accuracy": rate(names_ok, n_calls), "tool_call_accuracy": rate(calls_ok, n_calls),
+        "tool_call_parse_rate": rate(parsed, n_calls),
+        "final_answer_accuracy": rate(final_ok, n_final), "final_answer_exact_accuracy": rate(exact_ok, n_final),
+        "n_loss_examples": len(loss_rows), "n_loss_tokens": n_tokens, "n_generation_examples": min(len(rows), max_examples),
+        "n_tool_call_turns": n_calls, "n_final_answers": n_final, "n_truncated_prompts": truncated,
+        "generation_seconds": gen_seconds,
+    }

@@ -1,0 +1,178 @@
+"""A small MLflow wrapper: one tracker object, explicit run ids, runs always ended.
+
+Why not `mlflow.start_run` / dagster-mlflow: the fluent API keeps a process-global active run (wrong
+under threads and long-lived Dagster processes) and the Dagster resource leaves runs RUNNING when a
+step fails. Here every call names its run through an `MlflowClient`, and `start_run` ends the run
+FINISHED or FAILED whatever happens. `mlflow` is imported lazily: importing it costs 2-3 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MAX_PARAM_CHARS = 6000  # MLflow rejects longer param values
+_BATCH = 100  # params per log_batch call (MLflow's limit); metrics allow 1000
+
+
+def local_tracking_uri(home: str | Path) -> str:
+    return f"sqlite:///{Path(home).resolve() / 'mlflow' / 'mlflow.db'}"
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dicts become dotted keys; values are strings capped at MLflow's length limit."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_CHARS]
+    return flat
+
+
+@dataclass
+class TrackedRun:
+    """The run a `start_run` block logs to."""
+
+    run_id: str
+    experiment_id: str
+    name: str
+
+
+class MlflowTracker:
+    """Tracks runs in one experiment. `tracking_uri=None` means the local sqlite DB under `home`
+    (default: the tracemill home), with artifacts in `<home>/mlflow/artifacts`."""
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str = "tracemill",
+                 artifact_root: str | Path | None = None, home: str | Path | None = None):
+        if tracking_uri is None:
+            from pipeline.workspace import home_dir
+
+            home = home_dir(home)
+            tracking_uri = local_tracking_uri(home)
+            artifact_root = artifact_root or home / "mlflow" / "artifacts"
+        elif artifact_root is None and tracking_uri.startswith("sqlite:///"):
+            artifact_root = Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.artifact_root = str(artifact_root) if artifact_root is not None else None
+        self._client: Any = None
+        self._experiment_id: str | None = None
+        self._active: list[TrackedRun] = []
+
+    # -- setup --------------------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self.ensure_db()
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def ensure_db(self) -> None:
+        """Create the sqlite DB (schema migrations) under a file lock. Two processes creating a fresh
+        DB at once crash in MLflow, so this runs once up front; later calls are a no-op."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return
+        db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if not (db.exists() and db.stat().st_size > 0 and db.with_suffix(".ready").exists()):
+                    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+                    root = self.artifact_root or str(db.parent / "artifacts")
+                    SqlAlchemyStore(self.tracking_uri, Path(root).resolve().as_uri())
+                    db.with_suffix(".ready").touch()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            from mlflow.exceptions import MlflowException
+
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                location = Path(self.artifact_root).resolve().as_uri() if self.artifact_root else None
+                try:
+                    self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+                except MlflowException:  # created concurrently by another process
+                    self._experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    # -- runs ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def start_run(self, name: str, params: Mapping[str, Any] | None = None,
+                  tags: Mapping[str, Any] | None = None) -> Iterator[TrackedRun]:
+        """A run that ends FINISHED when the block exits normally and FAILED when it raises."""
+        all_tags = {"host": os.uname().nodename, **{k: str(v) for k, v in (tags or {}).items()}}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        tracked = TrackedRun(run.info.run_id, self.experiment_id, name)
+        self._active.append(tracked)
+        status = "FAILED"
+        try:
+            if params:
+                self.log_params(params, run_id=tracked.run_id)
+            yield tracked
+            status = "FINISHED"
+        finally:
+            self._active.remove(tracked)
+            self.client.set_terminated(tracked.run_id, status)
+
+    def _run_id(self, run_id: str | None) -> str:
+        if run_id:
+            return run_id
+        if not self._active:
+            raise RuntimeError("no active run: log inside `with tracker.start_run(...)` or pass run_id")
+        return self._active[-1].run_id
+
+    def log_params(self, params: Mapping[str, Any], run_id: str | None = None) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten_params(params).items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self._run_id(run_id), params=items[i:i + _BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, run_id: str | None = None) -> None:
+        """Values that are not numbers are skipped rather than failing a training run."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = []
+        for key, value in metrics.items():
+            try:
+                items.append(Metric(key, float(value), now, step or 0))
+            except (TypeError, ValueError):
+                continue
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self._run_id(run_id), metrics=items[i:i + 1000])
+
+    def log_metrics_to_run(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Add metrics to a finished run (e.g. eval results to the run that trained the checkpoint)."""
+        self.log_metrics(metrics, step=step, run_id=run_id)
+
+    def set_tags(self, tags: Mapping[str, Any], run_id: str | None = None) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self._run_id(run_id), tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
+        self.client.log_artifacts(self._run_id(run_id), str(local_dir), artifact_path)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
+        self.client.log_artifact(self._run_id(run_id), str(local_path), artifact_path)
+
+    def get_run(self, run_id: str) -> Any:
+        return self.client.get_run(run_id)

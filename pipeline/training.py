@@ -1,0 +1,227 @@
+"""Supervised fine-tuning with TRL on pre-tokenized corpus rows, tracked in MLflow.
+
+Rows carry `input_ids` and `loss_mask` made by `pipeline.chat_format`, so training never re-renders
+text: the dataset handed to `SFTTrainer` has `input_ids` + `assistant_masks` columns, which TRL 1.16
+folds into `labels` (-100 where the mask is 0) during dataset preparation, with
+`assistant_only_loss=False` (that flag would re-render `messages` through the chat template).
+Rows without a trainable token are dropped here: they would give a NaN (or silently zero) loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SFTRecipe(BaseModel):
+    """Everything that decides a training run; logged as MLflow params and saved next to the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str = Field(description="HF model id or local model directory to start from.")
+    output_dir: str = Field(description="Where the fine-tuned model + tokenizer are saved (HF layout).")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate (after warmup).")
+    per_device_batch_size: int = Field(16, ge=1, description="Sequences per device per micro-batch.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_length: int = Field(512, ge=2, description="Sequences are truncated to this many tokens (keep start).")
+    seed: int = Field(0, description="Seed for data order (and anything random in the trainer).")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warmup.")
+    lr_scheduler_type: str = Field("cosine", description="transformers scheduler name (cosine, linear, constant…).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    logging_steps: int = Field(1, ge=1, description="Log loss / grad norm / lr every N steps.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA with bf16 when available.")
+    run_name: str | None = Field(None, description="MLflow run name (default: sft-<output dir name>).")
+
+
+@dataclass
+class TrainResult:
+    """What a run produced; `losses`/`grad_norms` are per logged step, `tokens` counts non-pad tokens seen."""
+
+    checkpoint_dir: Path
+    steps: int
+    losses: list[float]
+    final_loss: float
+    train_seconds: float
+    tokens_per_second: float
+    mlflow_run_id: str | None
+    tokens: int = 0
+    train_rows: int = 0
+    skipped_rows: int = 0
+    grad_norms: list[float] = field(default_factory=list)
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.train_seconds if self.train_seconds else 0.0
+
+
+def prepare_rows(rows: Iterable[Mapping[str, Any]], max_length: int) -> tuple[list[list[int]], list[list[int]], int]:
+    """Plain int lists (rows may hold numpy arrays), truncated; rows left with no trainable token skipped."""
+    import numpy as np
+
+    ids_out, masks_out, skipped = [], [], 0
+    for row in rows:
+        ids = np.asarray(row["input_ids"], dtype=np.int64)[:max_length]
+        mask = np.asarray(row["loss_mask"], dtype=np.int64)[:max_length]
+        if len(ids) != len(mask):
+            raise ValueError(f"input_ids and loss_mask differ in length ({len(ids)} vs {len(mask)})")
+        if len(ids) < 2 or not mask[1:].any():  # the first token is never predicted
+            skipped += 1
+            continue
+        ids_out.append(ids.tolist())
+        masks_out.append((mask != 0).astype(np.int64).tolist())
+    return ids_out, masks_out, skipped
+
+
+def _device_args(device: str) -> dict[str, Any]:
+    """CPU: fp32, no activation checkpointing (TRL's defaults, bf16 + checkpointing, are 5-7x slower
+    there and fail without use_cpu). CUDA: bf16 where supported."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return {"use_cpu": True, "bf16": False, "fp16": False, "activation_checkpointing": False,
+                "dataloader_pin_memory": False}
+    bf16 = torch.cuda.is_bf16_supported()
+    return {"use_cpu": False, "bf16": bf16, "fp16": not bf16, "activation_checkpointing": False}
+
+
+def _make_callback(tracker: Any, run_id: str | None, sink: dict[str, list[float]]):
+    """Collects per-step loss/grad_norm for the result and forwards every numeric log to MLflow
+    (buffered, so a sqlite store is not written once per step)."""
+    from transformers import TrainerCallback
+
+    class StepLogger(TrainerCallback):
+        def __init__(self) -> None:
+            self.buffer: list[tuple[dict[str, float], int]] = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
+            if "loss" in logs:
+                sink["loss"].append(logs["loss"])
+            if "grad_norm" in logs:
+                sink["grad_norm"].append(logs["grad_norm"])
+            if "num_tokens" in logs:
+                sink["num_tokens"] = [logs["num_tokens"]]
+            if tracker is not None and run_id and logs:
+                self.buffer.append((logs, state.global_step))
+                if len(self.buffer) >= 50:
+                    self.flush()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.flush()
+
+        def flush(self) -> None:
+            for logs, step in self.buffer:
+                tracker.log_metrics(logs, step=step, run_id=run_id)
+            self.buffer.clear()
+
+    return StepLogger()
+
+
+def sft_config(recipe: SFTRecipe) -> Any:
+    """The `SFTConfig` for a recipe: no checkpoints mid-run, no reporters (MLflow is ours), device defaults."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=recipe.output_dir, max_steps=recipe.max_steps, learning_rate=recipe.learning_rate,
+        per_device_train_batch_size=recipe.per_device_batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps, max_length=recipe.max_length,
+        seed=recipe.seed, data_seed=recipe.seed, warmup_steps=recipe.warmup_ratio,  # <1 means a ratio in transformers 5
+        lr_scheduler_type=recipe.lr_scheduler_type, weight_decay=recipe.weight_decay,
+        max_grad_norm=recipe.max_grad_norm, logging_steps=recipe.logging_steps, save_strategy="no",
+        eval_strategy="no", report_to="none", disable_tqdm=True, assistant_only_loss=False, packing=False,
+        dataloader_num_workers=0, **_device_args(recipe.device),
+    )
+
+
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """No per-map / per-shard progress bars in pipeline logs; restores whatever was set before."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets_on, hf_on = not datasets.are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_on:
+            datasets.enable_progress_bars()
+        if hf_on:
+            hf_logging.enable_progress_bar()
+
+
+def build_trainer(ids: list[list[int]], masks: list[list[int]], recipe: SFTRecipe, callbacks: list | None = None):
+    """An `SFTTrainer` over pre-tokenized rows; TRL turns `assistant_masks` into `labels` (-100 = no loss)
+    while preparing the dataset, which `trainer.train_dataset["labels"]` shows."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from trl import SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(recipe.base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    with quiet_progress():
+        model = AutoModelForCausalLM.from_pretrained(recipe.base_model, dtype=torch.float32)
+        dataset = datasets.Dataset.from_dict({"input_ids": ids, "assistant_masks": masks})
+        trainer = SFTTrainer(model=model, args=sft_config(recipe), train_dataset=dataset, processing_class=tokenizer,
+                             callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; the numbers go to MLflow instead
+    return trainer
+
+
+def train_sft(rows: Iterable[Mapping[str, Any]], recipe: SFTRecipe, tracker: Any = None,
+              run_tags: Mapping[str, str] | None = None) -> TrainResult:
+    """Fine-tune `recipe.base_model` on pre-tokenized rows and save the result to `recipe.output_dir`."""
+    ids, masks, skipped = prepare_rows(rows, recipe.max_length)
+    if not ids:
+        raise ValueError(f"no row has a trainable token ({skipped} skipped): nothing to train on")
+    import transformers
+    import trl
+
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe_path = out / "tracemill_recipe.json"
+    recipe_path.write_text(json.dumps(recipe.model_dump(), indent=2))
+    sink: dict[str, list[float]] = {"loss": [], "grad_norm": [], "num_tokens": []}
+    with quiet_progress():
+        params = {**recipe.model_dump(), "train_rows": len(ids), "skipped_rows": skipped,
+                  "trainable_tokens": sum(map(sum, masks)), "transformers": transformers.__version__,
+                  "trl": trl.__version__}
+        run_ctx = (tracker.start_run(recipe.run_name or f"sft-{out.name}", params=params, tags=dict(run_tags or {}))
+                   if tracker is not None else contextlib.nullcontext(None))
+        with run_ctx as run:
+            run_id = run.run_id if run is not None else None
+            trainer = build_trainer(ids, masks, recipe, [_make_callback(tracker, run_id, sink)])
+            start = time.perf_counter()
+            state = trainer.train()
+            seconds = time.perf_counter() - start
+            trainer.save_model(str(out))
+            trainer.processing_class.save_pretrained(str(out))
+            tokens = int(sink["num_tokens"][-1]) if sink["num_tokens"] else 0
+            result = TrainResult(
+                checkpoint_dir=out, steps=int(state.global_step), losses=sink["loss"],
+                final_loss=sink["loss"][-1] if sink["loss"] else float(state.training_loss),
+                train_seconds=seconds, tokens_per_second=tokens / seconds if seconds else 0.0,
+                mlflow_run_id=run_id, tokens=tokens, train_rows=len(ids), skipped_rows=skipped,
+                grad_norms=sink["grad_norm"])
+            if tracker is not None:
+                tracker.log_params({"parameters": sum(p.numel() for p in trainer.model.parameters())}, run_id=run_id)
+                tracker.log_metrics({"final_loss": result.final_loss, "train_seconds": seconds,
+                                     "tokens_per_second": result.tokens_per_second,
+                                     "steps_per_second": result.steps_per_second}, step=result.steps, run_id=run_id)
+                tracker.set_tags({"checkpoint_dir": str(out)}, run_id=run_id)
+                tracker.log_artifact(recipe_path, run_id=run_id)
+    return result

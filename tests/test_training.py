@@ -1,0 +1,114 @@
+"""SFT with TRL on the tiny model: masks reach the loss, loss goes down, checkpoint and MLflow run exist."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pipeline.chat_format import tokenize_conversation
+from pipeline.training import SFTRecipe, build_trainer, prepare_rows, train_sft
+from tests.conftest_model import TOOLS, make_conversations
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    out = []
+    for convo in make_conversations(8, seed=1):
+        ids, mask = tokenize_conversation(tok, convo, TOOLS)
+        out.append({"input_ids": ids, "loss_mask": mask})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory):
+    from pipeline.tracking import MlflowTracker
+
+    root = tmp_path_factory.mktemp("mlflow")
+    t = MlflowTracker(f"sqlite:///{root / 'mlflow.db'}", "test-sft")
+    t.ensure_db()
+    return t
+
+
+def test_prepare_rows_drops_untrainable_and_truncates():
+    import numpy as np
+
+    rows = [{"input_ids": np.arange(10), "loss_mask": np.array([0] * 6 + [1] * 4)},
+            {"input_ids": [1, 2, 3], "loss_mask": [0, 0, 0]},
+            {"input_ids": [1, 2, 3], "loss_mask": [1, 0, 0]}]  # only the unpredicted first token: useless
+    ids, masks, skipped = prepare_rows(rows, max_length=8)
+    assert skipped == 2 and ids == [list(range(8))] and masks == [[0] * 6 + [1] * 2]
+    with pytest.raises(ValueError, match="trainable"):
+        train_sft(rows[1:], SFTRecipe(base_model="unused", output_dir="/nonexistent"))
+
+
+def test_trl_turns_masks_into_labels(tiny_model_dir, rows, tmp_path):
+    """Read from TRL 1.16's source and checked here: `assistant_masks` become -100 labels."""
+    ids, masks, _ = prepare_rows(rows[:3], max_length=512)
+    trainer = build_trainer(ids, masks, SFTRecipe(base_model=str(tiny_model_dir), output_dir=str(tmp_path),
+                                                  max_steps=1, device="cpu"))
+    assert trainer.args.use_cpu and not trainer.args.bf16 and not trainer.args.activation_checkpointing
+    prepared = trainer.train_dataset
+    assert "assistant_masks" not in prepared.column_names
+    for i, m, labels in zip(ids, masks, prepared["labels"], strict=True):
+        assert len(labels) == len(i)
+        for tok, bit, label in zip(i, m, labels, strict=True):
+            assert label == (tok if bit else -100)
+    batch = trainer.data_collator([prepared[0], prepared[1]])
+    assert ((batch["labels"] != -100).sum(dim=1).tolist()) == [sum(masks[0]), sum(masks[1])]
+
+
+def test_train_sft_learns_saves_and_tracks(tiny_model_dir, rows, tracker, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe = SFTRecipe(base_model=str(tiny_model_dir), output_dir=str(tmp_path / "ckpt"), max_steps=30,
+                       learning_rate=3e-3, per_device_batch_size=8, max_length=512, seed=0)
+    res = train_sft(rows + [{"input_ids": [1, 2], "loss_mask": [0, 0]}], recipe, tracker=tracker,
+                    run_tags={"corpus": "test@v1"})
+    assert res.steps == 30 and len(res.losses) == 30 and res.skipped_rows == 1 and res.train_rows == 8
+    assert all(math.isfinite(v) for v in res.losses + res.grad_norms)
+    first, last = sum(res.losses[:5]) / 5, sum(res.losses[-5:]) / 5
+    assert last < 0.7 * first, res.losses
+    assert res.final_loss == res.losses[-1] and res.tokens_per_second > 0 and res.train_seconds > 0
+    print(f"\nSFT tiny model on CPU: {res.steps_per_second:.1f} steps/s, {res.tokens_per_second:,.0f} tokens/s")
+
+    model = AutoModelForCausalLM.from_pretrained(res.checkpoint_dir)
+    tok = AutoTokenizer.from_pretrained(res.checkpoint_dir)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert tok(["<|assistant|>12.5<|end|>"])["input_ids"] == AutoTokenizer.from_pretrained(tiny_model_dir)(
+        ["<|assistant|>12.5<|end|>"])["input_ids"]
+    assert tok.chat_template and (res.checkpoint_dir / "tracemill_recipe.json").exists()
+
+    run = tracker.get_run(res.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["corpus"] == "test@v1"
+    assert run.data.params["max_steps"] == "30" and run.data.params["base_model"] == str(tiny_model_dir)
+    assert run.data.params["train_rows"] == "8"
+    history = tracker.client.get_metric_history(res.mlflow_run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(1, 31))
+    assert {"grad_norm", "learning_rate", "final_loss", "tokens_per_second"} <= set(run.data.metrics)
+    artifacts = [a.path for a in tracker.client.list_artifacts(res.mlflow_run_id)]
+    assert "tracemill_recipe.json" in artifacts
+
+
+def test_tracker_default_is_local_sqlite(tmp_path):
+    from pipeline.tracking import MlflowTracker
+
+    t = MlflowTracker(home=tmp_path)
+    assert t.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow' / 'mlflow.db'}"
+    assert t.artifact_root == str(tmp_path.resolve() / "mlflow" / "artifacts")
+    assert MlflowTracker("sqlite:////x/y/mlflow.db").artifact_root == "/x/y/artifacts"
+
+
+def test_tracker_ends_failed_runs(tracker):
+    with pytest.raises(RuntimeError), tracker.start_run("boom", params={"a": {"b": 1}}) as run:
+        tracker.log_metrics({"x": 1.0, "skipped": "n/a"}, step=2)
+        raise RuntimeError("training crashed")
+    got = tracker.get_run(run.run_id)
+    assert got.info.status == "FAILED" and got.data.params == {"a.b": "1"} and got.data.metrics == {"x": 1.0}
+    tracker.log_metrics_to_run(run.run_id, {"eval_loss": 2.5})
+    assert tracker.get_run(run.run_id).data.metrics["eval_loss"] == 2.5
+    with pytest.raises(RuntimeError, match="no active run"):
+        tracker.log_metrics({"y": 1.0})
