@@ -80,14 +80,15 @@ def curate_corpus(ws: Workspace, spec: CorpusSpec) -> tuple[pl.DataFrame, Curati
     return df, stats
 
 
-def tokenize_rows(df: pl.DataFrame, tokenizer: Any, max_length: int) -> tuple[pl.DataFrame, int]:
+def tokenize_rows(df: pl.DataFrame, tokenizer: Any, max_length: int,
+                  tools_in_prompt: bool = True) -> tuple[pl.DataFrame, int]:
     """Add input_ids / loss_mask / n_tokens; rows with no trainable token are dropped (NaN losses)."""
     from pipeline.chat_format import tokenize_conversation
 
     ids, masks, keep = [], [], []
     for r in df.iter_rows(named=True):
-        i, m = tokenize_conversation(tokenizer, orjson.loads(r["messages"]), orjson.loads(r["tools"] or "[]"),
-                                     max_length=max_length)
+        tools = orjson.loads(r["tools"] or "[]") if tools_in_prompt else None
+        i, m = tokenize_conversation(tokenizer, orjson.loads(r["messages"]), tools, max_length=max_length)
         keep.append(sum(m) > 0)
         ids.append(i)
         masks.append(m)
@@ -106,10 +107,11 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
 
     curated = pl.read_parquet(ws.curated_path(spec.name))
     model = resolve_model(base_model, models_dir)
-    rows, untrainable = tokenize_rows(curated, AutoTokenizer.from_pretrained(model), spec.train.max_length)
+    rows, untrainable = tokenize_rows(curated, AutoTokenizer.from_pretrained(model), spec.train.max_length,
+                                     spec.tools_in_prompt)
     lineage = {"filter": spec.filter, "format": spec.format, "workspace": ws.name,
                "source_partitions": joined_days(ws), "tokenizer": base_model,
-               "dropped_untrainable": untrainable}
+               "dropped_untrainable": untrainable, "tools_in_prompt": spec.tools_in_prompt}
     return snapshot(rows, resolve_corpus_url(spec.target, corpus_root), lineage=lineage,
                     message=f"{spec.name}: {rows.height} rows, filter `{spec.filter}`")
 
@@ -182,6 +184,8 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, track
     version = ckpt["corpus_ref"].rsplit("@", 1)[1]
     corpus = open_corpus(f"{resolve_corpus_url(spec.target, corpus_root)}@{version}")
     rows = corpus.query(spec.eval.query).rows()
+    if not spec.tools_in_prompt:  # prompts must look like the training sequences did
+        rows = [{**r, "tools": "[]"} for r in rows]
     metrics = evaluate_checkpoint(ckpt["checkpoint_dir"], rows, max_examples=spec.eval.max_examples,
                                   max_new_tokens=spec.eval.max_new_tokens)
     if tracker is not None and ckpt.get("mlflow_run_id"):

@@ -1,0 +1,305 @@
+"""Safe filter expressions over flat trajectory columns, compiled to polars expressions.
+
+Filters come from the CLI and configs and are recorded in lineage, so the language is tiny, parsed by
+hand (never `eval`), and errors point at the offending token. Grammar, loosest first (keywords in any case)::
+
+    expr      := expr 'or' expr | expr 'and' expr | 'not' expr | '(' expr ')' | predicate
+    predicate := operand CMP operand | operand ['not'] 'in' '[' [literal {',' literal} [',']] ']'
+               | operand 'is' ['not'] 'null' | operand 'between' operand 'and' operand | 'true' | 'false'
+    operand   := column | number | '-' number | string | 'true' | 'false' | 'now' [('+'|'-') DURATION]
+    CMP       := '==' | '=' | '!=' | '<>' | '<' | '<=' | '>' | '>='
+    column    := [A-Za-z_][A-Za-z0-9_.]*                      DURATION := 90s | 30m | 6h | 1.5d ...
+
+Semantics follow what curators mean: a comparison involving a null is *false* (two-valued logic), so
+`reward > 0` drops rows without a reward and `not (reward > 0)` keeps them, where SQL would drop both.
+A string compared with a datetime is ISO (naive = UTC); a date-only one is the whole day, so
+`started_at <= '2026-11-18'` includes the 18th. `now` is fixed at compile time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, NamedTuple, NoReturn
+
+import polars as pl
+
+__all__ = ["FilterError", "apply_filter", "compile_filter", "describe"]
+
+_KEYWORDS = frozenset({"and", "or", "not", "in", "is", "null", "true", "false", "between", "now"})
+_CMP = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}  # pl.Expr method names
+_FLIP = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_CATEGORIES = {pl.Boolean: "boolean", pl.String: "string", pl.Categorical: "string", pl.Enum: "string",
+               pl.Datetime: "datetime", pl.Date: "datetime", pl.Null: "any"}  # the rest: number or other
+_OR, _AND, _ATOM = 1, 2, 3  # binding powers; also how tightly a describe() text is already bound
+_TOKEN = re.compile(
+    r"""(?P<ws>\s+)
+    |(?P<duration>\d+(?:\.\d+)?[smhd])(?![A-Za-z0-9_])
+    |(?P<number>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
+    |(?P<string>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
+    |(?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
+    |(?P<op>==|!=|<>|>=|<=|[=<>()\[\],+-])""",
+    re.X | re.A | re.S,
+)
+
+_Pred = tuple[pl.Expr, str, int]  # compiled expression, normalised text, binding level of that text
+
+
+class FilterError(ValueError):
+    """The message repeats the filter with a caret under the culprit: filters come from shells and YAML."""
+
+    def __init__(self, reason: str, expr: str, position: int) -> None:
+        self.reason, self.expr, self.position = reason, expr, position
+        shown = re.sub(r"\s", " ", expr)  # a tab or newline would shift the caret
+        super().__init__(f"{shown}\n{' ' * position}^ {reason} (position {position})")
+
+
+class _Tok(NamedTuple):
+    kind: str  # number, string, duration, ident, end, or the keyword / operator itself ("and", "==")
+    value: Any
+    pos: int
+    text: str
+
+    def __str__(self) -> str:
+        return "end of input" if self.kind == "end" else repr(self.text if len(self.text) < 30 else self.text[:27] + "...")
+
+
+class _Val(NamedTuple):  # an operand: a column, a literal or `now`, with the type category used for checks
+    expr: pl.Expr
+    kind: str  # col, lit, now
+    cat: str  # number, string, boolean, datetime, any (unknown), other (lists, structs...)
+    text: str
+    pos: int
+    value: Any = None
+    dtype: Any = None
+
+
+def _time_lit(value: date | datetime, dtype: Any) -> pl.Expr:
+    """A literal of the column's own flavour: polars refuses to compare across zones or naive/aware."""
+    if type(value) is date and dtype != pl.Date:
+        value = datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return pl.lit(value) if dtype is None else pl.lit(value).cast(dtype)
+
+
+def _tokenize(src: str) -> list[_Tok]:
+    tokens, pos = [], 0
+    while pos < len(src):
+        if (match := _TOKEN.match(src, pos)) is None:
+            reason = "unterminated string" if src[pos] in "'\"" else f"unexpected character {src[pos]!r}"
+            raise FilterError(reason, src, pos)
+        kind, text = match.lastgroup or "", match.group()
+        value: Any = text
+        if kind == "ident" and text.lower() in _KEYWORDS or kind == "op":
+            kind = value = {"=": "==", "<>": "!="}.get(text.lower(), text.lower())
+        elif kind == "string":
+            value = re.sub(r"\\(.)", lambda e: {"n": "\n", "t": "\t"}.get(e[1], e[1]), text[1:-1], flags=re.S)
+        elif kind == "number":
+            value = int(text) if text.isdigit() and len(text) <= 18 else float(text)
+            if not math.isfinite(value):
+                raise FilterError("number out of range", src, pos)
+        if kind != "ws":
+            tokens.append(_Tok(kind, value, pos, text))
+        pos = match.end()
+    return [*tokens, _Tok("end", None, len(src), "")]
+
+
+def _join(terms: list[_Pred], bp: int) -> _Pred:
+    texts = [text if level >= bp else f"({text})" for _, text, level in terms]
+    exprs = [expr for expr, _, _ in terms]
+    expr = pl.any_horizontal(exprs) if bp == _OR else pl.all_horizontal(exprs)
+    return expr, f" {'or' if bp == _OR else 'and'} ".join(texts), bp
+
+
+class _Parser:
+    """Pratt parser that emits the polars expression and the normalised text in one pass."""
+
+    def __init__(self, src: str, columns: Mapping[str, Any] | None, now: datetime) -> None:
+        self.src, self.columns, self.now = src, columns, now
+        self.tokens, self.i = _tokenize(src), 0
+
+    def peek(self, ahead: int = 0) -> _Tok:
+        return self.tokens[min(self.i + ahead, len(self.tokens) - 1)]
+
+    def next(self) -> _Tok:
+        tok, self.i = self.peek(), min(self.i + 1, len(self.tokens) - 1)
+        return tok
+
+    def at(self, *kinds: str, ahead: int = 0) -> bool:
+        return self.peek(ahead).kind in kinds
+
+    def accept(self, kind: str) -> bool:
+        if matched := self.at(kind):
+            self.next()
+        return matched
+
+    def expect(self, kind: str, what: str = "") -> _Tok:
+        if not self.at(kind):
+            self.fail(f"unexpected {self.peek()}, expected {what or repr(kind)}", self.peek())
+        return self.next()
+
+    def fail(self, reason: str, at: _Tok | _Val) -> NoReturn:
+        raise FilterError(reason, self.src, at.pos)
+
+    def expr(self, min_bp: int) -> _Pred:
+        # a run of one operator becomes one flat any/all_horizontal: polars optimises a deep `|` tree slowly
+        terms, op = [self.unary()], 0
+        while self.at("and", "or") and (bp := _OR if self.at("or") else _AND) > min_bp:
+            self.next()
+            if op and bp != op:  # `a and b or c`: the run of `and` is complete
+                terms = [_join(terms, op)]
+            terms, op = [*terms, self.expr(bp)], bp
+        return _join(terms, op) if op else terms[0]
+
+    def unary(self) -> _Pred:
+        if self.accept("not"):
+            expr, text, _ = self.unary()
+            return ~expr, f"not {text if ' ' not in text else f'({text})'}", _ATOM
+        if self.accept("("):
+            pred = self.expr(0)
+            self.expect(")")
+            return pred
+        return self.predicate()
+
+    def predicate(self) -> _Pred:
+        left, tok = self.operand(), self.peek()
+        if tok.kind in _CMP:
+            self.next()
+            return self.compare(left, tok.kind, self.operand())
+        if self.at("in") or (self.at("not") and self.at("in", ahead=1)):
+            negate = self.next().kind == "not"
+            self.i += negate
+            return self.membership(left, negate)
+        if self.accept("is"):
+            negate = self.accept("not")
+            self.expect("null")
+            expr = left.expr.is_not_null() if negate else left.expr.is_null()
+            return expr, f"{left.text} is {'not ' if negate else ''}null", _ATOM
+        if self.accept("between"):
+            low, _, high = self.operand(), self.expect("and"), self.operand()
+            expr = self.compare(left, ">=", low)[0] & self.compare(left, "<=", high)[0]
+            return expr, f"{left.text} between {low.text} and {high.text}", _ATOM
+        if left.kind == "lit" and left.cat == "boolean":  # `true` / `false` alone
+            return left.expr, left.text, _ATOM
+        self.fail(f"unexpected {tok}, expected a comparison after {left.text}", tok)
+
+    def operand(self) -> _Val:
+        tok = self.next()
+        if tok.kind == "ident":
+            return self.column(tok)
+        if tok.kind == "-" and self.at("number"):
+            tok = tok._replace(kind="number", value=-self.next().value)
+        if tok.kind in ("number", "string", "true", "false"):
+            value = tok.kind == "true" if tok.kind in ("true", "false") else tok.value
+            cat = {bool: "boolean", int: "number", float: "number", str: "string"}[type(value)]
+            text = str(value).lower() if cat == "boolean" else repr(value)  # repr quotes strings as we parse them
+            return _Val(pl.lit(value), "lit", cat, text, tok.pos, value)
+        if tok.kind == "now":
+            when, text = self.now, "now"
+            if self.at("+", "-"):
+                sign = self.next().kind
+                span = self.expect("duration", "a duration such as 90s, 30m, 6h or 7d")
+                when += timedelta(seconds=float(span.text[:-1]) * _UNITS[span.text[-1]] * (1 if sign == "+" else -1))
+                text = f"now {sign} {span.text}"
+            return _Val(pl.lit(when), "now", "datetime", text, tok.pos, when)
+        hint = " (test for missing values with 'is null')" if tok.kind == "null" else ""
+        self.fail(f"unexpected {tok}, expected a value{hint}", tok)
+
+    def column(self, tok: _Tok) -> _Val:
+        name = tok.value
+        if self.columns is not None and name not in self.columns:
+            known = sorted(self.columns)
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.0)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            self.fail(f"unknown column '{name}'{hint}; known columns: {', '.join(known)}", tok)
+        if self.columns is None:  # no schema: the project's convention is that *_at columns are datetimes
+            return _Val(pl.col(name), "col", "datetime" if name.endswith("_at") else "any", name, tok.pos)
+        dtype = self.columns[name]
+        cat = _CATEGORIES.get(dtype.base_type(), "number" if dtype.is_numeric() else "other")
+        return _Val(pl.col(name), "col", cat, name, tok.pos, dtype=dtype)
+
+    def coerce(self, val: _Val, other: _Val) -> _Val:
+        """A string compared with a datetime is an ISO date or datetime (naive ones are UTC, so results
+        never depend on the host's zone), turned into a literal of the column's own flavour."""
+        if val.kind == "col" or other.cat != "datetime" or val.cat not in ("string", "datetime"):
+            return val
+        value = val.value
+        if val.cat == "string":
+            try:
+                value = datetime.fromisoformat(val.value)
+            except ValueError:
+                self.fail(f"{val.text} is not a date or datetime (e.g. '2026-11-16', '2026-11-16T08:00Z')", val)
+            is_day = re.fullmatch(r"\d{4}-\d{2}-\d{2}", val.value)
+            value = value.date() if is_day else value.replace(tzinfo=value.tzinfo or UTC).astimezone(UTC)
+        return val._replace(expr=_time_lit(value, other.dtype), cat="datetime", value=value)
+
+    def compare(self, left: _Val, op: str, right: _Val) -> _Pred:
+        if left.kind != "col" and right.kind == "col":
+            left, right, op = right, left, _FLIP[op]
+        left, right = self.coerce(left, right), self.coerce(right, left)
+        cats = {left.cat, right.cat}
+        if "other" in cats or not (len(cats) == 1 or "any" in cats or cats == {"boolean", "number"}):
+            what = [f"{v.text} ({v.dtype if v.cat == 'other' else v.cat})" for v in (left, right)]
+            self.fail(f"cannot compare {what[0]} with {what[1]}", right)
+        if type(right.value) is date and left.kind == "col" and left.dtype != pl.Date:  # the whole day
+            day, col = right.value, left.expr
+            start, end = _time_lit(day, left.dtype), _time_lit(day + timedelta(days=1), left.dtype)
+            expr = {"==": (col >= start) & (col < end), "!=": (col < start) | (col >= end),
+                    "<": col < start, ">=": col >= start, "<=": col < end, ">": col >= end}[op]
+        else:
+            expr = getattr(left.expr, _CMP[op])(right.expr)
+        return expr.fill_null(False), f"{left.text} {op} {right.text}", _ATOM
+
+    def membership(self, left: _Val, negate: bool) -> _Pred:
+        self.expect("[")
+        values: list[_Val] = []
+        while not self.accept("]"):
+            if (value := self.operand()).kind != "lit":
+                self.fail(f"a list holds literal values, not {value.text}", value)
+            values.append(value)
+            if not self.at("]"):
+                self.expect(",", "',' or ']'")
+        if len({v.cat for v in values}) > 1:
+            self.fail("list values must all have the same type", values[-1])
+        found = pl.any_horizontal(pl.lit(False), *(self.compare(left, "==", v)[0] for v in values))
+        expr = left.expr.is_not_null() & ~found if negate else found
+        items = ", ".join(v.text for v in values)
+        return expr, f"{left.text} {'not in' if negate else 'in'} [{items}]", _ATOM
+
+
+def _parse(expr: str | None, columns: Mapping[str, Any] | None, now: datetime | None) -> _Pred:
+    if expr is None or not expr.strip():
+        return pl.lit(True), "", _ATOM
+    now = now or datetime.now(UTC)
+    parser = _Parser(expr, columns, now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC))
+    try:
+        pred = parser.expr(0)
+    except OverflowError:  # date arithmetic past year 9999 (`now - 99999999d`, `'9999-12-31'` + 1 day)
+        parser.fail("date out of range", parser.peek(-1))
+    except RecursionError:  # hundreds of nested parentheses or `not`s: garbage, not a filter
+        parser.fail("expression is nested too deeply", parser.peek())
+    if not parser.at("end"):
+        parser.fail(f"unexpected {parser.peek()}, expected 'and', 'or' or the end", parser.peek())
+    return pred
+
+
+def compile_filter(expr: str | None, columns: Mapping[str, Any] | None = None, *,
+                   now: datetime | None = None) -> pl.Expr:
+    """Compile `expr` to a boolean polars expression; empty or None keeps every row. With `columns`
+    (name -> dtype, e.g. `df.schema`) unknown names and type mismatches fail here, with a caret,
+    instead of as a polars error halfway through a pipeline run."""
+    return _parse(expr, columns, now)[0]
+
+
+def apply_filter(df: pl.DataFrame, expr: str | None, *, now: datetime | None = None) -> pl.DataFrame:
+    """Rows of `df` (a DataFrame or LazyFrame) matching `expr`, checked against its schema."""
+    return df if not (expr or "").strip() else df.filter(compile_filter(expr, df.collect_schema(), now=now))
+
+
+def describe(expr: str | None) -> str:
+    """Normalised text of `expr` for lineage: canonical keywords, operators, quoting and parentheses,
+    so that `reward>0 AND agent="a"` and `reward > 0 and agent == 'a'` record the same filter."""
+    return _parse(expr, None, None)[1]
