@@ -21,7 +21,7 @@ setup: $(STAMP)
 	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 
 demo: setup
-	$(VENV)/bin/tracemill demo
+	$(PY) -m assets.demo
 
 test: setup
 	$(PY) -m pytest

@@ -1,0 +1,116 @@
+"""Reading an input file as a sequence of JSON records, whatever its layout.
+
+A file is either one JSON document (an object, or an array of records) or JSON Lines. JSON Lines are
+read lazily, line by line, so a multi-gigabyte export streams; `bytes_read` lets a progress bar follow.
+A line that is not valid JSON becomes a record with `error` set (reported with its line number), so
+one bad line never hides the others. The layout is decided from the content, never the extension.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True)
+class Record:
+    """One top-level record: `index` is 0-based; `line` is the 1-based line for JSON Lines input."""
+
+    index: int
+    line: int | None
+    value: Any = None
+    error: str | None = None
+
+
+class Source:
+    """A file (or an in-memory value) seen as records. Iterating twice re-reads from the start."""
+
+    def __init__(self, path: str | os.PathLike | None = None, value: Any = None, *, kind: str = "json"):
+        self.path = Path(path) if path is not None else None
+        self.kind = kind  # "json" (one document) or "jsonl"
+        self.value = value
+        self.bytes_read = 0
+        self.total_bytes = self.path.stat().st_size if self.path is not None else 0
+
+    @property
+    def name(self) -> str | None:
+        return self.path.name if self.path is not None else None
+
+    @classmethod
+    def from_value(cls, value: Any) -> Source:
+        return cls(None, value, kind="json")
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Source:
+        """Decide JSON vs JSON Lines by content: a first line that is a complete JSON value followed
+        by more content means JSON Lines; otherwise the whole file must parse as one document, and if
+        it does not, it is read as JSON Lines so every bad line gets reported on its own."""
+        path = Path(path)
+        with open(path, "rb") as fh:
+            first = fh.readline()
+            while first and not first.strip():
+                first = fh.readline()
+            rest = fh.read(4096).strip()
+        head = first.lstrip()
+        if head[:1] not in (b"{", b"["):
+            raise ValueError(f"{path.name}: not JSON or JSON Lines (starts with {head[:20]!r})")
+        if rest and _parses(first):
+            return cls(path, kind="jsonl")
+        try:
+            value = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError:
+            return cls(path, kind="jsonl")
+        src = cls(path, value, kind="json")
+        src.bytes_read = src.total_bytes
+        return src
+
+    def records(self) -> Iterator[Record]:
+        """JSON array: its items; JSON object: itself; JSON Lines: one record per non-blank line."""
+        if self.kind == "json":
+            items = self.value if isinstance(self.value, list) else [self.value]
+            for i, item in enumerate(items):
+                yield Record(i, None, item)
+            return
+        assert self.path is not None
+        self.bytes_read = 0
+        index = 0
+        with open(self.path, "rb") as fh:
+            for line_no, raw in enumerate(fh, start=1):
+                self.bytes_read += len(raw)
+                if not raw.strip():
+                    continue
+                try:
+                    yield Record(index, line_no, orjson.loads(raw))
+                except orjson.JSONDecodeError as exc:
+                    yield Record(index, line_no, error=f"invalid JSON: {exc}")
+                index += 1
+
+    def first_value(self) -> Any:
+        """What detection looks at: the whole document, or the first parsable line of JSON Lines."""
+        if self.kind == "json":
+            return self.value
+        for rec in self.records():
+            if rec.error is None:
+                return rec.value
+        return None
+
+    def conversations(self) -> Iterator[Record]:
+        """For formats whose unit is a bare list of messages: a JSON array of messages is ONE record
+        (one conversation), while JSON Lines / arrays of records yield one record each."""
+        if self.kind == "json" and isinstance(self.value, list) and self.value \
+                and all(isinstance(m, dict) and ("role" in m or "type" in m) for m in self.value):
+            yield Record(0, None, self.value)
+            return
+        yield from self.records()
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(line), dict | list)
+    except orjson.JSONDecodeError:
+        return False
