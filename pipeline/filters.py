@@ -8,12 +8,13 @@ hand (never `eval`), and errors point at the offending token. Grammar, loosest f
                | operand 'is' ['not'] 'null' | operand 'between' operand 'and' operand | 'true' | 'false'
     operand   := column | number | '-' number | string | 'true' | 'false' | 'now' [('+'|'-') DURATION]
     CMP       := '==' | '=' | '!=' | '<>' | '<' | '<=' | '>' | '>='
-    column    := [A-Za-z_][A-Za-z0-9_.]*                      DURATION := 90s | 30m | 6h | 1.5d ...
+    column    := [A-Za-z_][A-Za-z0-9_.]*    DURATION := 90s | 30m | 6h | 1.5d ...
 
 Semantics follow what curators mean: a comparison involving a null is *false* (two-valued logic), so
 `reward > 0` drops rows without a reward and `not (reward > 0)` keeps them, where SQL would drop both.
 A string compared with a datetime is ISO (naive = UTC); a date-only one is the whole day, so
-`started_at <= '2026-11-18'` includes the 18th. `now` is fixed at compile time.
+`started_at <= '2026-11-18'` includes the 18th. `now` is fixed at compile time. Without a schema
+there are no type checks and *_at columns are taken to be datetimes.
 """
 
 from __future__ import annotations
@@ -27,12 +28,9 @@ from typing import Any, NamedTuple, NoReturn
 
 import polars as pl
 
-__all__ = ["FilterError", "apply_filter", "compile_filter", "describe"]
-
 _KEYWORDS = frozenset({"and", "or", "not", "in", "is", "null", "true", "false", "between", "now"})
 _CMP = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}  # pl.Expr method names
-_FLIP = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNITS = dict(s=timedelta(seconds=1), m=timedelta(minutes=1), h=timedelta(hours=1), d=timedelta(days=1))
 _CATEGORIES = {pl.Boolean: "boolean", pl.String: "string", pl.Categorical: "string", pl.Enum: "string",
                pl.Datetime: "datetime", pl.Date: "datetime", pl.Null: "any"}  # the rest: number or other
 _OR, _AND, _ATOM = 1, 2, 3  # binding powers; also how tightly a describe() text is already bound
@@ -65,7 +63,7 @@ class _Tok(NamedTuple):
     text: str
 
     def __str__(self) -> str:
-        return "end of input" if self.kind == "end" else repr(self.text if len(self.text) < 30 else self.text[:27] + "...")
+        return "end of input" if self.kind == "end" else repr(self.text[:40])
 
 
 class _Val(NamedTuple):  # an operand: a column, a literal or `now`, with the type category used for checks
@@ -91,8 +89,7 @@ def _tokenize(src: str) -> list[_Tok]:
         if (match := _TOKEN.match(src, pos)) is None:
             reason = "unterminated string" if src[pos] in "'\"" else f"unexpected character {src[pos]!r}"
             raise FilterError(reason, src, pos)
-        kind, text = match.lastgroup or "", match.group()
-        value: Any = text
+        kind, text, value = match.lastgroup or "", match.group(), match.group()
         if kind == "ident" and text.lower() in _KEYWORDS or kind == "op":
             kind = value = {"=": "==", "<>": "!="}.get(text.lower(), text.lower())
         elif kind == "string":
@@ -109,8 +106,7 @@ def _tokenize(src: str) -> list[_Tok]:
 
 def _join(terms: list[_Pred], bp: int) -> _Pred:
     texts = [text if level >= bp else f"({text})" for _, text, level in terms]
-    exprs = [expr for expr, _, _ in terms]
-    expr = pl.any_horizontal(exprs) if bp == _OR else pl.all_horizontal(exprs)
+    expr = (pl.any_horizontal if bp == _OR else pl.all_horizontal)([expr for expr, _, _ in terms])
     return expr, f" {'or' if bp == _OR else 'and'} ".join(texts), bp
 
 
@@ -159,8 +155,7 @@ class _Parser:
             expr, text, _ = self.unary()
             return ~expr, f"not {text if ' ' not in text else f'({text})'}", _ATOM
         if self.accept("("):
-            pred = self.expr(0)
-            self.expect(")")
+            pred, _ = self.expr(0), self.expect(")")
             return pred
         return self.predicate()
 
@@ -170,8 +165,7 @@ class _Parser:
             self.next()
             return self.compare(left, tok.kind, self.operand())
         if self.at("in") or (self.at("not") and self.at("in", ahead=1)):
-            negate = self.next().kind == "not"
-            self.i += negate
+            self.i += 1 + (negate := self.at("not"))
             return self.membership(left, negate)
         if self.accept("is"):
             negate = self.accept("not")
@@ -195,50 +189,51 @@ class _Parser:
         if tok.kind in ("number", "string", "true", "false"):
             value = tok.kind == "true" if tok.kind in ("true", "false") else tok.value
             cat = {bool: "boolean", int: "number", float: "number", str: "string"}[type(value)]
-            text = str(value).lower() if cat == "boolean" else repr(value)  # repr quotes strings as we parse them
+            text = str(value).lower() if cat == "boolean" else repr(value)  # quoted the way we parse
             return _Val(pl.lit(value), "lit", cat, text, tok.pos, value)
         if tok.kind == "now":
             when, text = self.now, "now"
             if self.at("+", "-"):
                 sign = self.next().kind
                 span = self.expect("duration", "a duration such as 90s, 30m, 6h or 7d")
-                when += timedelta(seconds=float(span.text[:-1]) * _UNITS[span.text[-1]] * (1 if sign == "+" else -1))
+                delta = float(span.text[:-1]) * _UNITS[span.text[-1]]  # OverflowError: see _parse()
+                when = when + delta if sign == "+" else when - delta
                 text = f"now {sign} {span.text}"
             return _Val(pl.lit(when), "now", "datetime", text, tok.pos, when)
-        hint = " (test for missing values with 'is null')" if tok.kind == "null" else ""
+        hint = " (missing values: use 'is null')" if tok.kind == "null" else ""
         self.fail(f"unexpected {tok}, expected a value{hint}", tok)
 
     def column(self, tok: _Tok) -> _Val:
-        name = tok.value
-        if self.columns is not None and name not in self.columns:
-            known = sorted(self.columns)
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.0)
+        name, columns = tok.value, self.columns
+        if columns is None:  # no schema, no type checks; coerce() still reads ISO strings for *_at columns
+            return _Val(pl.col(name), "col", "any", name, tok.pos)
+        if name not in columns:
+            close = difflib.get_close_matches(name, sorted(columns), n=1, cutoff=0.0)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            self.fail(f"unknown column '{name}'{hint}; known columns: {', '.join(known)}", tok)
-        if self.columns is None:  # no schema: the project's convention is that *_at columns are datetimes
-            return _Val(pl.col(name), "col", "datetime" if name.endswith("_at") else "any", name, tok.pos)
-        dtype = self.columns[name]
-        cat = _CATEGORIES.get(dtype.base_type(), "number" if dtype.is_numeric() else "other")
-        return _Val(pl.col(name), "col", cat, name, tok.pos, dtype=dtype)
+            self.fail(f"unknown column '{name}'{hint}; known columns: {', '.join(sorted(columns))}", tok)
+        cat = _CATEGORIES.get(columns[name].base_type(), "number" if columns[name].is_numeric() else "other")
+        return _Val(pl.col(name), "col", cat, name, tok.pos, dtype=columns[name])
 
     def coerce(self, val: _Val, other: _Val) -> _Val:
-        """A string compared with a datetime is an ISO date or datetime (naive ones are UTC, so results
-        never depend on the host's zone), turned into a literal of the column's own flavour."""
-        if val.kind == "col" or other.cat != "datetime" or val.cat not in ("string", "datetime"):
+        """An ISO string compared with a datetime becomes a literal of the column's flavour (naive = UTC)."""
+        timely = other.cat == "datetime" or (other.cat == "any" and other.text.endswith("_at"))
+        if val.kind == "col" or not timely or val.cat not in ("string", "datetime"):
             return val
         value = val.value
         if val.cat == "string":
             try:
                 value = datetime.fromisoformat(val.value)
             except ValueError:
-                self.fail(f"{val.text} is not a date or datetime (e.g. '2026-11-16', '2026-11-16T08:00Z')", val)
+                if other.cat == "any":  # no schema, so maybe not a datetime column after all
+                    return val
+                self.fail(f"{val.text} is not a date or datetime (e.g. '2026-11-16T08:00Z')", val)
             is_day = re.fullmatch(r"\d{4}-\d{2}-\d{2}", val.value)
             value = value.date() if is_day else value.replace(tzinfo=value.tzinfo or UTC).astimezone(UTC)
         return val._replace(expr=_time_lit(value, other.dtype), cat="datetime", value=value)
 
     def compare(self, left: _Val, op: str, right: _Val) -> _Pred:
         if left.kind != "col" and right.kind == "col":
-            left, right, op = right, left, _FLIP[op]
+            left, right, op = right, left, op.translate(str.maketrans("<>", "><"))  # 0 < x is x > 0
         left, right = self.coerce(left, right), self.coerce(right, left)
         cats = {left.cat, right.cat}
         if "other" in cats or not (len(cats) == 1 or "any" in cats or cats == {"boolean", "number"}):
@@ -255,19 +250,18 @@ class _Parser:
 
     def membership(self, left: _Val, negate: bool) -> _Pred:
         self.expect("[")
-        values: list[_Val] = []
+        items: list[_Val] = []
         while not self.accept("]"):
-            if (value := self.operand()).kind != "lit":
-                self.fail(f"a list holds literal values, not {value.text}", value)
-            values.append(value)
+            if (item := self.operand()).kind != "lit":
+                self.fail(f"a list holds literal values, not {item.text}", item)
+            items.append(item)
             if not self.at("]"):
                 self.expect(",", "',' or ']'")
-        if len({v.cat for v in values}) > 1:
-            self.fail("list values must all have the same type", values[-1])
-        found = pl.any_horizontal(pl.lit(False), *(self.compare(left, "==", v)[0] for v in values))
+        if len({v.cat for v in items}) > 1:
+            self.fail("list values must all have the same type", items[-1])
+        found = pl.any_horizontal(pl.lit(False), *(self.compare(left, "==", v)[0] for v in items))
         expr = left.expr.is_not_null() & ~found if negate else found
-        items = ", ".join(v.text for v in values)
-        return expr, f"{left.text} {'not in' if negate else 'in'} [{items}]", _ATOM
+        return expr, f"{left.text} {'not in' if negate else 'in'} [{', '.join(v.text for v in items)}]", _ATOM
 
 
 def _parse(expr: str | None, columns: Mapping[str, Any] | None, now: datetime | None) -> _Pred:

@@ -34,7 +34,8 @@ _PATTERNS = {
                r"|(?i:aws_?secret_?(?:access_?)?key)[\"' :=]{1,5}(?P<v>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])",
     "github_token": r"(?<![\w-])(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_\w{22,})",
     "slack_token": r"(?<![\w-])xox[abposre]-[A-Za-z0-9-]{10,}",
-    "email": r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-]|:[\w/~])",  # not git@host:repo
+    # not followed by ":path", which makes git@github.com:org/repo.git an SSH address
+    "email": r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-]|:[\w/~])",
     # 13-19 digits, optionally grouped by spaces or dashes, not part of a longer number (0.2235294117647059)
     "credit_card": r"(?<![\d+.])(?<!\d[ -])\d(?:[ -]?\d){12,18}(?![ -]?\d|\.\d)",
     "ipv6": r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|\d{1,3}(?:\.\d{1,3}){3})?(?![\w:.])",
@@ -46,6 +47,8 @@ _PATTERNS = {
 }
 _PAYLOADS = frozenset({"arguments", "input"})  # tool-call payloads: JSON text, or decoded objects
 _STRUCTURAL = frozenset({"role", "id", "tool_call_id", "tool_use_id", "name", "type", "is_error", "meta"})
+_CARD_SCHEMES = re.compile(r"4\d{12}(?:\d{3}){0,2}|5[1-5]\d{14}|2[2-7]\d{14}|3[47]\d{13}"
+                           r"|6(?:011|5\d\d)\d{12,15}|35\d{14,17}|3[0689]\d{12}")
 _HEX_ID = re.compile(r"[0-9a-fA-F]+(?:-[0-9a-fA-F]+)*")  # sha/md5 digests, UUIDs: ids, not secrets
 _PATH_PART = re.compile(r"[A-Za-z][a-z]{2,}|[0-9a-f]{8,}|[a-z0-9]+(?:[-_][a-z0-9]+)+")
 _WORD = re.compile(r"[A-Z]?[a-z]{2,}|[A-Z]{2,}(?![a-z])")
@@ -63,8 +66,7 @@ def _card(text: str) -> bool:
     """Luhn alone passes one random number in ten (timestamps, order ids), so the issuer prefix and
     length must fit a real scheme too: Visa, Mastercard, Amex, Discover, JCB, Diners."""
     digits = re.sub(r"\D", "", text)
-    schemes = r"4\d{12}(?:\d{3}){0,2}|5[1-5]\d{14}|2[2-7]\d{14}|3[47]\d{13}|6(?:011|5\d\d)\d{12,15}|35\d{14,17}|3[0689]\d{12}"
-    return bool(re.fullmatch(schemes, digits)) and _luhn(digits)
+    return bool(_CARD_SCHEMES.fullmatch(digits)) and _luhn(digits)
 
 
 def _ip(text: str) -> bool:
@@ -83,7 +85,7 @@ def _ip(text: str) -> bool:
 def _phone(text: str) -> bool:
     """Phone numbers have 10-15 digits; `+12.345678` is a signed decimal, `+1980-02-29 01` a date."""
     digits = sum(ch.isdigit() for ch in text)
-    return 10 <= digits <= 15 and not re.fullmatch(r"\+\d+\.\d+", text) and not re.match(r"\+\d{4}-\d\d-\d\d", text)
+    return 10 <= digits <= 15 and not re.fullmatch(r"\+\d+\.\d+|\+\d{4}-\d\d-\d\d.*", text, re.S)
 
 
 def shannon_entropy(text: str) -> float:
@@ -98,14 +100,15 @@ class Redactor:
     entropy_threshold / min_token_length: a run of min_token_length..256 characters from
     [A-Za-z0-9+/_-] is a `high_entropy` secret when its Shannon entropy reaches the threshold and it
     is not made of words: paths, URLs and model ids (a wordy `/` part), slugs and snake_case (short
-    parts between - and _), CamelCase (mostly capitalised words) are kept. On random 32-char base64
-    and alphanumeric tokens this catches ~95%; on 8,000 Python source files it flags about one token
-    in 600 files, mostly inline base64 data. Longer runs are data (images), not credentials.
+    parts between - and _), CamelCase (mostly capitalised words) are kept. It catches ~95% of random
+    32-char base64/alphanumeric tokens and flags ~20 tokens in 8,000 source files of installed Python
+    packages, mostly inline base64 data. Longer runs are data (images), not credentials.
     Hex digests and UUIDs are ids, kept unless `redact_hex_ids=True`.
     """
 
     def __init__(self, kinds: Iterable[str] | None = None, placeholder: str = "[REDACTED:{kind}]", *,
-                 entropy_threshold: float = 4.0, min_token_length: int = 32, redact_hex_ids: bool = False) -> None:
+                 entropy_threshold: float = 4.0, min_token_length: int = 32,
+                 redact_hex_ids: bool = False) -> None:
         wanted: set[str] = set()
         for name in ["all"] if kinds is None else ([kinds] if isinstance(kinds, str) else kinds):
             if name not in GROUPS and name not in KINDS:
@@ -115,8 +118,8 @@ class Redactor:
         self.placeholder = placeholder
         placeholder.format(kind="email")  # fail now, not on the first secret
         self.entropy_threshold, self.redact_hex_ids = entropy_threshold, redact_hex_ids
-        body = r"A-Za-z0-9+/_\-"
-        token = rf"(?<![{body}])[{body}]{{{min_token_length},256}}={{0,2}}(?![{body}=])"
+        body, longest = r"A-Za-z0-9+/_\-", max(256, min_token_length)
+        token = rf"(?<![{body}])[{body}]{{{min_token_length},{longest}}}={{0,2}}(?![{body}=])"
         patterns = {**_PATTERNS, "high_entropy": token}
         checks: dict[str, Callable[[str], bool]] = {"credit_card": _card, "ipv4": _ip, "ipv6": _ip,
                                                      "phone": _phone, "high_entropy": self._opaque}
@@ -143,7 +146,8 @@ class Redactor:
         spans: list[tuple[int, int, str]] = []
         for kind, pattern, check in self._detectors:
             for match in pattern.finditer(text):
-                start, end = match.span("v") if match.groupdict().get("v") else match.span()  # v: the secret part
+                # group "v", where a pattern has one, is the secret itself without its label
+                start, end = match.span("v") if match.groupdict().get("v") else match.span()
                 if start == end or 1 in taken[start:end] or (check and not check(match.group())):
                     continue
                 taken[start:end] = b"\x01" * (end - start)
@@ -178,12 +182,11 @@ class Redactor:
         return [self._walk(item, counts, key) for item in value]
 
     def _json(self, text: str, counts: Counter[str]) -> str:
-        try:
-            data = json.loads(text)
-        except ValueError:  # not JSON after all (or truncated): plain text
-            return self._data(text, counts)
         found: Counter[str] = Counter()
-        redacted = self._data(data, found)
+        try:
+            redacted = self._data(json.loads(text), found)
+        except (ValueError, RecursionError):  # not JSON after all, truncated, or absurdly deep: plain text
+            return self._data(text, counts)
         counts.update(found)
         return json.dumps(redacted, ensure_ascii=False) if found else text
 
