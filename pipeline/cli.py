@@ -105,6 +105,69 @@ def workspace_delete(name: str, yes: Annotated[bool, typer.Option("--yes", help=
     console.print(f"deleted workspace {name}")
 
 
+@app.command("import")
+def import_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to import.")],
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Target workspace.")],
+    format: Annotated[str | None, typer.Option("--format", "-f", help="Skip detection: one of `tracemill formats`.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Agent name when the source has none.")] = None,
+    default_time: Annotated[str | None, typer.Option(
+        help="Start time (ISO) for records without timestamps; default 1970-01-01 keeps re-imports identical.")] = None,
+    create: Annotated[bool, typer.Option(help="Create the workspace if missing.")] = False,
+    home: HomeOpt = None, json: JsonOpt = False,
+):
+    """Import third-party trajectory files (format detected from the content)."""
+    from datetime import UTC, datetime
+
+    from pipeline.importers import DEFAULT_TIME, FORMATS, import_paths
+
+    if format and format not in FORMATS:
+        fail(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        fail(f"no such file or folder: {', '.join(missing)}")
+    ws = Workspace.open(workspace, home=home) if create else open_ws(workspace, home)
+    when = DEFAULT_TIME
+    if default_time:
+        try:
+            when = datetime.fromisoformat(default_time)
+        except ValueError:
+            fail(f"--default-time {default_time!r} is not an ISO date/time (e.g. 2026-11-20)")
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    summary = import_paths(paths, ws, format=format, progress=not json, agent=agent, default_time=when,
+                           console=err)
+    report = {"trajectories": summary.trajectories, "outcomes": summary.outcomes,
+              "preferences": summary.preferences,
+              "errors": [{"path": p, **e.__dict__} for p, e in summary.errors],
+              "skipped": [{"path": p, "reason": r} for p, r in summary.skipped],
+              "files": [{"path": f.path, "format": f.format, "trajectories": f.trajectories} for f in summary.files]}
+    if json:
+        sys.stdout.write(orjson.dumps(report, default=str).decode() + "\n")
+    else:
+        table = Table("file", "format", "trajectories", "outcomes", "errors")
+        for f in summary.files:
+            if not f.skipped:
+                table.add_row(f.path, f.format or "", str(f.trajectories), str(f.outcomes), str(len(f.errors)))
+        console.print(table)
+        for p, reason in summary.skipped:
+            err.print(f"[dim]skipped {p}: {reason[:100]}[/]")
+        console.print(f"imported {summary.trajectories} trajectories, {summary.outcomes} outcomes "
+                      f"into [bold]{ws.name}[/]")
+        for p, e in summary.errors[:20]:
+            err.print(f"[yellow]{p}[/] record {e.index}: {e.field}: {e.reason}")
+    if summary.trajectories == 0 and (summary.errors or summary.skipped):
+        raise typer.Exit(1)
+
+
+@app.command()
+def formats():
+    """List the import formats."""
+    from pipeline.importers import FORMATS
+
+    for name, f in FORMATS.items():
+        console.print(f"[bold]{name}[/]  {f.description}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -8,10 +8,7 @@ os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
 import pytest  # noqa: E402
 
-try:  # the model fixtures live in their own module
-    from tests.conftest_model import *  # noqa: F401,F403,E402
-except ImportError:  # pragma: no cover - while the module is being written
-    pass
+from tests.conftest_model import *  # noqa: F401,F403,E402  (the session-scoped tiny model)
 
 
 @pytest.fixture

@@ -1,0 +1,42 @@
+"""The command line, run as a user runs it (a real subprocess of the installed entry point)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "realworld"
+
+
+def tm(*args, home):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+                          env={"TRACEMILL_HOME": str(home), "PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+
+
+def test_workspace_commands_and_schema(tmp_path):
+    assert tm("workspace", "create", "ft-live", home=tmp_path).returncode == 0
+    dup = tm("workspace", "create", "ft-live", home=tmp_path)
+    assert dup.returncode == 1 and "already exists" in dup.stderr
+    assert json.loads(tm("workspace", "list", "--json", home=tmp_path).stdout) == ["ft-live"]
+    missing = tm("workspace", "show", "nope", home=tmp_path)
+    assert missing.returncode == 1 and "tracemill workspace create nope" in missing.stderr
+    schema = json.loads(tm("schema", home=tmp_path).stdout)
+    assert "trajectory_id" in schema["trajectory"]["properties"]
+    assert tm("workspace", "delete", "ft-live", "--yes", home=tmp_path).returncode == 0
+    assert json.loads(tm("workspace", "list", "--json", home=tmp_path).stdout) == []
+
+
+def test_import_then_show_counts(tmp_path):
+    tm("workspace", "create", "imp", home=tmp_path)
+    out = tm("import", str(FIXTURES / "tau2_bench"), str(FIXTURES / "openai_chat_finetune_jsonl"),
+             "-w", "imp", "--json", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["trajectories"] == 11 and report["outcomes"] > 0 and report["errors"] == []
+    shown = json.loads(tm("workspace", "show", "imp", "--json", home=tmp_path).stdout)
+    assert shown["trajectories"] == 11 and shown["tool_calls"] > 0 and shown["quarantined"] == 0
+    again = json.loads(tm("import", str(FIXTURES / "tau2_bench"), "-w", "imp", "--json", home=tmp_path).stdout)
+    assert again["trajectories"] == 5  # re-sent …
+    assert json.loads(tm("workspace", "show", "imp", "--json", home=tmp_path).stdout)["trajectories"] == 11  # … not duplicated
+    bad = tm("import", str(tmp_path / "nope.json"), "-w", "imp", home=tmp_path)
+    assert bad.returncode == 1 and "no such file" in bad.stderr
