@@ -35,10 +35,10 @@ def run_demo(per_day: int = 80, seed: int = 0, train_steps: int | None = None) -
     t0 = time.time()
     home = _prepare_env()
     import dagster as dg
-    from pipeline.demo_world import deliver_late, populate
 
     from assets.definitions import build_definitions
     from pipeline.config import load_config
+    from pipeline.demo_world import deliver_late, populate
     from pipeline.lake import workspace_counts
     from pipeline.workspace import Workspace
 
@@ -56,7 +56,7 @@ def run_demo(per_day: int = 80, seed: int = 0, train_steps: int | None = None) -
                   f"({len(stats.late_outcomes)} rewards held back as late)")
 
     def run(job: str, partition_key: str | None = None) -> dg.ExecuteInProcessResult:
-        result = defs.get_job_def(job).execute_in_process(instance=instance, partition_key=partition_key)
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition_key)
         if not result.success:
             raise SystemExit(f"job {job} failed")
         return result
