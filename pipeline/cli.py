@@ -168,6 +168,17 @@ def formats():
         console.print(f"[bold]{name}[/]  {f.description}")
 
 
+def _register_capture() -> None:
+    from pipeline.cli_capture import serve as capture_serve
+    from pipeline.cli_capture import token_app
+
+    app.command("serve")(capture_serve)
+    app.add_typer(token_app, name="token")
+
+
+_register_capture()
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

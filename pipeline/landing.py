@@ -42,24 +42,43 @@ class LandingWriter:
 
     def append(self, kind: str, day: str, records: Iterable[dict[str, Any]]) -> int:
         """Append records (already validated dicts) and fsync before returning their count."""
+        return self.append_records(kind, day, [orjson.dumps(rec) for rec in records])
+
+    def append_records(self, kind: str, day: str, records: list[bytes]) -> int:
+        """Append records given as compact JSON (no newline inside) and fsync; returns the count.
+        Takes bytes so fast validators (msgspec) can land what they checked without a dict round trip."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        now = time.time_ns()
-        payload = b"".join(
-            orjson.dumps({"t": now + i, "w": self.writer_id, "r": rec}) + b"\n" for i, rec in enumerate(records)
-        )
-        if not payload:
+        if not records:
             return 0
+        now = time.time_ns()
+        wid = b',"w":' + orjson.dumps(self.writer_id) + b',"r":'
+        payload = memoryview(b"".join(b'{"t":' + str(now + i).encode() + wid + rec + b"}\n"
+                                      for i, rec in enumerate(records)))
         with self._lock:
             fh = self._files.get((kind, day))
             if fh is None:
-                path = self.path_for(kind, day)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fh = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open for the writer's life
+                fh = self._open(self.path_for(kind, day))
                 self._files[(kind, day)] = fh
-            fh.write(payload)
+            while payload:  # a raw write may be partial; a short line would be a torn record
+                payload = payload[fh.write(payload):]
             os.fsync(fh.fileno())
-        return payload.count(b"\n")
+        return len(records)
+
+    def _open(self, path: Path):
+        """Open a segment for appending; a new file's directory entries are fsynced too, so the file
+        itself survives a power cut and not just its contents."""
+        created = [p for p in (path.parent, path.parent.parent) if not p.exists()]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
+        fh = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open for the writer's life
+        for d in ([path.parent] if not existed else []) + [c.parent for c in created]:
+            fd = os.open(d, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return fh
 
     def close(self) -> None:
         with self._lock:

@@ -113,6 +113,11 @@ class Workspace:
         return self.root / "lake"
 
     @property
+    def open_dir(self) -> Path:
+        """Trajectories being streamed to the server, message by message, before they close."""
+        return self.root / "open"
+
+    @property
     def quarantine(self) -> Path:
         return self.root / "quarantine"
 
@@ -147,14 +152,12 @@ class Workspace:
         return self._writer
 
     def write_trajectories(self, trajectories: Iterable[Trajectory | dict[str, Any]]) -> int:
-        """Validate and durably append trajectories, one fsync per day touched."""
-        by_day: dict[str, list[dict[str, Any]]] = {}
-        for t in trajectories:
-            traj = t if isinstance(t, Trajectory) else Trajectory.model_validate(t)
-            if traj.workspace is None:
-                traj.workspace = self.name
-            by_day.setdefault(traj.day, []).append(traj.model_dump(mode="json", exclude_none=True))
-        return sum(self.writer.append("trajectory", day, recs) for day, recs in by_day.items())
+        """Validate and durably append trajectories, one fsync per day touched. All or nothing: a bad
+        record raises ValueError naming its field path and nothing of the call is written. Dicts go
+        through the msgspec fast path (pydantic as the fallback and the final word)."""
+        from pipeline import fastschema
+
+        return fastschema.write_trajectories(self, trajectories)
 
     def write_outcomes(self, outcomes: Iterable[Outcome | dict[str, Any]]) -> int:
         """Outcomes land under the day they were *recorded*: that is what lets a sensor see late ones."""
