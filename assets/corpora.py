@@ -29,6 +29,7 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
     name = spec.name
 
     @dg.asset(name=f"curated_{name}", group_name="curation", deps=[joined], kinds={"polars"},
+              automation_condition=dg.AutomationCondition.eager(),
               description=f"Joined trajectories filtered by `{spec.filter or 'everything'}`, quality rules, "
                           "PII/secret redaction, de-duplication and a stable train/eval split.")
     def curated(tracemill: TracemillResource) -> dg.MaterializeResult:
@@ -43,6 +44,7 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
         })
 
     @dg.asset(name=f"corpus_{name}", group_name="corpus", deps=[curated, base_model], kinds={"deeplake"},
+              automation_condition=dg.AutomationCondition.eager(),
               description=f"Versioned Deeplake snapshot of curated_{name} at {spec.target}: a commit plus a "
                           "tag vN, text, JSON messages, token ids and loss masks.")
     def corpus(tracemill: TracemillResource) -> dg.MaterializeResult:

@@ -6,6 +6,7 @@ import dagster as dg
 from assets.corpora import build_all
 from assets.ingest import build_ingest_assets, day_partitions
 from assets.resources import resources_for_env
+from assets.sensors import automation_sensor, build_late_outcome_sensor
 from pipeline.config import TracemillConfig, load_config
 
 
@@ -33,8 +34,11 @@ def build_definitions(cfg: TracemillConfig) -> dg.Definitions:
         dg.define_asset_job("train_and_eval", selection=dg.AssetSelection.assets(
             *[f"checkpoint_{n}" for n in names], *[f"eval_{n}" for n in names])),
         dg.define_asset_job("downstream_all", selection=downstream),
+        dg.define_asset_job("rejoin_daily", partitions_def=partitions,
+                            selection=["outcomes", "joined_trajectories"]),
     ]
-    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs,
+    sensors = [build_late_outcome_sensor(jobs[-1]), automation_sensor()]
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors,
                           resources=resources_for_env(cfg.workspace, cfg.base_model))
 
 

@@ -17,9 +17,7 @@ from pipeline.workspace import Workspace, WorkspaceNotFound
 app = typer.Typer(help="tracemill: agent trajectories → curated, versioned corpora → trained models.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 workspace_app = typer.Typer(help="Create, list, inspect and delete workspaces.", no_args_is_help=True)
-corpus_app = typer.Typer(help="Inspect versioned corpora.", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
-app.add_typer(corpus_app, name="corpus")
 console = Console()
 err = Console(stderr=True)
 
@@ -171,9 +169,12 @@ def formats():
 def _register_capture() -> None:
     from pipeline.cli_capture import serve as capture_serve
     from pipeline.cli_capture import token_app
+    from pipeline.cli_corpus import corpus_app, snapshot
 
     app.command("serve")(capture_serve)
     app.add_typer(token_app, name="token")
+    app.command("snapshot")(snapshot)
+    app.add_typer(corpus_app, name="corpus")
 
 
 _register_capture()

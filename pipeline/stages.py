@@ -100,20 +100,48 @@ def tokenize_rows(df: pl.DataFrame, tokenizer: Any, max_length: int,
 
 
 def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_model: str, models_dir: Path):
-    """Tokenize the curated rows and snapshot them: a new tag only when the content changed."""
+    """Tokenize the curated rows and snapshot them: a new tag only when the content changed, and only
+    once the wait policy is satisfied (otherwise the latest version stays, marked `waiting`)."""
     from transformers import AutoTokenizer
 
-    from pipeline.corpus import resolve_corpus_url, snapshot
+    from pipeline.corpus import CorpusNotFound, SnapshotInfo, open_corpus, resolve_corpus_url, snapshot
+    from pipeline.late import wait_decision
 
+    url = resolve_corpus_url(spec.target, corpus_root)
+    decision = wait_decision(read_joined(ws), spec.wait.coverage, spec.wait.max)
+    if not decision.ready:
+        try:
+            c = open_corpus(url)
+            return SnapshotInfo(url, c.version, False, len(c), c.lineage.get("content_hash", ""),
+                                c.lineage.get("parent"), 0, "waiting", {**c.lineage, "wait": decision.as_dict()})
+        except CorpusNotFound:
+            return SnapshotInfo(url, "", False, 0, "", None, 0, "waiting", {"wait": decision.as_dict()})
     curated = pl.read_parquet(ws.curated_path(spec.name))
     model = resolve_model(base_model, models_dir)
     rows, untrainable = tokenize_rows(curated, AutoTokenizer.from_pretrained(model), spec.train.max_length,
-                                     spec.tools_in_prompt)
+                                      spec.tools_in_prompt)
     lineage = {"filter": spec.filter, "format": spec.format, "workspace": ws.name,
                "source_partitions": joined_days(ws), "tokenizer": base_model,
-               "dropped_untrainable": untrainable, "tools_in_prompt": spec.tools_in_prompt}
-    return snapshot(rows, resolve_corpus_url(spec.target, corpus_root), lineage=lineage,
-                    message=f"{spec.name}: {rows.height} rows, filter `{spec.filter}`")
+               "dropped_untrainable": untrainable, "tools_in_prompt": spec.tools_in_prompt,
+               "wait": decision.as_dict()}
+    return snapshot(rows, url, lineage=lineage, message=f"{spec.name}: {rows.height} rows, filter `{spec.filter}`")
+
+
+def refresh_lake(ws: Workspace) -> dict[str, int]:
+    """Bring the lake up to date with the landing area without an orchestrator (CLI path):
+    every landed day validated, all outcomes ingested, every day re-joined."""
+    from pipeline.join import join_day
+
+    outcomes, _ = lake.ingest_outcomes(ws)
+    lake.ingest_preferences(ws)
+    counts = {"days": 0, "trajectories": 0, "quarantined": 0}
+    for day in ws.days("trajectory"):
+        df, stats = lake.ingest_trajectories(ws, day)
+        join_day(ws, day, outcomes)
+        counts["days"] += 1
+        counts["trajectories"] += df.height
+        counts["quarantined"] += stats.quarantined
+    return counts
 
 
 def check_corpus(spec: CorpusSpec, corpus_root: str) -> dict[str, Any]:

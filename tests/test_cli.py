@@ -40,3 +40,27 @@ def test_import_then_show_counts(tmp_path):
     assert json.loads(tm("workspace", "show", "imp", "--json", home=tmp_path).stdout)["trajectories"] == 11  # … not duplicated
     bad = tm("import", str(tmp_path / "nope.json"), "-w", "imp", home=tmp_path)
     assert bad.returncode == 1 and "no such file" in bad.stderr
+
+
+def test_snapshot_command_versions_and_waits(tmp_path):
+    from pipeline.demo_world import populate
+    from pipeline.workspace import Workspace
+
+    populate(Workspace.open("ft-live", home=tmp_path), days=["2026-11-20"], per_day=12, seed=5)
+    first = json.loads(tm("snapshot", "ft-live", "--filter", "reward>0", "--to", "deeplake://org/sft", "--json",
+                          home=tmp_path).stdout)
+    assert first["version"] == "v1" and first["created"] and first["rows"] > 0
+    again = json.loads(tm("snapshot", "ft-live", "--filter", "reward>0", "--to", "deeplake://org/sft", "--json",
+                          home=tmp_path).stdout)
+    assert again["version"] == "v1" and again["mode"] == "unchanged"
+    held = json.loads(tm("snapshot", "ft-live", "--filter", "reward>=0", "--to", "deeplake://org/sft",
+                         "--wait", "coverage=0.99,max=1000d", "--json", home=tmp_path).stdout)
+    assert held["mode"] == "waiting" and held["wait"]["missing_outcomes"] > 0  # 30% of rewards held back
+    bad = tm("snapshot", "ft-live", "--filter", "reward >> 0", "--to", "deeplake://org/sft", home=tmp_path)
+    assert bad.returncode == 1 and "unexpected '>'" in bad.stderr
+    listed = json.loads(tm("corpus", "list", "org/sft", "--json", home=tmp_path).stdout)
+    assert [v["version"] for v in listed] == ["v1"]
+    shown = json.loads(tm("corpus", "show", "org/sft@v1", "--json", home=tmp_path).stdout)
+    assert shown["rows"] == first["rows"] and shown["lineage"]["filter"] == "reward>0"
+    missing = tm("corpus", "show", "org/sft@v7", home=tmp_path)
+    assert missing.returncode == 1 and "v1" in missing.stderr
