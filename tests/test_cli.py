@@ -1,11 +1,12 @@
 """The command line, run as a user runs it (a real subprocess of the installed entry point)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "realworld"
+FIXTURES = Path(os.environ.get("TRACEMILL_FIXTURES") or Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "realworld")
 
 
 def tm(*args, home):

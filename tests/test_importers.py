@@ -7,6 +7,7 @@ idempotent import into a Workspace."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from pipeline.landing import read_landed
 from pipeline.schema import Outcome, Preference, Trajectory
 from pipeline.workspace import Workspace
 
-FIX = Path("/work/shared/fixtures/realworld")
+FIX = Path(os.environ.get("TRACEMILL_FIXTURES") or Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "realworld")
 pytestmark = pytest.mark.skipif(not FIX.exists(), reason="real-world fixtures not available")
 
 
