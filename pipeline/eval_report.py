@@ -1,0 +1,290 @@
+"""Compare a checkpoint with the base model and the previous checkpoint, and say whether it is better.
+
+A difference of two success rates on 30 tasks means little without an interval, so per-task values
+are compared *paired* (same seed, same tasks) with a bootstrap confidence interval, and the verdict
+is plain words: "better", "worse" or "no significant difference". Slices are predicates on the task
+(not on the outcome), so every slice holds the same tasks for every model and stays pairable.
+`build_report` gathers everything once; the Markdown (Dagster metadata), the rich table (terminal),
+the PNG plots and the MLflow logging all render that one dict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.online_eval import summarize
+
+Slice = Callable[[Mapping[str, Any]], bool]
+DEFAULT_SLICES: dict[str, Slice] = {
+    "all": lambda r: True,
+    "usd (2 tools)": lambda r: r["task"]["currency"] == "USD",
+    "converted (3 tools)": lambda r: r["task"]["currency"] != "USD",
+    "fractional qty": lambda r: float(r["task"]["quantity"]) % 1 != 0,
+}
+DEFAULT_METRICS = ["success_rate", "mean_reward", "tool_call_error_rate", "invalid_output_rate", "mean_steps"]
+# None: no better direction (fewer steps can mean skipping the tools). Unknown metrics: higher is better.
+HIGHER_IS_BETTER: dict[str, bool | None] = {
+    "success_rate": True, "mean_reward": True, "tool_call_error_rate": False, "invalid_output_rate": False,
+    "mean_steps": None, "loss": False, "perplexity": False}
+PER_TASK_KEYS = {"success_rate": "success", "mean_reward": "reward", "mean_steps": "steps"}
+MODELS = ("checkpoint", "base", "previous")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def bootstrap_ci(values_a: Sequence[float], values_b: Sequence[float], n: int = 1000, seed: int = 0,
+                 alpha: float = 0.05) -> tuple[float, float, float]:
+    """(mean(a - b), lo, hi): a paired percentile bootstrap of the mean difference. Pairs with a NaN
+    are dropped; no pairs give NaNs. Pairing removes task difficulty from the noise."""
+    a, b = np.asarray(values_a, dtype=float), np.asarray(values_b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need equal lengths, got {a.size} and {b.size}")
+    diffs = (a - b)[np.isfinite(a) & np.isfinite(b)]
+    if diffs.size == 0:
+        return math.nan, math.nan, math.nan
+    means = diffs[np.random.default_rng(seed).integers(0, diffs.size, (n, diffs.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(diffs.mean()), float(lo), float(hi)
+
+
+def per_example(result: Mapping[str, Any]) -> dict[str, list[float]]:
+    """Per-task values of the metrics that are plain means over tasks (so their CI matches the metric)."""
+    return {m: [float(r[k]) for r in result.get("tasks", [])] for m, k in PER_TASK_KEYS.items()}
+
+
+def _as_examples(values: Any, primary: str) -> dict[str, Sequence[float]]:
+    if values is None:
+        return {}
+    return dict(values) if isinstance(values, Mapping) else {primary: values}
+
+
+def compare(current: Mapping[str, Any], baseline: Mapping[str, Any], per_example_current: Any = None,
+            per_example_baseline: Any = None, *, primary: str = "success_rate", n: int = 1000, seed: int = 0,
+            alpha: float = 0.05) -> dict[str, Any]:
+    """Deltas (current - baseline) of every shared numeric metric, paired bootstrap CIs where per-example
+    values are given (a sequence for `primary`, or a mapping metric → sequence), and a verdict on
+    `primary`: significant only when the CI excludes 0."""
+    deltas = {k: float(current[k]) - float(baseline[k]) for k in current
+              if k in baseline and _finite(current[k]) and _finite(baseline[k])}
+    ex_cur, ex_base = _as_examples(per_example_current, primary), _as_examples(per_example_baseline, primary)
+    ci = {k: bootstrap_ci(ex_cur[k], ex_base[k], n, seed, alpha) for k in ex_cur if k in ex_base}
+    verdict, better = "no significant difference", HIGHER_IS_BETTER.get(primary, True)
+    delta, lo, hi = ci.get(primary, (math.nan, math.nan, math.nan))
+    if better is not None and (lo > 0 or hi < 0):
+        verdict = "better" if (lo > 0) == better else "worse"
+    return {"primary": primary, "verdict": verdict, "deltas": deltas, "ci": ci, "alpha": alpha,
+            "primary_delta": deltas.get(primary, delta)}
+
+
+def slice_metrics(result: Mapping[str, Any], slices: Mapping[str, Slice]) -> dict[str, dict[str, float]]:
+    """Metrics per slice. "all" also keeps the result's other numeric metrics (e.g. offline loss merged
+    in by the caller); a result without per-task rows has only "all"."""
+    tasks = result.get("tasks")
+    top = {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    if not tasks:
+        return {"all": top}
+    out = {name: summarize([r for r in tasks if keep(r)]) for name, keep in slices.items()}
+    out["all"] = {**top, **out.get("all", summarize(tasks))}
+    return out
+
+
+def _paired_tasks(a: Mapping[str, Any], b: Mapping[str, Any]) -> None:
+    ids_a, ids_b = [r["task_id"] for r in a.get("tasks", [])], [r["task_id"] for r in b.get("tasks", [])]
+    if ids_a and ids_b and ids_a != ids_b:
+        raise ValueError("results cover different tasks: evaluate both with the same seed and n_tasks")
+
+
+def build_report(current: Mapping[str, Any], *, base: Mapping[str, Any] | None = None,
+                 previous: Mapping[str, Any] | None = None, slices: Mapping[str, Slice] | None = None,
+                 metrics: Sequence[str] = DEFAULT_METRICS, loss_curve: Sequence[tuple[int, float]] | None = None,
+                 primary: str = "success_rate", n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """One JSON-able dict with slice × metric tables for each model, paired comparisons of the
+    checkpoint against base and previous per slice, reward lists and the loss curve."""
+    slices = dict(slices or DEFAULT_SLICES)
+    results = {k: v for k, v in zip(MODELS, (current, base, previous), strict=True) if v is not None}
+    tables = {m: slice_metrics(r, slices) for m, r in results.items()}
+    comparisons: dict[str, dict[str, Any]] = {}
+    for other in ("base", "previous"):
+        if other not in results:
+            continue
+        _paired_tasks(current, results[other])
+        comparisons[other] = {}
+        for name in tables["checkpoint"]:
+            if name not in tables[other]:
+                continue
+            keep = slices.get(name, lambda r: True)
+            sub = [{**r, "tasks": [t for t in r.get("tasks", []) if keep(t)]} for r in (current, results[other])]
+            cur, oth = (per_example(s) if s["tasks"] else None for s in sub)
+            comparisons[other][name] = compare(tables["checkpoint"][name], tables[other][name], cur, oth,
+                                               primary=primary, n=n_boot, seed=seed)
+    against = "previous" if "previous" in comparisons else "base" if "base" in comparisons else None
+    return {
+        "models": {m: {"checkpoint": r.get("checkpoint"), "agent": r.get("agent")} for m, r in results.items()},
+        "metrics": list(metrics), "primary": primary, "tables": tables, "comparisons": comparisons,
+        "verdict": comparisons[against]["all"]["verdict"] if against else None, "verdict_against": against,
+        "rewards": {m: [float(t["reward"]) for t in r.get("tasks", [])] for m, r in results.items()},
+        "loss_curve": [(int(s), float(v)) for s, v in (loss_curve or [])],
+    }
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)  # counts
+    return f"{v:.3f}" if _finite(v) else "–"
+
+
+def _delta(cmp: Mapping[str, Any] | None, metric: str) -> str:
+    if not cmp or metric not in cmp["deltas"] or metric == "n_tasks":
+        return "–"
+    text = f"{cmp['deltas'][metric]:+.3f}"
+    if metric in cmp["ci"] and _finite(cmp["ci"][metric][1]):
+        _, lo, hi = cmp["ci"][metric]
+        text += f" [{lo:+.3f}, {hi:+.3f}]"
+    return text
+
+
+def _rows(report: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Header and (slice, cells) rows shared by the Markdown and the rich renderings."""
+    present = [m for m in MODELS if m in report["tables"]]
+    header = ["metric"] + [c for m in present for c in ([m] if m == "checkpoint" else [m, f"Δ vs {m}"])]
+    rows = []
+    for name in report["tables"]["checkpoint"]:
+        for metric in report["metrics"] + ["n_tasks"]:
+            cells = [metric]
+            for m in present:
+                cells.append(_num(report["tables"][m].get(name, {}).get(metric)))
+                if m != "checkpoint":
+                    cells.append(_delta(report["comparisons"].get(m, {}).get(name), metric))
+            rows.append((name, cells))
+    return header, rows
+
+
+def markdown_report(report: Mapping[str, Any], title: str = "Checkpoint evaluation") -> str:
+    """Markdown for Dagster metadata / MLflow: a table per slice, deltas with 95% bootstrap CIs."""
+    header, rows = _rows(report)
+    lines = [f"## {title}", ""]
+    if report.get("verdict"):
+        lines += [f"**Verdict vs {report['verdict_against']}** ({report['primary']}): **{report['verdict']}**", ""]
+    for m, info in report["models"].items():
+        lines.append(f"- {m}: `{info.get('checkpoint') or info.get('agent')}`")
+    current = None
+    for name, cells in rows:
+        if name != current:
+            current = name
+            lines += ["", f"### {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Δ = checkpoint − other, [95% paired bootstrap CI] for per-task means."]
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(report: Mapping[str, Any]) -> Any:
+    """The same numbers as `markdown_report`, as a `rich.table.Table` for the terminal."""
+    from rich.table import Table
+
+    header, rows = _rows(report)
+    title = f"verdict vs {report['verdict_against']}: {report['verdict']}" if report.get("verdict") else None
+    table = Table(title=title)
+    for col in ["slice"] + header:
+        table.add_column(col, justify="left" if col in ("slice", "metric") else "right")
+    for i, (name, cells) in enumerate(rows):
+        first = i == 0 or rows[i - 1][0] != name
+        last = i == len(rows) - 1 or rows[i + 1][0] != name
+        table.add_row(name if first else "", *cells, end_section=last)
+    return table
+
+
+def plots(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
+    """PNGs: per-slice metric bars (checkpoint vs base vs previous), the loss curve when given, and the
+    reward distribution. Uses matplotlib's object API on the Agg canvas: no global pyplot state."""
+    from matplotlib.figure import Figure
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    models = [m for m in MODELS if m in report["tables"]]
+    slices = list(report["tables"]["checkpoint"])
+    metrics = [k for k in report["metrics"] if any(k in report["tables"]["checkpoint"][s] for s in slices)]
+    if metrics:
+        cols = min(3, len(metrics))
+        rows = math.ceil(len(metrics) / cols)
+        fig = Figure(figsize=(4.2 * cols, 3.2 * rows + 0.4), layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False).flatten()
+        width = 0.8 / len(models)
+        for ax, metric in zip(axes, metrics, strict=False):
+            values = []
+            for j, m in enumerate(models):
+                vals = [report["tables"][m].get(s, {}).get(metric, math.nan) for s in slices]
+                values += [v for v in vals if _finite(v)]
+                ax.bar(np.arange(len(slices)) + j * width, [v if _finite(v) else 0 for v in vals], width, label=m)
+            ax.set_xticks(np.arange(len(slices)) + width * (len(models) - 1) / 2, slices, rotation=20, fontsize=7)
+            if all(0 <= v <= 1 for v in values):
+                ax.set_ylim(0, 1.05)  # rates on a common scale, also when they are all zero
+            ax.set_title(metric)
+        for ax in axes[len(metrics):]:
+            ax.set_visible(False)
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncols=len(models))
+        paths.append(out / "slices.png")
+        fig.savefig(paths[-1], dpi=100)
+    if report.get("loss_curve"):
+        fig = Figure(figsize=(5, 3.4), layout="constrained")
+        ax = fig.subplots()
+        steps, losses = zip(*report["loss_curve"], strict=True)
+        ax.plot(steps, losses, marker=".")
+        ax.set(xlabel="step", ylabel="loss", title="training loss")
+        paths.append(out / "loss_curve.png")
+        fig.savefig(paths[-1], dpi=100)
+    rewards = {m: v for m, v in report.get("rewards", {}).items() if v}
+    if rewards:
+        fig = Figure(figsize=(5, 3.4), layout="constrained")
+        ax = fig.subplots()
+        ax.hist(list(rewards.values()), bins=np.linspace(0, 1, 11), label=list(rewards))
+        ax.set(xlabel="reward", ylabel="tasks", title="reward distribution")
+        ax.legend(fontsize=7)
+        paths.append(out / "rewards.png")
+        fig.savefig(paths[-1], dpi=100)
+    return paths
+
+
+def gate(current: Mapping[str, Any], previous: Mapping[str, Any] | None, metric: str, margin: float,
+         higher_is_better: bool = True) -> tuple[bool, str]:
+    """Block promotion when the new checkpoint is worse than the previous by more than `margin`.
+    No previous checkpoint passes; a missing/NaN current value fails unless the previous lacks it too."""
+    if previous is None or not _finite(previous.get(metric)):
+        return True, f"{metric}: no previous value to compare with"
+    cur, prev = current.get(metric), float(previous[metric])
+    if not _finite(cur):
+        return False, f"{metric}: missing for the new checkpoint (previous {prev:.4f})"
+    worse_by = (prev - cur) if higher_is_better else (cur - prev)
+    verb = "passed" if worse_by <= margin else "FAILED"
+    return worse_by <= margin, (f"{metric} gate {verb}: {cur:.4f} vs previous {prev:.4f} "
+                                f"({'higher' if higher_is_better else 'lower'} is better, margin {margin:g})")
+
+
+def log_report(tracker: Any, run_id: str, report: Mapping[str, Any], out_dir: str | Path,
+               prefix: str = "online_") -> list[Path]:
+    """Write report.md, report.json and the plots to `out_dir`; log the checkpoint's "all" metrics to
+    the run that trained it and the files as artifacts under `online_eval/`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(markdown_report(report))
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    files = [out / "report.md", out / "report.json", *plots(report, out)]
+    metrics = {f"{prefix}{k}": v for k, v in report["tables"]["checkpoint"]["all"].items()
+               if _finite(v) and k not in ("seed", "max_steps")}
+    tracker.log_metrics_to_run(run_id, metrics)
+    tracker.log_artifacts(out, "online_eval", run_id=run_id)
+    return files
+
+
+def loss_curve_from_mlflow(tracker: Any, run_id: str, key: str = "loss") -> list[tuple[int, float]]:
+    """(step, loss) pairs the trainer logged to its MLflow run, for `build_report(loss_curve=...)`."""
+    history = tracker.client.get_metric_history(run_id, key)
+    return sorted((int(m.step), float(m.value)) for m in history)
