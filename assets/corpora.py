@@ -1,10 +1,12 @@
 """The corpus-spec factory: each spec in tracemill.yaml becomes curated → corpus → checkpoint → eval."""
 
 
+from pathlib import Path
+
 import dagster as dg
 
 from assets.resources import MlflowResource, TracemillResource
-from pipeline import stages
+from pipeline import stage_eval, stage_train, stages
 from pipeline.config import CorpusSpec, TracemillConfig
 from pipeline.report import counts_table, markdown_table
 
@@ -63,38 +65,53 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
         report = stages.check_corpus(spec, tracemill.corpus_root_url())
         return dg.AssetCheckResult(passed=report["passed"], metadata=report)
 
-    @dg.asset(name=f"checkpoint_{name}", group_name="training", deps=[corpus, base_model], pool="gpu",
-              op_tags=GPU_TAGS, kinds={"pytorch", "mlflow"},
-              description=f"TRL {spec.format.upper()} fine-tune of the base model on corpus_{name}'s latest "
-                          "version, tracked in MLflow; saved as a Hugging Face model directory.")
+    @dg.asset(name=f"checkpoint_{name}", group_name="training", pool="gpu", op_tags=GPU_TAGS,
+              deps=[corpus, base_model, *([dg.AssetKey(f"checkpoint_{spec.init_from}")] if spec.init_from else [])],
+              kinds={"pytorch", "mlflow"},
+              description=f"TRL {spec.format.upper()} fine-tune on corpus_{name}'s latest version"
+                          f"{f', starting from checkpoint_{spec.init_from}' if spec.init_from else ''}; "
+                          "tracked in MLflow, saved as a Hugging Face model directory.")
     def checkpoint(context: dg.AssetExecutionContext, tracemill: TracemillResource,
                    mlflow: MlflowResource) -> dg.MaterializeResult:
-        home = tracemill.home_path
-        res = stages.train_corpus(spec, tracemill.corpus_root_url(), tracemill.base_model, tracemill.models_dir(),
-                                  tracemill.checkpoints_dir(name), mlflow.tracker(home),
-                                  tags={"dagster_run_id": context.run.run_id})
+        res = stage_train.train_corpus(spec, tracemill.corpus_root_url(), tracemill.base_model_path(),
+                                       tracemill.checkpoints_root(), mlflow.tracker(tracemill.home_path),
+                                       tags={"dagster_run_id": context.run.run_id})
         return dg.MaterializeResult(metadata={
             "checkpoint": dg.MetadataValue.path(str(res["checkpoint_dir"])),
             "corpus_version": res["corpus_ref"], "reused": res["reused"], "steps": res["steps"],
             "final_loss": res["final_loss"], "first_loss": res["first_loss"],
             "tokens_per_second": res["tokens_per_second"], "train_seconds": res["train_seconds"],
             "mlflow_run_id": res["mlflow_run_id"] or "", "size_mb": res["size_mb"],
-            "base_model": res["base_model"],
+            "start_model": res["base_model"], "train_rows": res["train_rows"],
         })
 
     @dg.asset(name=f"eval_{name}", group_name="evaluation", deps=[checkpoint, corpus], kinds={"deeplake", "pytorch"},
-              description=f"Metrics of checkpoint_{name} on the eval slice queried from the same Deeplake corpus.")
+              description=f"checkpoint_{name} on the eval slice queried from the same Deeplake corpus, and acting "
+                          "as the agent on held-out demo-world tasks; compared with the base model and the "
+                          "previous checkpoint.")
     def evaluation(tracemill: TracemillResource, mlflow: MlflowResource) -> dg.MaterializeResult:
-        rep = stages.evaluate_corpus(spec, tracemill.corpus_root_url(), tracemill.checkpoints_dir(name),
-                                     mlflow.tracker(tracemill.home_path))
-        metrics = {k: v for k, v in rep["metrics"].items() if isinstance(v, int | float)}
+        rep = stage_eval.evaluate_corpus(spec, tracemill.corpus_root_url(), tracemill.checkpoints_dir(name),
+                                         tracemill.base_model_path(), tracemill.open_workspace(),
+                                         mlflow.tracker(tracemill.home_path))
+        metrics = {k: v for k, v in rep["offline"].items() if isinstance(v, int | float)}
+        online = {f"online_{k}": v for k, v in rep["online"].items()}
+        base = {f"base_online_{k}": v for k, v in rep["base_online"].items() if k == "success_rate"}
+        plots = {f"plot_{Path(p).stem}": dg.MetadataValue.path(p) for p in rep["plots"]}
         return dg.MaterializeResult(metadata={
-            **metrics, "corpus_version": rep["corpus_ref"], "query": rep["query"],
-            "checkpoint": dg.MetadataValue.path(rep["checkpoint"]),
-            "report": dg.MetadataValue.md(rep["markdown"]),
+            **metrics, **online, **base, **plots, "corpus_version": rep["corpus_ref"], "query": rep["query"],
+            "checkpoint": dg.MetadataValue.path(rep["checkpoint"]), "verdict": str(rep["verdict"]),
+            "gate_passed": rep["gate_passed"], "gate": rep["gate_message"],
+            "report": dg.MetadataValue.md(rep["report_markdown"] or "_online eval off_"),
         })
 
-    return [curated, corpus, corpus_is_trainable, checkpoint, evaluation]
+    @dg.asset_check(asset=evaluation, blocking=True,
+                    description=f"Gate: the new checkpoint is not worse than the previous one by more than "
+                                f"{spec.gate.margin} on {spec.gate.metric}; only then is it promoted to LATEST.")
+    def not_worse_than_previous(tracemill: TracemillResource) -> dg.AssetCheckResult:
+        gate = stage_eval.last_gate(tracemill.checkpoints_dir(name))
+        return dg.AssetCheckResult(passed=bool(gate["passed"]), metadata={"message": gate["message"]})
+
+    return [curated, corpus, corpus_is_trainable, checkpoint, evaluation, not_worse_than_previous]
 
 
 def build_all(cfg: TracemillConfig, joined: dg.AssetsDefinition) -> list:

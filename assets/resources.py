@@ -34,8 +34,16 @@ class TracemillResource(dg.ConfigurableResource):
     def models_dir(self) -> Path:
         return self.home_path / "models"
 
+    def checkpoints_root(self) -> Path:
+        return self.home_path / "checkpoints"
+
     def checkpoints_dir(self, corpus: str) -> Path:
-        return self.home_path / "checkpoints" / corpus
+        return self.checkpoints_root() / corpus
+
+    def base_model_path(self) -> str:
+        from pipeline.stages import resolve_model
+
+        return resolve_model(self.base_model, self.models_dir())
 
 
 class MlflowResource(dg.ConfigurableResource):

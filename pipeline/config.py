@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.schema import format_validation_error
 
@@ -26,12 +26,28 @@ class TrainSettings(_Cfg):
     batch_size: int = Field(16, ge=1, description="Sequences per optimizer step.")
     max_length: int = Field(512, ge=16, description="Longest tokenized conversation kept.")
     seed: int = Field(0, description="Seed for data order and initialisation.")
+    beta: float = Field(0.1, gt=0, description="DPO/KTO: strength of the pull towards the reference model.")
+    lora: bool = Field(False, description="Train LoRA adapters (merged into the saved checkpoint).")
+    num_generations: int = Field(4, ge=2, description="GRPO: completions sampled per prompt.")
+    max_completion_length: int = Field(48, ge=4, description="GRPO: tokens generated per completion.")
 
 
 class EvalSettings(_Cfg):
     max_examples: int = Field(24, ge=1, description="Eval conversations used for generation metrics.")
     max_new_tokens: int = Field(48, ge=1, description="Generation budget per assistant turn.")
     query: str = Field("SELECT * WHERE \"split\" = 'eval'", description="TQL slice of the corpus to evaluate on.")
+
+
+class OnlineEvalSettings(_Cfg):
+    n_tasks: int = Field(30, ge=0, description="Held-out demo-world tasks the checkpoint acts on (0: off).")
+    max_steps: int = Field(8, ge=1, description="Assistant turns allowed per task.")
+    seed: int = Field(1000, description="Seed of the held-out tasks (never the training seed).")
+    capture: bool = Field(True, description="Capture the rollouts into the workspace for the next snapshot.")
+
+
+class GateSettings(_Cfg):
+    metric: str = Field("success_rate", description="Online metric the gate compares.")
+    margin: float = Field(0.1, ge=0, description="How much worse than the previous checkpoint is tolerated.")
 
 
 class WaitPolicy(_Cfg):
@@ -51,6 +67,10 @@ class CorpusSpec(_Cfg):
     wait: WaitPolicy = Field(default_factory=WaitPolicy)
     train: TrainSettings = Field(default_factory=TrainSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    online: OnlineEvalSettings = Field(default_factory=OnlineEvalSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    init_from: str = Field("", description="Start training from this corpus's latest checkpoint "
+                                           "(e.g. DPO/RL after SFT) instead of the base model.")
 
     @field_validator("target")
     @classmethod
@@ -65,6 +85,16 @@ class TracemillConfig(_Cfg):
     partitions_start: str = Field("2026-11-01", description="First day partition (YYYY-MM-DD).")
     base_model: str = Field("tiny", description="HF model id or path; 'tiny' builds a small local model.")
     corpora: list[CorpusSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _links(self) -> TracemillConfig:
+        names = [c.name for c in self.corpora]
+        if len(set(names)) != len(names):
+            raise ValueError(f"corpora: names must be unique, got {names}")
+        for c in self.corpora:
+            if c.init_from and c.init_from not in names:
+                raise ValueError(f"corpora.{c.name}.init_from: no corpus named {c.init_from!r}; have {names}")
+        return self
 
     def corpus(self, name: str) -> CorpusSpec:
         for spec in self.corpora:

@@ -193,3 +193,43 @@ def evaluate_checkpoint(checkpoint_dir: str, rows: Sequence[Mapping[str, Any]], 
         "n_tool_call_turns": n_calls, "n_final_answers": n_final, "n_truncated_prompts": truncated,
         "generation_seconds": gen_seconds,
     }
+
+
+def completion_logprob(model: Any, tokenizer: Any, prompt: list, completion: list, tools: Any) -> float:
+    """Summed log-probability of the completion's assistant tokens given the prompt (teacher-forced)."""
+    import torch
+
+    ids, mask = tokenize_conversation(tokenizer, [*prompt, *completion], tools or None)
+    if sum(mask) == 0:
+        return float("nan")
+    t = torch.tensor([ids], device=next(model.parameters()).device)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=t).logits.float()[0, :-1], dim=-1)
+    picked = logp.gather(1, t[0, 1:].unsqueeze(1)).squeeze(1)
+    weights = torch.tensor(mask[1:], dtype=torch.float32, device=picked.device)
+    return float((picked * weights).sum())
+
+
+def preference_accuracy(checkpoint_dir: str, rows: Sequence[Mapping[str, Any]], *, tools_in_prompt: bool = True,
+                        max_examples: int = 64) -> dict[str, Any]:
+    """Does the model prefer what people (or rewards) preferred? DPO rows: share of pairs where the chosen
+    completion has the higher log-probability. KTO rows: mean log-probability of desirable minus
+    undesirable completions (positive is good)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir).eval()
+    rows = list(rows)[:max_examples]
+
+    def lp(row: Mapping[str, Any], key: str) -> float:
+        tools = _load(row.get("tools"), []) if tools_in_prompt else None
+        return completion_logprob(model, tokenizer, _load(row["prompt"], []), _load(row[key], []), tools)
+
+    if rows and "chosen" in rows[0]:
+        wins = [lp(r, "chosen") > lp(r, "rejected") for r in rows]
+        return {"preference_accuracy": sum(wins) / len(wins), "n_pairs": len(wins)}
+    good = [lp(r, "completion") for r in rows if bool(r.get("label"))]
+    bad = [lp(r, "completion") for r in rows if not bool(r.get("label"))]
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return {"logprob_desirable": mean(good), "logprob_undesirable": mean(bad),
+            "logprob_margin": mean(good) - mean(bad), "n_rows": len(rows)}

@@ -3,8 +3,6 @@ only turn their results into metadata, so every stage also runs (and is tested) 
 
 from __future__ import annotations
 
-import hashlib
-import time
 from pathlib import Path
 from typing import Any
 
@@ -156,70 +154,3 @@ def check_corpus(spec: CorpusSpec, corpus_root: str) -> dict[str, Any]:
     return {"passed": df.height > 0 and no_tokens == 0 and not leaked, "version": c.version,
             "rows": df.height, "rows_without_trainable_tokens": no_tokens, "tasks_in_both_splits": len(leaked),
             "train_rows": int((df["split"] == "train").sum()), "eval_rows": int((df["split"] == "eval").sum())}
-
-
-# ---- training and evaluation --------------------------------------------------------------------
-def _recipe_key(spec: CorpusSpec, base_model: str) -> str:
-    blob = orjson.dumps({"train": spec.train.model_dump(), "format": spec.format, "base": base_model},
-                        option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha1(blob).hexdigest()[:8]
-
-
-def train_corpus(spec: CorpusSpec, corpus_root: str, base_model: str, models_dir: Path, checkpoints: Path,
-                 tracker: Any, tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Train on the train split of the corpus's latest version. The same version and recipe reuse the
-    existing checkpoint, so re-running the graph on unchanged data does not retrain."""
-    from pipeline.corpus import open_corpus, resolve_corpus_url
-    from pipeline.training import SFTRecipe, train_sft
-
-    url = resolve_corpus_url(spec.target, corpus_root)
-    corpus = open_corpus(url)
-    ref = f"{spec.target}@{corpus.version}"
-    out = checkpoints / f"{corpus.version}-{_recipe_key(spec, base_model)}"
-    summary_path = out / "tracemill_train.json"
-    if summary_path.exists():
-        return orjson.loads(summary_path.read_bytes()) | {"reused": True}
-    train = corpus.query("SELECT * WHERE \"split\" = 'train'").rows(["input_ids", "loss_mask"])
-    t = spec.train
-    recipe = SFTRecipe(base_model=resolve_model(base_model, models_dir), output_dir=str(out),
-                       max_steps=t.max_steps, learning_rate=t.learning_rate, per_device_batch_size=t.batch_size,
-                       max_length=t.max_length, seed=t.seed)
-    res = train_sft(train, recipe, tracker=tracker,
-                    run_tags={**(tags or {}), "corpus": ref, "content_hash": corpus.lineage.get("content_hash", "")})
-    summary = {"checkpoint_dir": str(res.checkpoint_dir), "corpus_ref": ref, "steps": res.steps,
-               "final_loss": float(res.final_loss), "first_loss": float(res.losses[0]) if res.losses else float("nan"),
-               "tokens_per_second": float(res.tokens_per_second), "train_seconds": float(res.train_seconds),
-               "mlflow_run_id": res.mlflow_run_id, "base_model": base_model, "train_rows": len(train),
-               "size_mb": round(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6, 2),
-               "finished_at": time.time()}
-    summary_path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-    return summary | {"reused": False}
-
-
-def latest_checkpoint(checkpoints: Path) -> dict[str, Any]:
-    done = sorted(checkpoints.glob("*/tracemill_train.json"), key=lambda p: orjson.loads(p.read_bytes())["finished_at"])
-    if not done:
-        raise FileNotFoundError(f"no finished checkpoint under {checkpoints}: materialize the checkpoint asset first")
-    return orjson.loads(done[-1].read_bytes())
-
-
-def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, tracker: Any = None) -> dict[str, Any]:
-    """Evaluate the latest checkpoint on the eval slice (a TQL query) of the version it was trained on."""
-    from pipeline.corpus import open_corpus, resolve_corpus_url
-    from pipeline.evaluation import evaluate_checkpoint
-
-    ckpt = latest_checkpoint(checkpoints)
-    version = ckpt["corpus_ref"].rsplit("@", 1)[1]
-    corpus = open_corpus(f"{resolve_corpus_url(spec.target, corpus_root)}@{version}")
-    rows = corpus.query(spec.eval.query).rows()
-    if not spec.tools_in_prompt:  # prompts must look like the training sequences did
-        rows = [{**r, "tools": "[]"} for r in rows]
-    metrics = evaluate_checkpoint(ckpt["checkpoint_dir"], rows, max_examples=spec.eval.max_examples,
-                                  max_new_tokens=spec.eval.max_new_tokens)
-    if tracker is not None and ckpt.get("mlflow_run_id"):
-        tracker.log_metrics_to_run(ckpt["mlflow_run_id"],
-                                   {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, int | float)})
-    table = "| metric | value |\n|---|---|\n" + "".join(
-        f"| {k} | {v:.4f} |\n" if isinstance(v, float) else f"| {k} | {v} |\n" for k, v in metrics.items())
-    return {"metrics": metrics, "corpus_ref": ckpt["corpus_ref"], "query": spec.eval.query,
-            "checkpoint": ckpt["checkpoint_dir"], "markdown": table, "mlflow_run_id": ckpt.get("mlflow_run_id")}

@@ -7,9 +7,10 @@ from transformers import AutoModelForCausalLM
 
 from assets.definitions import build_assets, build_definitions
 from assets.resources import local_resources
-from pipeline.config import CorpusSpec, EvalSettings, TracemillConfig, TrainSettings
+from pipeline.config import CorpusSpec, EvalSettings, OnlineEvalSettings, TracemillConfig, TrainSettings
 from pipeline.corpus import list_versions, open_corpus, resolve_corpus_url
 from pipeline.demo_world import deliver_late, populate
+from pipeline.landing import read_landed
 from pipeline.workspace import Workspace
 
 DAYS = ["2026-11-16", "2026-11-17"]
@@ -18,7 +19,8 @@ DAYS = ["2026-11-16", "2026-11-17"]
 def _config(base_model: str) -> TracemillConfig:
     spec = CorpusSpec(name="sft", filter="reward > 0", target="deeplake://local/sft", eval_fraction=0.25,
                       train=TrainSettings(max_steps=4, batch_size=4, max_length=384),
-                      eval=EvalSettings(max_examples=3, max_new_tokens=24))
+                      eval=EvalSettings(max_examples=3, max_new_tokens=24),
+                      online=OnlineEvalSettings(n_tasks=3, max_steps=3))
     return TracemillConfig(workspace="demo", base_model=base_model, corpora=[spec])
 
 
@@ -89,6 +91,13 @@ def test_full_graph_versions_trains_and_evaluates(world, home, tiny_model_dir):
     AutoModelForCausalLM.from_pretrained(ck["checkpoint"])  # reloads as a plain HF model
     assert ev["corpus_version"] == ck["corpus_version"] and "split" in ev["query"]
     assert ev["loss"] > 0 and 0 <= ev["tool_call_accuracy"] <= 1
+    assert 0 <= ev["online_success_rate"] <= 1 and "base_online_success_rate" in ev
+    assert "| all |" in ev["report"] or "all" in ev["report"]
+    assert ev["gate_passed"] and trained.get_asset_check_evaluations()[0].passed  # first checkpoint: nothing to beat
+    assert (home / "checkpoints" / "sft" / "LATEST").read_text() == ck["checkpoint"]
+    captured = [line.record for line in read_landed(ws.landing, "trajectory")
+                if line.record.get("agent", {}).get("name", "").startswith("ckpt:")]
+    assert len(captured) == 3 and captured[0]["metadata"]["eval_tag"] == "sft@v2"  # online rollouts land in the workspace
     summary = orjson.loads((home / "checkpoints" / "sft").glob("*/tracemill_train.json").__next__().read_bytes())
     assert summary["mlflow_run_id"] == ck["mlflow_run_id"]
 

@@ -1,0 +1,143 @@
+"""The evaluation stage: offline metrics on an eval slice of the same Deeplake store, online eval in the
+demo world, comparison with the base model and the previous checkpoint, reports, and the promotion gate.
+
+A checkpoint becomes the corpus's `LATEST` only when the gate passes, so a worse model never
+silently replaces a better one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.config import CorpusSpec
+from pipeline.workspace import Workspace
+
+
+def finished_checkpoints(checkpoints: Path) -> list[dict[str, Any]]:
+    """Summaries of finished trainings under a corpus's checkpoint folder, oldest first."""
+    done = [orjson.loads(p.read_bytes()) for p in checkpoints.glob("*/tracemill_train.json")]
+    return sorted(done, key=lambda s: s["finished_at"])
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return orjson.loads(path.read_bytes()) if path.exists() else None
+
+
+def _write(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_INDENT_2))
+
+
+def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
+    """NaN means 'not applicable' (e.g. no tool-call turns): drop it from metadata rather than lie."""
+    return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def offline_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str) -> dict[str, Any]:
+    """Teacher-forced and generation metrics on the eval slice (a TQL query) of the trained version."""
+    from pipeline.corpus import open_corpus
+
+    corpus = open_corpus(corpus_url)
+    rows = corpus.query(spec.eval.query).rows()
+    if not rows:
+        return {"n_rows": 0}
+    if spec.format == "sft":
+        from pipeline.evaluation import evaluate_checkpoint
+
+        if not spec.tools_in_prompt:  # prompts must look like the training sequences did
+            rows = [{**r, "tools": "[]"} for r in rows]
+        return evaluate_checkpoint(checkpoint_dir, rows, max_examples=spec.eval.max_examples,
+                                   max_new_tokens=spec.eval.max_new_tokens) | {"n_rows": len(rows)}
+    if spec.format in ("dpo", "kto"):
+        from pipeline.evaluation import preference_accuracy
+
+        return preference_accuracy(checkpoint_dir, rows, tools_in_prompt=spec.tools_in_prompt) | {"n_rows": len(rows)}
+    return {"n_rows": len(rows)}
+
+
+def _online(spec: CorpusSpec, checkpoint_dir: str | None, ws: Workspace | None, tag: str,
+            cache: Path) -> dict[str, Any] | None:
+    from pipeline.online_eval import online_eval
+
+    if spec.online.n_tasks == 0:
+        return None
+    cached = _read(cache)
+    if cached is not None:
+        return cached
+    rep = online_eval(checkpoint_dir, seed=spec.online.seed, n_tasks=spec.online.n_tasks,
+                      max_steps=spec.online.max_steps, workspace=ws, tag=tag,
+                      tools_in_prompt=spec.tools_in_prompt)
+    _write(cache, rep)
+    return rep
+
+
+def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_model_path: str,
+                    ws: Workspace | None = None, tracker: Any = None) -> dict[str, Any]:
+    """Evaluate the newest checkpoint of a corpus; returns metrics, the report and the gate verdict."""
+    from pipeline.corpus import resolve_corpus_url
+    from pipeline.eval_report import build_report, gate, log_report, markdown_report, plots
+
+    done = finished_checkpoints(checkpoints)
+    if not done:
+        raise FileNotFoundError(f"no finished checkpoint under {checkpoints}: materialize checkpoint_{spec.name} first")
+    ckpt, prev = done[-1], (done[-2] if len(done) > 1 else None)
+    ckpt_dir = Path(ckpt["checkpoint_dir"])
+    version = ckpt["corpus_ref"].rsplit("@", 1)[1]
+    url = f"{resolve_corpus_url(spec.target, corpus_root)}@{version}"
+    offline = offline_metrics(spec, url, str(ckpt_dir))
+    _write(ckpt_dir / "eval" / "offline.json", offline)
+
+    capture = ws if spec.online.capture else None
+    n, seed = spec.online.n_tasks, spec.online.seed
+    current = _online(spec, str(ckpt_dir), capture, f"{spec.name}@{version}", ckpt_dir / "eval" / f"online-{seed}-{n}.json")
+    base = _online(spec, base_model_path, None, "base", Path(base_model_path) / f"online-{seed}-{n}.json") \
+        if Path(base_model_path).exists() else None
+    previous = _read(Path(prev["checkpoint_dir"]) / "eval" / f"online-{seed}-{n}.json") if prev else None
+
+    report_md, files, verdict, gate_ok, gate_msg = "", [], None, True, "online eval off"
+    if current is not None:
+        curve = [(i + 1, v) for i, v in enumerate(ckpt.get("losses") or [])]
+        report = build_report(current, base=base, previous=previous, loss_curve=curve)
+        report_md, verdict = markdown_report(report, title=f"eval_{spec.name} — {spec.target}@{version}"), report["verdict"]
+        out = ckpt_dir / "eval"
+        if tracker is not None and ckpt.get("mlflow_run_id"):
+            files = log_report(tracker, ckpt["mlflow_run_id"], report, out)
+        else:
+            files = plots(report, out)
+        gate_ok, gate_msg = gate(current, previous, spec.gate.metric, spec.gate.margin)
+    if tracker is not None and ckpt.get("mlflow_run_id"):
+        tracker.log_metrics_to_run(ckpt["mlflow_run_id"], {f"eval_{k}": v for k, v in _clean(offline).items()
+                                                           if isinstance(v, int | float)})
+    result = {"checkpoint": str(ckpt_dir), "corpus_ref": ckpt["corpus_ref"], "query": spec.eval.query,
+              "offline": _clean(offline), "online": _summary(current), "base_online": _summary(base),
+              "previous_online": _summary(previous), "verdict": verdict, "gate_passed": gate_ok,
+              "gate_message": gate_msg, "report_markdown": report_md, "plots": [str(f) for f in files if str(f).endswith(".png")],
+              "mlflow_run_id": ckpt.get("mlflow_run_id")}
+    _write(ckpt_dir / "eval" / "gate.json", {"passed": gate_ok, "message": gate_msg})
+    if gate_ok:
+        (checkpoints / "LATEST").write_text(str(ckpt_dir))
+    return result
+
+
+def _summary(rep: dict[str, Any] | None) -> dict[str, Any]:
+    if not rep:
+        return {}
+    keys = ("success_rate", "mean_reward", "tool_call_error_rate", "mean_steps", "invalid_output_rate", "n_tasks")
+    return _clean({k: rep.get(k) for k in keys})
+
+
+def promoted_checkpoint(checkpoints: Path) -> str | None:
+    """The checkpoint that passed its gate most recently (what downstream consumers should use)."""
+    latest = checkpoints / "LATEST"
+    return latest.read_text().strip() if latest.exists() else None
+
+
+def last_gate(checkpoints: Path) -> dict[str, Any]:
+    """The gate verdict of the newest evaluated checkpoint."""
+    done = finished_checkpoints(checkpoints)
+    gate = _read(Path(done[-1]["checkpoint_dir"]) / "eval" / "gate.json") if done else None
+    return gate or {"passed": False, "message": "no evaluated checkpoint yet"}
