@@ -1,0 +1,141 @@
+"""Training-throughput benchmark: SFT, DPO, KTO and GRPO with TRL on the tiny model, on demo-world data.
+Prints a table, then one line of JSON with every figure.
+
+    .venv/bin/python bench/train.py [--quick] [--device cpu|cuda|auto]
+
+Data: `demo_world.populate` fills a temporary workspace; rows are built straight from the landed
+trajectories (no lake/corpus round trip). SFT learns from reward-1 attempts; DPO pairs a reward-1 and a
+reward-0 attempt at the same task; KTO labels every attempt by its reward; GRPO gets one prompt per task.
+DPO/KTO/GRPO start from the SFT checkpoint, as they would in the pipeline.
+
+"tokens" is what each trainer reports as `num_tokens`, i.e. non-pad tokens through the policy forward:
+SFT sequences; DPO chosen + rejected sequences (prompt counted twice); KTO the labelled sequences (its KL
+sequences are extra forwards, not counted); GRPO prompt + generated tokens (generation dominates its time).
+`train_seconds` is the trainer's loop; `wall_seconds` adds model loading and dataset preparation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pipeline.chat_format import render_text, tokenize_conversation  # noqa: E402
+from pipeline.demo_world import populate  # noqa: E402
+from pipeline.landing import read_landed  # noqa: E402
+from pipeline.tiny_model import build_tiny_model  # noqa: E402
+from pipeline.workspace import Workspace  # noqa: E402
+
+
+def demo_trajectories(home: Path, per_day: int) -> list[dict[str, Any]]:
+    """Landed demo trajectories (valid ones only) with their reward."""
+    ws = Workspace.create("bench", home=home)
+    try:
+        stats = populate(ws, days=["2026-11-16", "2026-11-17"], per_day=per_day, seed=0)
+    finally:
+        ws.close()
+    out = []
+    for line in read_landed(ws.landing, "trajectory"):
+        rec = line.record
+        if rec and rec.get("trajectory_id") in stats.rewards and (rec.get("metadata") or {}).get("task"):
+            out.append({**rec, "reward": stats.rewards[rec["trajectory_id"]]})
+    return out
+
+
+def build_rows(trajs: list[dict[str, Any]], tokenizer: Any) -> dict[str, list[dict[str, Any]]]:
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for t in trajs:
+        by_task[t["task_id"]].append(t)
+    rows: dict[str, list[dict[str, Any]]] = {"sft": [], "dpo": [], "kto": [], "rl": []}
+    for attempts in by_task.values():
+        good = [t for t in attempts if t["reward"] >= 1]
+        bad = [t for t in attempts if t["reward"] < 1]
+        first = attempts[0]
+        prompt, tools = json.dumps(first["messages"][:2]), json.dumps(first["tools"])
+        for t in good:
+            ids, mask = tokenize_conversation(tokenizer, t["messages"], t["tools"])
+            rows["sft"].append({"input_ids": ids, "loss_mask": mask})
+        for g, b in zip(good, bad, strict=False):
+            rows["dpo"].append({"prompt": prompt, "chosen": json.dumps(g["messages"][2:]),
+                                "rejected": json.dumps(b["messages"][2:]), "tools": tools})
+        for t in attempts:
+            rows["kto"].append({"prompt": prompt, "completion": json.dumps(t["messages"][2:]),
+                                "label": t["reward"] >= 1, "tools": tools})
+        rows["rl"].append({"prompt": prompt, "task_id": first["task_id"], "tools": tools,
+                           "ground_truth": json.dumps(first["metadata"]["task"])})
+    return rows
+
+
+def figures(res: Any, wall: float) -> dict[str, float]:
+    return {"steps": res.steps, "steps_per_s": res.steps_per_second, "tokens": res.tokens,
+            "tokens_per_s": res.tokens_per_second, "train_seconds": res.train_seconds, "wall_seconds": wall,
+            "final_loss": res.final_loss, "rows": res.train_rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a few steps each (smoke test)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--batch", type=int, default=8, help="sequences (DPO: pairs; GRPO: completions) per step")
+    args = ap.parse_args()
+    steps = ({"sft": 5, "dpo": 3, "kto": 3, "grpo": 2} if args.quick
+             else {"sft": 60, "dpo": 20, "kto": 20, "grpo": 10})
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from pipeline.training import SFTRecipe, train_sft
+    from pipeline.training_pref import PrefRecipe, train_dpo, train_kto
+    from pipeline.training_rl import RLRecipe, train_grpo
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        trajs = demo_trajectories(root / "home", per_day=60)
+        model_dir = build_tiny_model([render_text(t["messages"], t["tools"]) for t in trajs], root / "tiny",
+                                     vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, seed=0)
+        rows = build_rows(trajs, AutoTokenizer.from_pretrained(model_dir))
+        common = {"device": args.device, "per_device_batch_size": args.batch, "seed": 0}
+        runs: dict[str, tuple[Any, Any]] = {
+            "sft": (train_sft, SFTRecipe(base_model=str(model_dir), output_dir=str(root / "sft"),
+                                         max_steps=steps["sft"], **common)),
+        }
+        base = str(root / "sft")  # the others start from the SFT checkpoint
+        runs["dpo"] = (train_dpo, PrefRecipe(base_model=base, output_dir=str(root / "dpo"), trainer="dpo",
+                                             max_steps=steps["dpo"], **common))
+        runs["kto"] = (train_kto, PrefRecipe(base_model=base, output_dir=str(root / "kto"), trainer="kto",
+                                             max_steps=steps["kto"], **common))
+        runs["grpo"] = (train_grpo, RLRecipe(base_model=base, output_dir=str(root / "grpo"),
+                                             max_steps=steps["grpo"], learning_rate=1e-4, **common))
+        out: dict[str, Any] = {"bench": "train", "device": args.device, "torch_threads": torch.get_num_threads(),
+                               "trajectories": len(trajs), **{f"{k}_rows": len(v) for k, v in rows.items()}}
+        for name, (train, recipe) in runs.items():
+            t0 = time.perf_counter()
+            res = train(rows["rl" if name == "grpo" else name], recipe)
+            out[name] = figures(res, time.perf_counter() - t0)
+            print(f"{name:<5} {res.steps:>3} steps  {res.steps_per_second:6.2f} steps/s  "
+                  f"{res.tokens_per_second:9,.0f} tokens/s  loss {res.final_loss:.4f}", file=sys.stderr)
+    sft_tps = out["sft"]["tokens_per_s"] or 1.0
+    out["tokens_per_s_vs_sft"] = {k: out[k]["tokens_per_s"] / sft_tps for k in ("dpo", "kto", "grpo")}
+    out["steps_per_s_vs_sft"] = {k: out[k]["steps_per_s"] / (out["sft"]["steps_per_s"] or 1.0)
+                                 for k in ("dpo", "kto", "grpo")}
+    out["total_seconds"] = time.perf_counter() - started
+
+    def rounded(v: Any) -> Any:
+        return {k: rounded(x) for k, x in v.items()} if isinstance(v, dict) else round(v, 3) if isinstance(v, float) else v
+
+    print(json.dumps(rounded(out)))
+
+
+if __name__ == "__main__":
+    main()
