@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 DEMO_DAYS = ["2026-11-16", "2026-11-17", "2026-11-18"]
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the summary tells the story
 console = Console()
 
 
@@ -56,7 +57,8 @@ def run_demo(per_day: int = 80, seed: int = 0, train_steps: int | None = None) -
                   f"({len(stats.late_outcomes)} rewards held back as late)")
 
     def run(job: str, partition_key: str | None = None) -> dg.ExecuteInProcessResult:
-        result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition_key)
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition_key,
+                                                               run_config=QUIET)
         if not result.success:
             raise SystemExit(f"job {job} failed")
         return result
@@ -75,10 +77,13 @@ def run_demo(per_day: int = 80, seed: int = 0, train_steps: int | None = None) -
     console.rule("[bold]4. fine-tune and evaluate")
     trained = run("train_and_eval")
 
+    names = [c.name for c in cfg.corpora]
     summary = {
         "workspace": ws.name, "counts": workspace_counts(ws), "late_delivered": delivered,
-        "corpus_first": _meta(first, "corpus_sft"), "corpus_second": _meta(second, "corpus_sft"),
-        "checkpoint": _meta(trained, "checkpoint_sft"), "eval": _meta(trained, "eval_sft"),
+        "corpus_first": {n: _meta(first, f"corpus_{n}") for n in names},
+        "corpora": {n: _meta(second, f"corpus_{n}") for n in names},
+        "checkpoints": {n: _meta(trained, f"checkpoint_{n}") for n in names},
+        "evals": {n: _meta(trained, f"eval_{n}") for n in names},
         "wall_seconds": round(time.time() - t0, 1), "home": str(home),
     }
     _print_summary(summary)
@@ -95,23 +100,32 @@ def _meta(result, asset: str) -> dict:
     return {}
 
 
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
 def _print_summary(s: dict) -> None:
-    c, v1, v2, ck, ev = s["counts"], s["corpus_first"], s["corpus_second"], s["checkpoint"], s["eval"]
+    c = s["counts"]
     t = Table(title="tracemill demo", show_header=False, title_style="bold")
     t.add_row("trajectories captured", f"{c['trajectories']} ({c['messages']} messages, {c['tool_calls']} tool calls)")
     t.add_row("outcomes", f"{c['outcomes']} ({s['late_delivered']} arrived late)")
     t.add_row("quarantined records", str(c["quarantined"]))
-    t.add_row("corpus after first pass", f"{v1.get('url', '')} @ {v1.get('version')} ({v1.get('dagster/row_count')} rows)")
-    t.add_row("corpus after late rewards", f"@ {v2.get('version')} ({v2.get('dagster/row_count')} rows, "
-              f"{'new version' if v2.get('new_version') else 'unchanged'})")
-    t.add_row("training", f"{ck.get('steps')} steps, loss {ck.get('first_loss', 0):.3f} → {ck.get('final_loss', 0):.3f}"
-              f"{' (reused checkpoint)' if ck.get('reused') else ''}")
-    t.add_row("MLflow run", str(ck.get("mlflow_run_id")))
-    for k in ("loss", "perplexity", "tool_name_accuracy", "tool_call_accuracy", "final_answer_accuracy"):
-        if k in ev:
-            t.add_row(f"eval {k}", f"{ev[k]:.3f}" if isinstance(ev[k], float) else str(ev[k]))
-    t.add_row("wall time", f"{s['wall_seconds']} s")
     console.print(t)
+    runs = Table("corpus", "version", "rows", "training", "MLflow run", "offline", "online success", "verdict",
+                 title="corpora → checkpoints → evals", title_style="bold")
+    for name, v2 in s["corpora"].items():
+        v1, ck, ev = s["corpus_first"][name], s["checkpoints"][name], s["evals"][name]
+        version = f"{v1.get('version')} → {v2.get('version')}" if v1.get("version") != v2.get("version") else str(v2.get("version"))
+        training = f"{ck.get('steps')} steps, loss {_fmt(ck.get('first_loss'))} → {_fmt(ck.get('final_loss'))}" \
+            + (" (reused)" if ck.get("reused") else "")
+        offline = ", ".join(f"{k} {_fmt(ev[k])}" for k in ("loss", "tool_call_accuracy", "final_answer_accuracy",
+                                                             "preference_accuracy") if k in ev)
+        online = f"{_fmt(ev.get('online_success_rate'))} (base {_fmt(ev.get('base_online_success_rate'))})"
+        runs.add_row(name, version, str(v2.get("dagster/row_count")), training, str(ck.get("mlflow_run_id"))[:12],
+                     offline, online, f"{ev.get('verdict')}; gate {'passed' if ev.get('gate_passed') else 'FAILED'}")
+    console.print(runs)
+    first = next(iter(s["corpora"].values()), {})
+    console.print(f"corpora under {first.get('url', '')}  ·  wall time {s['wall_seconds']} s")
     console.print("Look closer:  [bold]make ui[/] (Dagster, http://127.0.0.1:3000)   "
                   "[bold]make mlflow-ui[/] (MLflow, http://127.0.0.1:5000)")
 
