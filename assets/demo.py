@@ -32,7 +32,7 @@ def _prepare_env() -> Path:
     return home
 
 
-def run_demo(per_day: int = 80, seed: int = 0, train_steps: int | None = None) -> dict:
+def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None) -> dict:
     t0 = time.time()
     home = _prepare_env()
     import dagster as dg

@@ -11,7 +11,7 @@ import polars as pl
 
 from pipeline import lake
 from pipeline.config import CorpusSpec
-from pipeline.curate import CurationStats, curate
+from pipeline.curate import CurationStats
 from pipeline.workspace import Workspace
 
 
@@ -72,8 +72,11 @@ def _param_count(cfg: Any) -> int:
 
 # ---- curation and snapshot ---------------------------------------------------------------------
 def curate_corpus(ws: Workspace, spec: CorpusSpec) -> tuple[pl.DataFrame, CurationStats]:
-    df, stats = curate(read_joined(ws), filter_expr=spec.filter, eval_fraction=spec.eval_fraction,
-                       redact=spec.redact)
+    """Rows of the spec's format (sft/dpo/kto/rl) from every joined partition (+ explicit preferences)."""
+    from pipeline.formats import build_rows
+
+    prefs = pl.read_parquet(ws.preferences_path) if ws.preferences_path.exists() else None
+    df, stats = build_rows(spec.format, read_joined(ws), prefs, spec)
     lake.write_parquet(df, ws.curated_path(spec.name))
     return df, stats
 
@@ -103,6 +106,7 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
     from transformers import AutoTokenizer
 
     from pipeline.corpus import CorpusNotFound, SnapshotInfo, open_corpus, resolve_corpus_url, snapshot
+    from pipeline.formats import tokenize_format_rows
     from pipeline.late import wait_decision
 
     url = resolve_corpus_url(spec.target, corpus_root)
@@ -116,8 +120,8 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
             return SnapshotInfo(url, "", False, 0, "", None, 0, "waiting", {"wait": decision.as_dict()})
     curated = pl.read_parquet(ws.curated_path(spec.name))
     model = resolve_model(base_model, models_dir)
-    rows, untrainable = tokenize_rows(curated, AutoTokenizer.from_pretrained(model), spec.train.max_length,
-                                      spec.tools_in_prompt)
+    rows, untrainable = tokenize_format_rows(spec.format, curated, AutoTokenizer.from_pretrained(model),
+                                             spec.train.max_length, spec.tools_in_prompt)
     lineage = {"filter": spec.filter, "format": spec.format, "workspace": ws.name,
                "source_partitions": joined_days(ws), "tokenizer": base_model,
                "dropped_untrainable": untrainable, "tools_in_prompt": spec.tools_in_prompt,
@@ -147,7 +151,9 @@ def check_corpus(spec: CorpusSpec, corpus_root: str) -> dict[str, Any]:
 
     c = open_corpus(resolve_corpus_url(spec.target, corpus_root))
     df = c.to_polars()
-    no_tokens = int((df["loss_mask"].list.sum() == 0).sum()) if df.height else 0
+    masks = [c for c in ("loss_mask", "chosen_mask", "completion_mask") if c in df.columns]
+    no_tokens = int((df[masks[0]].list.sum() == 0).sum()) if df.height and masks else \
+        int((df["n_tokens"] == 0).sum()) if df.height else 0
     train = set(df.filter(pl.col("split") == "train")["task_id"].drop_nulls().to_list())
     evals = set(df.filter(pl.col("split") == "eval")["task_id"].drop_nulls().to_list())
     leaked = sorted(train & evals)
