@@ -175,6 +175,10 @@ def _register_capture() -> None:
     app.add_typer(token_app, name="token")
     app.command("snapshot")(snapshot)
     app.add_typer(corpus_app, name="corpus")
+    from pipeline.cli_train import eval_app, train_app
+
+    app.add_typer(train_app, name="train")
+    app.add_typer(eval_app, name="eval")
 
 
 _register_capture()

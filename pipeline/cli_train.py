@@ -1,0 +1,123 @@
+"""`tracemill train …` and `tracemill eval …`: train from a pinned corpus version, report on a checkpoint."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+
+console = Console()
+err = Console(stderr=True)
+train_app = typer.Typer(help="Fine-tune from a pinned corpus version (org/name@vN).", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate checkpoints and show their reports.", no_args_is_help=True)
+
+HomeOpt = Annotated[str | None, typer.Option("--home", envvar="TRACEMILL_HOME", help="tracemill home folder.")]
+RootOpt = Annotated[str | None, typer.Option("--root", envvar="TRACEMILL_CORPUS_ROOT", help="Corpus root.")]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: int, learning_rate: float | None,
+         batch_size: int, lora: bool, seed: int, tools_in_prompt: bool, home: str | None, root: str | None,
+         track: bool) -> None:
+    from pipeline.corpus import open_corpus
+    from pipeline.stage_train import TRAIN_QUERY
+    from pipeline.workspace import home_dir
+
+    hd = home_dir(home)
+    try:
+        c = open_corpus(corpus, root=root or f"file://{hd / 'corpora'}")
+    except LookupError as exc:
+        _fail(str(exc))
+    have = c.lineage.get("format", "sft")
+    if have != fmt:
+        _fail(f"{corpus} holds {have} rows, not {fmt}: use `tracemill train {have}` or snapshot with --format {fmt}")
+    if base_model == "tiny":
+        base_model = str(hd / "models" / "tiny")
+        if not (Path(base_model) / "config.json").exists():
+            _fail("no tiny model yet: run `make demo` or `tracemill snapshot` first, or pass --base-model PATH_OR_ID")
+    view = c.query(TRAIN_QUERY)
+    rows = view.rows(["input_ids", "loss_mask"]) if fmt == "sft" else view.rows()
+    if not tools_in_prompt and fmt != "sft":
+        rows = [{**r, "tools": "[]"} for r in rows]
+    out = out or hd / "checkpoints" / "cli" / f"{fmt}-{c.version}"
+    tracker = None
+    if track:
+        from pipeline.tracking import MlflowTracker
+
+        tracker = MlflowTracker(home=hd)
+    common = {"base_model": base_model, "output_dir": str(out), "max_steps": max_steps, "seed": seed}
+    tags = {"corpus": f"{c.url}@{c.version}", "content_hash": c.lineage.get("content_hash", ""), "source": "cli"}
+    console.print(f"training {fmt} on [bold]{c.url}@{c.version}[/] ({len(rows)} train rows) from {base_model}")
+    if fmt == "sft":
+        from pipeline.training import SFTRecipe, train_sft
+
+        res = train_sft(rows, SFTRecipe(**common, learning_rate=learning_rate or 2e-3, per_device_batch_size=batch_size),
+                        tracker=tracker, run_tags=tags)
+    elif fmt in ("dpo", "kto"):
+        from pipeline.training_pref import PrefRecipe, train_pref
+
+        res = train_pref(rows, PrefRecipe(**common, trainer=fmt, learning_rate=learning_rate or 1e-4,
+                                          per_device_batch_size=max(2, batch_size), lora=lora),
+                         tracker=tracker, run_tags=tags)
+    else:
+        from pipeline.training_rl import RLRecipe, train_grpo
+
+        res = train_grpo(rows, RLRecipe(**common, learning_rate=learning_rate or 1e-5,
+                                        per_device_batch_size=max(4, batch_size - batch_size % 4), lora=lora),
+                         tracker=tracker, run_tags=tags)
+    console.print(f"saved [bold]{res.checkpoint_dir}[/]: {res.steps} steps, loss {res.losses[0]:.3f} → "
+                  f"{res.final_loss:.3f}, {res.tokens_per_second:,.0f} tokens/s, MLflow run {res.mlflow_run_id}")
+
+
+def _command(fmt: str):
+    def command(
+        corpus: Annotated[str, typer.Option("--corpus", help="Pinned corpus version, e.g. org/sft@v3.")],
+        base_model: Annotated[str, typer.Option("--base-model", help="HF model id or path ('tiny': the local one).")] = "tiny",
+        out: Annotated[Path | None, typer.Option("--out", help="Checkpoint folder.")] = None,
+        max_steps: Annotated[int, typer.Option("--max-steps")] = 100,
+        learning_rate: Annotated[float | None, typer.Option("--lr")] = None,
+        batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+        lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters (merged on save).")] = False,
+        seed: int = 0,
+        tools_in_prompt: Annotated[bool, typer.Option(help="Render tool definitions into prompts.")] = False,
+        track: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = True,
+        home: HomeOpt = None, root: RootOpt = None,
+    ):
+        _run(fmt, corpus, base_model, out, max_steps, learning_rate, batch_size, lora, seed, tools_in_prompt,
+             home, root, track)
+
+    command.__doc__ = f"{fmt.upper()} fine-tune from a pinned corpus version, with a progress bar and MLflow tracking."
+    return command
+
+
+for _fmt in ("sft", "dpo", "kto", "grpo"):
+    train_app.command(_fmt)(_command("rl" if _fmt == "grpo" else _fmt))
+
+
+@eval_app.command("report")
+def eval_report(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (evaluated by eval_<corpus>).")],
+                json: Annotated[bool, typer.Option("--json")] = False):
+    """The checkpoint's eval report in the terminal: slices × metrics vs base and previous."""
+    from pipeline.eval_report import rich_table
+
+    path = checkpoint / "eval" / "report.json"
+    if not path.exists():
+        _fail(f"no report at {path}: materialize the eval_<corpus> asset (or run `make demo`) first")
+    report = orjson.loads(path.read_bytes())
+    if json:
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+        return
+    console.print(rich_table(report))
+    console.print(f"verdict vs {report.get('verdict_against')}: [bold]{report.get('verdict')}[/]")
+    offline = checkpoint / "eval" / "offline.json"
+    if offline.exists():
+        console.print("offline: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                              for k, v in orjson.loads(offline.read_bytes()).items()))
