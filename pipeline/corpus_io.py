@@ -38,6 +38,7 @@ _POLARS = {"int8": pl.Int8, "int16": pl.Int16, "int32": pl.Int32, "int64": pl.In
 
 def _scalar_key(dtype: pl.DataType) -> str | None:
     name = str(dtype).lower()
+    name = "bool" if name == "boolean" else name
     return name if name in _SCALARS else None
 
 

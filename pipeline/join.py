@@ -42,7 +42,7 @@ def join_outcomes(trajectories: pl.DataFrame, outcomes: pl.DataFrame) -> pl.Data
     traj_level = latest.filter(pl.col("step").is_null()) if not latest.is_empty() else latest
     df = trajectories
     if not traj_level.is_empty():
-        traj_level = traj_level.with_columns(pl.col("name").map_elements(column_name, return_dtype=pl.String))
+        traj_level = traj_level.with_columns(pl.col("name").str.replace_all(r"[^A-Za-z0-9_]", "_"))  # = column_name
         values = traj_level.pivot(on="name", index="trajectory_id", values="value", aggregate_function="last")
         df = df.join(values, on="trajectory_id", how="left")
         labelled = traj_level.filter(pl.col("label").is_not_null())
