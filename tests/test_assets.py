@@ -112,3 +112,27 @@ def test_definitions_load_with_default_config():
     assert {"raw_trajectories", "outcomes", "joined_trajectories", "base_model", "curated_sft", "corpus_sft",
             "checkpoint_sft", "eval_sft"} <= keys
     assert defs.resolve_job_def("ingest_daily").partitions_def is not None
+
+
+def test_factory_builds_preference_and_rl_corpora(world, home, tiny_model_dir):
+    """Adding a corpus is configuration: a DPO and an RL spec get their own curated/corpus assets."""
+    specs = [CorpusSpec(name="sft", filter="reward > 0", target="deeplake://local/sft"),
+             CorpusSpec(name="dpo", format="dpo", target="deeplake://local/dpo", init_from="sft"),
+             CorpusSpec(name="rl", format="rl", target="deeplake://local/rl", init_from="sft")]
+    cfg = TracemillConfig(workspace="demo", base_model=str(tiny_model_dir), corpora=specs)
+    instance = dg.DagsterInstance.ephemeral()
+    for day in DAYS:
+        _materialize(cfg, home, ["raw_trajectories", "outcomes", "joined_trajectories"], day, instance)
+    res = _materialize(cfg, home, ["base_model", "curated_dpo", "corpus_dpo", "curated_rl", "corpus_rl"], instance=instance)
+    dpo, rl = _md(res, "corpus_dpo"), _md(res, "corpus_rl")
+    assert dpo["version"] == "v1" and dpo["dagster/row_count"] > 0 and dpo["lineage"]["format"] == "dpo"
+    assert rl["version"] == "v1" and rl["dagster/row_count"] > 0
+    assert all(c.passed for c in res.get_asset_check_evaluations())
+    pairs = open_corpus(resolve_corpus_url("deeplake://local/dpo", f"file://{home / 'corpora'}")).to_polars()
+    assert (pairs["chosen_id"] != pairs["rejected_id"]).all()
+    by_outcome = pairs.filter(pairs["source"] == "outcome")
+    assert by_outcome.height > 0 and (by_outcome["chosen_reward"] > by_outcome["rejected_reward"]).all()
+    assert set(pairs["source"]) <= {"outcome", "preference"}
+    graph = build_definitions(cfg).resolve_asset_graph()
+    deps = {k.to_user_string() for k in graph.get(dg.AssetKey("checkpoint_dpo")).parent_keys}
+    assert "checkpoint_sft" in deps  # DPO starts from the SFT checkpoint: visible in the lineage
