@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -34,6 +35,7 @@ def _prepare_env() -> Path:
 
 def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None) -> dict:
     t0 = time.time()
+    warnings.filterwarnings("ignore", module=r"dagster(\..*)?$")  # beta/preview notices, not news for a demo
     home = _prepare_env()
     import dagster as dg
 
