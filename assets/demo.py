@@ -113,19 +113,22 @@ def _print_summary(s: dict) -> None:
     t.add_row("outcomes", f"{c['outcomes']} ({s['late_delivered']} arrived late)")
     t.add_row("quarantined records", str(c["quarantined"]))
     console.print(t)
-    runs = Table("corpus", "version", "rows", "training", "MLflow run", "offline", "online success", "verdict",
-                 title="corpora → checkpoints → evals", title_style="bold")
     for name, v2 in s["corpora"].items():
         v1, ck, ev = s["corpus_first"][name], s["checkpoints"][name], s["evals"][name]
-        version = f"{v1.get('version')} → {v2.get('version')}" if v1.get("version") != v2.get("version") else str(v2.get("version"))
-        training = f"{ck.get('steps')} steps, loss {_fmt(ck.get('first_loss'))} → {_fmt(ck.get('final_loss'))}" \
-            + (" (reused)" if ck.get("reused") else "")
-        offline = ", ".join(f"{k} {_fmt(ev[k])}" for k in ("loss", "tool_call_accuracy", "final_answer_accuracy",
-                                                             "preference_accuracy") if k in ev)
-        online = f"{_fmt(ev.get('online_success_rate'))} (base {_fmt(ev.get('base_online_success_rate'))})"
-        runs.add_row(name, version, str(v2.get("dagster/row_count")), training, str(ck.get("mlflow_run_id"))[:12],
-                     offline, online, f"{ev.get('verdict')}; gate {'passed' if ev.get('gate_passed') else 'FAILED'}")
-    console.print(runs)
+        t = Table(title=f"corpus_{name} → checkpoint_{name} → eval_{name}", show_header=False, title_style="bold")
+        same = v1.get("version") == v2.get("version")
+        t.add_row("corpus version", f"{v2.get('version')} ({v2.get('dagster/row_count')} rows)"
+                  + ("" if same else f", after {v1.get('version')} ({v1.get('dagster/row_count')} rows) before late rewards"))
+        t.add_row("training", f"{ck.get('steps')} steps from {Path(str(ck.get('start_model'))).name}, loss "
+                  f"{_fmt(ck.get('first_loss'))} → {_fmt(ck.get('final_loss'))}" + (" (reused)" if ck.get("reused") else ""))
+        t.add_row("MLflow run", str(ck.get("mlflow_run_id")))
+        for k in ("loss", "tool_call_accuracy", "final_answer_accuracy", "preference_accuracy"):
+            if k in ev:
+                t.add_row(f"offline {k}", _fmt(ev[k]))
+        t.add_row("online success (held-out tasks)",
+                  f"{_fmt(ev.get('online_success_rate'))} vs base model {_fmt(ev.get('base_online_success_rate'))}")
+        t.add_row("verdict / gate", f"{ev.get('verdict')} / {'passed' if ev.get('gate_passed') else 'FAILED'}")
+        console.print(t)
     first = next(iter(s["corpora"].values()), {})
     console.print(f"corpora under {first.get('url', '')}  ·  wall time {s['wall_seconds']} s")
     console.print("Look closer:  [bold]make ui[/] (Dagster, http://127.0.0.1:3000)   "
