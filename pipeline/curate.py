@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import orjson
@@ -27,6 +27,8 @@ CURATED_SCHEMA: dict[str, Any] = {
 
 @dataclass
 class CurationStats:
+    """Counts behind a corpus's rows: every dropped trajectory (or pair, or task) counted by reason."""
+
     input_rows: int = 0
     after_filter: int = 0
     kept: int = 0
@@ -35,8 +37,7 @@ class CurationStats:
     splits: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"input_rows": self.input_rows, "after_filter": self.after_filter, "kept": self.kept,
-                "dropped": dict(self.dropped), "redactions": dict(self.redactions), "splits": dict(self.splits)}
+        return {f.name: dict(v) if isinstance(v := getattr(self, f.name), Counter) else v for f in fields(self)}
 
 
 def quality_problem(messages: list[dict[str, Any]]) -> str | None:

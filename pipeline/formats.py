@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import polars as pl
 
-from pipeline.curate import content_hash, curate, quality_problem, split_of
+from pipeline.curate import CurationStats, content_hash, curate, quality_problem, split_of
 from pipeline.filters import apply_filter
 from pipeline.lake import PREFERENCE_SCHEMA
 from pipeline.redact import Redactor
@@ -39,19 +39,10 @@ _OPTIONS = {"dpo": ("min_margin", "max_pairs_per_task"), "kto": ("threshold",), 
 
 
 @dataclass
-class FormatStats:
-    """Counts behind one format's rows: every dropped trajectory, pair or task is counted by reason."""
+class FormatStats(CurationStats):
+    """CurationStats plus where DPO pairs came from (outcome pairs vs explicit preferences)."""
 
-    input_rows: int = 0
-    after_filter: int = 0
-    kept: int = 0
-    dropped: Counter = field(default_factory=Counter)
-    redactions: Counter = field(default_factory=Counter)
-    splits: Counter = field(default_factory=Counter)
     sources: Counter = field(default_factory=Counter)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: dict(v) if isinstance(v := getattr(self, f.name), Counter) else v for f in fields(self)}
 
 
 @dataclass(frozen=True)
