@@ -1,6 +1,8 @@
 """Sensors: late outcomes re-join exactly the day partitions they touch; declarative automation
 carries the change downstream to the corpora."""
 
+import os
+
 import dagster as dg
 import orjson
 
@@ -9,7 +11,10 @@ from pipeline.late import scan_new_outcomes
 
 
 def build_late_outcome_sensor(rejoin_job) -> dg.SensorDefinition:
-    @dg.sensor(name="late_outcomes", job=rejoin_job, minimum_interval_seconds=30,
+    # TRACEMILL_SENSOR_INTERVAL: seconds between evaluations (tests use 2; the daemon loops every ~5 s)
+    interval = int(os.environ.get("TRACEMILL_SENSOR_INTERVAL", "30"))
+
+    @dg.sensor(name="late_outcomes", job=rejoin_job, minimum_interval_seconds=interval,
                default_status=dg.DefaultSensorStatus.RUNNING,
                description="Outcomes landed for already-materialized days → re-join exactly those partitions.")
     def late_outcomes(context: dg.SensorEvaluationContext, tracemill: TracemillResource):

@@ -179,6 +179,9 @@ def _register_capture() -> None:
 
     app.add_typer(train_app, name="train")
     app.add_typer(eval_app, name="eval")
+    from pipeline.cli_ops import backfill
+
+    app.command("backfill")(backfill)
 
 
 _register_capture()

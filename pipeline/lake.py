@@ -9,6 +9,7 @@ row (the last one received wins).
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,7 +87,7 @@ def flatten(traj: Trajectory, received_ns: int = 0) -> dict[str, Any]:
 def write_parquet(df: pl.DataFrame, path: Path) -> None:
     """Write to a temp file then rename: readers never see half a partition."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # concurrent runs never collide
     df.write_parquet(tmp)
     os.replace(tmp, path)
 
@@ -96,7 +97,7 @@ def _write_quarantine(path: Path, items: list[dict[str, Any]]) -> None:
         path.unlink(missing_ok=True)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(b"".join(orjson.dumps(i, default=str) + b"\n" for i in items))
     os.replace(tmp, path)
 
