@@ -101,6 +101,7 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
             **metrics, **online, **base, **plots, "corpus_version": rep["corpus_ref"], "query": rep["query"],
             "checkpoint": dg.MetadataValue.path(rep["checkpoint"]), "verdict": str(rep["verdict"]),
             "gate_passed": rep["gate_passed"], "gate": rep["gate_message"],
+            "slices": dg.MetadataValue.json(rep["slices"]),
             "report": dg.MetadataValue.md(rep["report_markdown"] or "_online eval off_"),
         })
 

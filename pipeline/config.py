@@ -36,6 +36,8 @@ class EvalSettings(_Cfg):
     max_examples: int = Field(24, ge=1, description="Eval conversations used for generation metrics.")
     max_new_tokens: int = Field(48, ge=1, description="Generation budget per assistant turn.")
     query: str = Field("SELECT * WHERE \"split\" = 'eval'", description="TQL slice of the corpus to evaluate on.")
+    slices: dict[str, str] = Field(default_factory=dict, description="More named TQL slices of the same corpus "
+                                   "version, e.g. {long: \"SELECT * WHERE \\\"split\\\" = 'eval' AND n_tokens > 220\"}.")
 
 
 class OnlineEvalSettings(_Cfg):

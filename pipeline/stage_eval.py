@@ -37,12 +37,12 @@ def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
-def offline_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str) -> dict[str, Any]:
-    """Teacher-forced and generation metrics on the eval slice (a TQL query) of the trained version."""
+def offline_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str, query: str | None = None) -> dict[str, Any]:
+    """Teacher-forced and generation metrics on one slice (a TQL query) of the trained version."""
     from pipeline.corpus import open_corpus
 
     corpus = open_corpus(corpus_url)
-    rows = corpus.query(spec.eval.query).rows()
+    rows = corpus.query(query or spec.eval.query).rows()
     if not rows:
         return {"n_rows": 0}
     if spec.format == "sft":
@@ -57,6 +57,25 @@ def offline_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str) -> d
 
         return preference_accuracy(checkpoint_dir, rows, tools_in_prompt=spec.tools_in_prompt) | {"n_rows": len(rows)}
     return {"n_rows": len(rows)}
+
+
+def slice_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str) -> dict[str, dict[str, Any]]:
+    """Every named slice of the spec, each with the exact version and query it ran on."""
+    out = {}
+    for name, query in spec.eval.slices.items():
+        out[name] = {"query": query, "version": corpus_url.rsplit("@", 1)[-1],
+                     **_clean(offline_metrics(spec, corpus_url, checkpoint_dir, query))}
+    return out
+
+
+def slices_markdown(primary: dict[str, Any], slices: dict[str, dict[str, Any]], query: str) -> str:
+    keys = [k for k in ("n_rows", "loss", "perplexity", "tool_name_accuracy", "tool_call_accuracy",
+                        "final_answer_accuracy", "preference_accuracy", "logprob_margin") if k in primary]
+    rows = [("eval", query, primary)] + [(n, v["query"], v) for n, v in slices.items()]
+    head = "| slice | query | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 2) + "\n"
+    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
+    return "### Offline metrics per slice\n\n" + head + "".join(
+        f"| {n} | `{q}` | " + " | ".join(cell(m.get(k)) for k in keys) + " |\n" for n, q, m in rows)
 
 
 def _online(spec: CorpusSpec, checkpoint_dir: str | None, ws: Workspace | None, tag: str,
@@ -89,7 +108,9 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
     version = ckpt["corpus_ref"].rsplit("@", 1)[1]
     url = f"{resolve_corpus_url(spec.target, corpus_root)}@{version}"
     offline = offline_metrics(spec, url, str(ckpt_dir))
+    slices = slice_metrics(spec, url, str(ckpt_dir))
     _write(ckpt_dir / "eval" / "offline.json", offline)
+    _write(ckpt_dir / "eval" / "offline_slices.json", slices)
 
     capture = ws if spec.online.capture else None
     n, seed = spec.online.n_tasks, spec.online.seed
@@ -112,8 +133,9 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
     if tracker is not None and ckpt.get("mlflow_run_id"):
         tracker.log_metrics_to_run(ckpt["mlflow_run_id"], {f"eval_{k}": v for k, v in _clean(offline).items()
                                                            if isinstance(v, int | float)})
+    report_md = slices_markdown(_clean(offline), slices, spec.eval.query) + "\n" + report_md
     result = {"checkpoint": str(ckpt_dir), "corpus_ref": ckpt["corpus_ref"], "query": spec.eval.query,
-              "offline": _clean(offline), "online": _summary(current), "base_online": _summary(base),
+              "offline": _clean(offline), "slices": slices, "online": _summary(current), "base_online": _summary(base),
               "previous_online": _summary(previous), "verdict": verdict, "gate_passed": gate_ok,
               "gate_message": gate_msg, "report_markdown": report_md, "plots": [str(f) for f in files if str(f).endswith(".png")],
               "mlflow_run_id": ckpt.get("mlflow_run_id")}

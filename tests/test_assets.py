@@ -14,12 +14,15 @@ from pipeline.landing import read_landed
 from pipeline.workspace import Workspace
 
 DAYS = ["2026-11-16", "2026-11-17"]
+SLICES = {"careful": "SELECT * WHERE \"split\" = 'eval' AND agent = 'careful'",
+          "nobody": "SELECT * WHERE \"split\" = 'eval' AND agent = 'nobody'",
+          "all_eval": "SELECT * WHERE \"split\" = 'eval' AND n_tokens > 0"}
 
 
 def _config(base_model: str) -> TracemillConfig:
     spec = CorpusSpec(name="sft", filter="reward > 0", target="deeplake://local/sft", eval_fraction=0.25,
                       train=TrainSettings(max_steps=4, batch_size=4, max_length=384),
-                      eval=EvalSettings(max_examples=3, max_new_tokens=24),
+                      eval=EvalSettings(max_examples=3, max_new_tokens=24, slices=SLICES),
                       online=OnlineEvalSettings(n_tasks=3, max_steps=3))
     return TracemillConfig(workspace="demo", base_model=base_model, corpora=[spec])
 
@@ -92,6 +95,12 @@ def test_full_graph_versions_trains_and_evaluates(world, home, tiny_model_dir):
     assert ev["corpus_version"] == ck["corpus_version"] and "split" in ev["query"]
     assert ev["loss"] > 0 and 0 <= ev["tool_call_accuracy"] <= 1
     assert 0 <= ev["online_success_rate"] <= 1 and "base_online_success_rate" in ev
+    v2rows = open_corpus(f"{url}@v2").to_polars()
+    careful = v2rows.filter((v2rows["split"] == "eval") & (v2rows["agent"] == "careful")).height
+    assert ev["slices"]["careful"]["n_rows"] == careful and ev["slices"]["nobody"]["n_rows"] == 0
+    assert ev["slices"]["all_eval"]["n_rows"] == (v2rows["split"] == "eval").sum() > 0
+    assert ev["slices"]["careful"]["version"] == "v2" and ev["slices"]["careful"]["query"] == SLICES["careful"]
+    assert "Offline metrics per slice" in ev["report"]
     assert "| all |" in ev["report"] or "all" in ev["report"]
     assert ev["gate_passed"] and trained.get_asset_check_evaluations()[0].passed  # first checkpoint: nothing to beat
     assert (home / "checkpoints" / "sft" / "LATEST").read_text() == ck["checkpoint"]
