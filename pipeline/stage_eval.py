@@ -117,7 +117,7 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
     current = _online(spec, str(ckpt_dir), capture, f"{spec.name}@{version}", ckpt_dir / "eval" / f"online-{seed}-{n}.json")
     base = _online(spec, base_model_path, None, "base", Path(base_model_path) / f"online-{seed}-{n}.json") \
         if Path(base_model_path).exists() else None
-    previous = _read(Path(prev["checkpoint_dir"]) / "eval" / f"online-{seed}-{n}.json") if prev else None
+    previous = previous_online(spec, ckpt, prev)
 
     report_md, files, verdict, gate_ok, gate_msg = "", [], None, True, "online eval off"
     if current is not None:
@@ -143,6 +143,17 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
     if gate_ok:
         (checkpoints / "LATEST").write_text(str(ckpt_dir))
     return result
+
+
+def previous_online(spec: CorpusSpec, ckpt: dict[str, Any], prev: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a new checkpoint must not be worse than: the previous checkpoint of the same corpus, or — for
+    the first DPO/RL checkpoint — the checkpoint it started from (e.g. SFT), on the same held-out tasks."""
+    name = f"online-{spec.online.seed}-{spec.online.n_tasks}.json"
+    if prev is not None:
+        return _read(Path(prev["checkpoint_dir"]) / "eval" / name)
+    if spec.init_from:
+        return _read(Path(ckpt["base_model"]) / "eval" / name)
+    return None
 
 
 def _summary(rep: dict[str, Any] | None) -> dict[str, Any]:

@@ -1,0 +1,27 @@
+"""What a new checkpoint is compared with and gated against."""
+
+import orjson
+
+from pipeline.config import CorpusSpec, OnlineEvalSettings
+from pipeline.eval_report import gate
+from pipeline.stage_eval import previous_online
+
+
+def _online(path, success):
+    (path / "eval").mkdir(parents=True)
+    (path / "eval" / "online-7-4.json").write_bytes(orjson.dumps({"success_rate": success}))
+
+
+def test_first_dpo_checkpoint_is_judged_against_its_sft_start(tmp_path):
+    sft, dpo1, dpo2 = tmp_path / "sft", tmp_path / "dpo1", tmp_path / "dpo2"
+    _online(sft, 1.0)
+    _online(dpo1, 0.5)
+    online = OnlineEvalSettings(seed=7, n_tasks=4)
+    spec = CorpusSpec(name="dpo", format="dpo", target="deeplake://l/d", init_from="sft", online=online)
+    first = previous_online(spec, {"base_model": str(sft), "checkpoint_dir": str(dpo1)}, None)
+    assert first == {"success_rate": 1.0}
+    assert not gate({"success_rate": 0.5}, first, "success_rate", 0.1)[0]  # worse than SFT: not promoted
+    second = previous_online(spec, {"base_model": str(sft), "checkpoint_dir": str(dpo2)}, {"checkpoint_dir": str(dpo1)})
+    assert second == {"success_rate": 0.5}  # later ones: against the previous checkpoint of the same corpus
+    plain = CorpusSpec(name="sft", target="deeplake://l/s", online=online)
+    assert previous_online(plain, {"base_model": str(tmp_path / "tiny"), "checkpoint_dir": str(sft)}, None) is None
