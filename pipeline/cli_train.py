@@ -10,6 +10,8 @@ import orjson
 import typer
 from rich.console import Console
 
+from pipeline.progress import progress_bar
+
 console = Console()
 err = Console(stderr=True)
 train_app = typer.Typer(help="Fine-tune from a pinned corpus version (org/name@vN).", no_args_is_help=True)
@@ -56,25 +58,31 @@ def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: in
     common = {"base_model": base_model, "output_dir": str(out), "max_steps": max_steps, "seed": seed}
     tags = {"corpus": f"{c.url}@{c.version}", "content_hash": c.lineage.get("content_hash", ""), "source": "cli"}
     console.print(f"training {fmt} on [bold]{c.url}@{c.version}[/] ({len(rows)} train rows) from {base_model}")
+    with progress_bar(f"{fmt} steps"):
+        res = _fit(fmt, rows, common, learning_rate, batch_size, lora, tracker, tags)
+    console.print(f"saved [bold]{res.checkpoint_dir}[/]: {res.steps} steps, loss {res.losses[0]:.3f} → "
+                  f"{res.final_loss:.3f}, {res.tokens_per_second:,.0f} tokens/s, MLflow run {res.mlflow_run_id}")
+
+
+def _fit(fmt: str, rows: list, common: dict, learning_rate: float | None, batch_size: int, lora: bool,
+         tracker: object, tags: dict):
+    """Dispatch to the trainer of the corpus's format (imports are heavy: only the one needed)."""
     if fmt == "sft":
         from pipeline.training import SFTRecipe, train_sft
 
-        res = train_sft(rows, SFTRecipe(**common, learning_rate=learning_rate or 2e-3, per_device_batch_size=batch_size),
+        return train_sft(rows, SFTRecipe(**common, learning_rate=learning_rate or 2e-3, per_device_batch_size=batch_size),
                         tracker=tracker, run_tags=tags)
-    elif fmt in ("dpo", "kto"):
+    if fmt in ("dpo", "kto"):
         from pipeline.training_pref import PrefRecipe, train_pref
 
-        res = train_pref(rows, PrefRecipe(**common, trainer=fmt, learning_rate=learning_rate or 1e-4,
+        return train_pref(rows, PrefRecipe(**common, trainer=fmt, learning_rate=learning_rate or 1e-4,
                                           per_device_batch_size=max(2, batch_size), lora=lora),
                          tracker=tracker, run_tags=tags)
-    else:
-        from pipeline.training_rl import RLRecipe, train_grpo
+    from pipeline.training_rl import RLRecipe, train_grpo
 
-        res = train_grpo(rows, RLRecipe(**common, learning_rate=learning_rate or 1e-5,
-                                        per_device_batch_size=max(4, batch_size - batch_size % 4), lora=lora),
-                         tracker=tracker, run_tags=tags)
-    console.print(f"saved [bold]{res.checkpoint_dir}[/]: {res.steps} steps, loss {res.losses[0]:.3f} → "
-                  f"{res.final_loss:.3f}, {res.tokens_per_second:,.0f} tokens/s, MLflow run {res.mlflow_run_id}")
+    return train_grpo(rows, RLRecipe(**common, learning_rate=learning_rate or 1e-5,
+                                     per_device_batch_size=max(4, batch_size - batch_size % 4), lora=lora),
+                      tracker=tracker, run_tags=tags)
 
 
 def _command(fmt: str):

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.progress import report
+
 
 class SFTRecipe(BaseModel):
     """Everything that decides a training run; logged as MLflow params and saved next to the model."""
@@ -108,6 +110,7 @@ def _make_callback(tracker: Any, run_id: str | None, sink: dict[str, list[float]
             logs = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
             if "loss" in logs:
                 sink["loss"].append(logs["loss"])
+                report(state.global_step, state.max_steps, logs["loss"])
             if "grad_norm" in logs:
                 sink["grad_norm"].append(logs["grad_norm"])
             if "num_tokens" in logs:

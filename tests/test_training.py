@@ -126,3 +126,16 @@ def test_same_corpus_and_seed_give_the_same_loss_curve_and_training_resumes(tiny
     assert a.losses == pytest.approx(b.losses, rel=1e-5, abs=1e-6)
     resumed = run("c", a.checkpoint_dir)
     assert resumed.losses[0] < a.losses[0]  # starts from the trained weights
+
+
+def test_training_reports_each_step_to_an_open_progress_bar(tiny_model_dir, rows, tmp_path):
+    from pipeline import progress
+
+    seen = []
+    token = progress._current.set(lambda done, total, loss: seen.append((done, total, loss)))
+    try:
+        train_sft(rows, SFTRecipe(base_model=str(tiny_model_dir), output_dir=str(tmp_path / "p"), max_steps=3,
+                                  per_device_batch_size=4))
+    finally:
+        progress._current.reset(token)
+    assert [(d, t) for d, t, _ in seen] == [(1, 3), (2, 3), (3, 3)] and all(math.isfinite(x) for *_, x in seen)
