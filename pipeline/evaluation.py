@@ -127,9 +127,31 @@ def generate_turns(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max
     return texts
 
 
+def arguments_valid(name: str, arguments: Any, tools: Sequence[Mapping[str, Any]]) -> bool:
+    """Do the arguments satisfy the tool's JSON schema? The subset tool schemas use in practice: an object
+    with typed properties, `required`, `enum` and `additionalProperties: false`. Unknown tool → invalid."""
+    spec = next(((t.get("function") or t) for t in tools if (t.get("function") or t).get("name") == name), None)
+    if spec is None or not isinstance(arguments, dict):
+        return False
+    schema = spec.get("parameters") or {}
+    props = schema.get("properties") or {}
+    if any(k not in arguments for k in schema.get("required") or []):
+        return False
+    if schema.get("additionalProperties") is False and any(k not in props for k in arguments):
+        return False
+    kinds = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
+    for key, value in arguments.items():
+        want = (props.get(key) or {}).get("type")
+        if want in kinds and (not isinstance(value, kinds[want]) or (want != "boolean" and isinstance(value, bool))):
+            return False
+        if "enum" in (props.get(key) or {}) and value not in props[key]["enum"]:
+            return False
+    return True
+
+
 def evaluate_checkpoint(checkpoint_dir: str, rows: Sequence[Mapping[str, Any]], *, max_examples: int = 24,
                         max_new_tokens: int = 48, max_loss_examples: int = 256, batch_size: int = 8,
-                        device: str = "auto") -> dict[str, Any]:
+                        device: str = "auto", tools_in_prompt: bool = True) -> dict[str, Any]:
     """Metrics of a saved HF checkpoint on rows with `messages`, `tools` and (optionally)
     `input_ids`/`loss_mask`. Loss uses up to `max_loss_examples` rows, generation the first `max_examples`."""
     import torch
@@ -151,12 +173,13 @@ def evaluate_checkpoint(checkpoint_dir: str, rows: Sequence[Mapping[str, Any]], 
         loss_rows.append((ids[:max_pos], mask[:max_pos]))
     loss, n_tokens = masked_loss(model, loss_rows, pad_id, batch_size) if loss_rows else (float("nan"), 0)
 
-    prompts, refs = [], []
+    prompts, refs, schemas = [], [], []
     truncated = 0
     for row in rows[:max_examples]:
         messages, tools = _load(row["messages"], []), _load(row.get("tools"), [])
         for kind, i in generation_tasks(messages):
-            prompt = tokenize_prompt(tokenizer, messages[:i], tools)
+            prompt = tokenize_prompt(tokenizer, messages[:i], tools if tools_in_prompt else None)
+            schemas.append(tools)
             if len(prompt) + max_new_tokens > max_pos:
                 truncated += 1
                 prompt = prompt[-(max_pos - max_new_tokens):]
@@ -166,8 +189,8 @@ def evaluate_checkpoint(checkpoint_dir: str, rows: Sequence[Mapping[str, Any]], 
     outputs = generate_turns(model, tokenizer, prompts, max_new_tokens, batch_size * 2) if prompts else []
     gen_seconds = time.perf_counter() - started
 
-    names_ok = calls_ok = parsed = n_calls = exact_ok = final_ok = n_final = 0
-    for (kind, ref), text in zip(refs, outputs, strict=True):
+    names_ok = calls_ok = parsed = n_calls = exact_ok = final_ok = n_final = valid_ok = n_checked = 0
+    for (kind, ref), text, tools in zip(refs, outputs, schemas, strict=True):
         pred = parse_assistant_output(text)
         if kind == "tool_call":
             n_calls += 1
@@ -175,6 +198,9 @@ def evaluate_checkpoint(checkpoint_dir: str, rows: Sequence[Mapping[str, Any]], 
             parsed += bool(got) and not pred["invalid_tool_calls"]
             names_ok += [n for n, _ in got] == [n for n, _ in want]
             calls_ok += got == want
+            if tools:
+                n_checked += 1
+                valid_ok += bool(got) and all(arguments_valid(n, a, tools) for n, a in got)
         else:
             n_final += 1
             exact, match = answers_match(pred["content"], ref.get("content"))
@@ -187,7 +213,7 @@ def evaluate_checkpoint(checkpoint_dir: str, rows: Sequence[Mapping[str, Any]], 
     return {
         "loss": loss, "perplexity": math.exp(loss) if math.isfinite(loss) and loss < 50 else float("inf"),
         "tool_name_accuracy": rate(names_ok, n_calls), "tool_call_accuracy": rate(calls_ok, n_calls),
-        "tool_call_parse_rate": rate(parsed, n_calls),
+        "tool_call_parse_rate": rate(parsed, n_calls), "tool_args_schema_valid_rate": rate(valid_ok, n_checked),
         "final_answer_accuracy": rate(final_ok, n_final), "final_answer_exact_accuracy": rate(exact_ok, n_final),
         "n_loss_examples": len(loss_rows), "n_loss_tokens": n_tokens, "n_generation_examples": min(len(rows), max_examples),
         "n_tool_call_turns": n_calls, "n_final_answers": n_final, "n_truncated_prompts": truncated,

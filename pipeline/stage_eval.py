@@ -48,10 +48,10 @@ def offline_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str, quer
     if spec.format == "sft":
         from pipeline.evaluation import evaluate_checkpoint
 
-        if not spec.tools_in_prompt:  # prompts must look like the training sequences did
-            rows = [{**r, "tools": "[]"} for r in rows]
+        # prompts look like the training sequences did; the tool schemas still check the generated arguments
         return evaluate_checkpoint(checkpoint_dir, rows, max_examples=spec.eval.max_examples,
-                                   max_new_tokens=spec.eval.max_new_tokens) | {"n_rows": len(rows)}
+                                   max_new_tokens=spec.eval.max_new_tokens,
+                                   tools_in_prompt=spec.tools_in_prompt) | {"n_rows": len(rows)}
     if spec.format in ("dpo", "kto"):
         from pipeline.evaluation import preference_accuracy
 

@@ -93,7 +93,7 @@ def test_full_graph_versions_trains_and_evaluates(world, home, tiny_model_dir):
     assert ck["final_loss"] == ck["final_loss"]  # finite, not NaN
     AutoModelForCausalLM.from_pretrained(ck["checkpoint"])  # reloads as a plain HF model
     assert ev["corpus_version"] == ck["corpus_version"] and "split" in ev["query"]
-    assert ev["loss"] > 0 and 0 <= ev["tool_call_accuracy"] <= 1
+    assert ev["loss"] > 0 and 0 <= ev["tool_call_accuracy"] <= 1 and 0 <= ev["tool_args_schema_valid_rate"] <= 1
     assert 0 <= ev["online_success_rate"] <= 1 and "base_online_success_rate" in ev
     v2rows = open_corpus(f"{url}@v2").to_polars()
     careful = v2rows.filter((v2rows["split"] == "eval") & (v2rows["agent"] == "careful")).height

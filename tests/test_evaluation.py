@@ -79,3 +79,16 @@ def test_rows_without_tokens_are_tokenized(tiny_model_dir, eval_rows):
     m = evaluate_checkpoint(str(tiny_model_dir), stripped, max_examples=1, max_new_tokens=4)
     full = evaluate_checkpoint(str(tiny_model_dir), eval_rows[:1], max_examples=1, max_new_tokens=4)
     assert m["loss"] == pytest.approx(full["loss"], rel=1e-5) and m["n_loss_tokens"] == full["n_loss_tokens"]
+
+
+def test_arguments_are_checked_against_the_tool_schema():
+    from pipeline.demo_world import TOOLS
+    from pipeline.evaluation import arguments_valid
+
+    assert arguments_valid("lookup_price", {"item": "apples"}, TOOLS)
+    assert not arguments_valid("lookup_price", {}, TOOLS)                      # required missing
+    assert not arguments_valid("lookup_price", {"item": 3}, TOOLS)             # wrong type
+    assert not arguments_valid("no_such_tool", {"item": "apples"}, TOOLS)      # unknown tool
+    assert not arguments_valid("lookup_price", "apples", TOOLS)                # not an object
+    assert arguments_valid("convert", {"amount": 2, "from_currency": "USD", "to_currency": "EUR"}, TOOLS)
+    assert not arguments_valid("convert", {"amount": True, "from_currency": "USD", "to_currency": "EUR"}, TOOLS)
