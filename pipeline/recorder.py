@@ -18,7 +18,7 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pipeline.schema import AgentInfo, Message, Outcome, StepMeta, ToolCall, Trajectory, utcnow
+from pipeline.schema import AgentInfo, Message, Outcome, Preference, StepMeta, ToolCall, Trajectory, utcnow
 
 if TYPE_CHECKING:
     from pipeline.workspace import Workspace
@@ -132,3 +132,30 @@ def _to_json(value: Any) -> str:
     import orjson
 
     return orjson.dumps(value, default=str).decode()
+
+
+class CaptureMethods:
+    """The convenience half of the capture API, shared by the local `Workspace` and the remote one: both
+    only have to provide `name`, `write_outcomes` and `write_preferences` (and `write_trajectories`)."""
+
+    def record_outcome(self, trajectory_id: str, name: str = "reward", value: float | bool | None = None, *,
+                       label: str | None = None, step: int | None = None, source: str = "env",
+                       recorded_at: datetime | None = None, **metadata: Any) -> Outcome:
+        """Record an outcome for a trajectory, from any process, at any time (before or after it lands)."""
+        out = Outcome(trajectory_id=trajectory_id, name=name, value=value, label=label, step=step,
+                      source=source, recorded_at=recorded_at or utcnow(), metadata=metadata)
+        self.write_outcomes([out])  # type: ignore[attr-defined]
+        return out
+
+    def record_preference(self, chosen: str, rejected: str, *, task_id: str | None = None,
+                          source: str = "human", recorded_at: datetime | None = None,
+                          preference_id: str | None = None) -> Preference:
+        extra = {"preference_id": preference_id} if preference_id else {}
+        pref = Preference(chosen=chosen, rejected=rejected, task_id=task_id, source=source,
+                          recorded_at=recorded_at or utcnow(), **extra)
+        self.write_preferences([pref])  # type: ignore[attr-defined]
+        return pref
+
+    def trajectory(self, agent: str, **fields: Any) -> TrajectoryRecorder:
+        """Context manager recording one agent run; see `TrajectoryRecorder`."""
+        return TrajectoryRecorder(self, agent=agent, **fields)  # type: ignore[arg-type]

@@ -26,13 +26,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal
 
 import httpx
 
 from pipeline import fastschema
-from pipeline.schema import Outcome, Preference, Trajectory, utcnow
+from pipeline.recorder import CaptureMethods
+from pipeline.schema import Outcome, Preference, Trajectory
 
 log = logging.getLogger("tracemill.remote")
 _PATHS = {"trajectory": "trajectories", "outcome": "outcomes", "preference": "preferences"}
@@ -59,7 +59,7 @@ class _Item:
     at: float
 
 
-class RemoteWorkspace:
+class RemoteWorkspace(CaptureMethods):
     """A workspace on a capture server, with the same write API as `pipeline.workspace.Workspace`."""
 
     def __init__(self, url: str, workspace: str, token: str | None = None, *, batch_size: int = 100,
@@ -110,27 +110,6 @@ class RemoteWorkspace:
     def write_preferences(self, preferences: Iterable[Preference | dict[str, Any]]) -> int:
         models = [p if isinstance(p, Preference) else Preference.model_validate(p) for p in preferences]
         return self._enqueue([self._item("preference", p.preference_id, p.model_dump_json().encode()) for p in models])
-
-    def record_outcome(self, trajectory_id: str, name: str = "reward", value: float | bool | None = None, *,
-                       label: str | None = None, step: int | None = None, source: str = "env",
-                       recorded_at: datetime | None = None, **metadata: Any) -> Outcome:
-        out = Outcome(trajectory_id=trajectory_id, name=name, value=value, label=label, step=step,
-                      source=source, recorded_at=recorded_at or utcnow(), metadata=metadata)
-        self.write_outcomes([out])
-        return out
-
-    def record_preference(self, chosen: str, rejected: str, *, task_id: str | None = None,
-                          source: str = "human", recorded_at: datetime | None = None) -> Preference:
-        pref = Preference(chosen=chosen, rejected=rejected, task_id=task_id, source=source,
-                          recorded_at=recorded_at or utcnow())
-        self.write_preferences([pref])
-        return pref
-
-    def trajectory(self, agent: str, **fields: Any):
-        """Context manager recording one agent run; see `pipeline.recorder.TrajectoryRecorder`."""
-        from pipeline.recorder import TrajectoryRecorder
-
-        return TrajectoryRecorder(self, agent=agent, **fields)  # type: ignore[arg-type]  # duck-typed workspace
 
     # ---- waiting ----------------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:

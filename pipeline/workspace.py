@@ -10,13 +10,13 @@ import os
 import re
 import shutil
 from collections.abc import Iterable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from pipeline.landing import LandingWriter, landed_days
+from pipeline.recorder import CaptureMethods
 from pipeline.schema import Outcome, Preference, Trajectory, utcnow
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -40,7 +40,7 @@ class WorkspaceNotFound(LookupError):
     pass
 
 
-class Workspace:
+class Workspace(CaptureMethods):
     """A named capture space. Thread-safe for writes; each process writes its own landing segments."""
 
     def __init__(self, name: str, home: str | os.PathLike | None = None):
@@ -174,26 +174,3 @@ class Workspace:
             by_day.setdefault(pref.recorded_at.date().isoformat(), []).append(pref.model_dump(mode="json"))
         return sum(self.writer.append("preference", day, recs) for day, recs in by_day.items())
 
-    def record_outcome(self, trajectory_id: str, name: str = "reward", value: float | bool | None = None, *,
-                       label: str | None = None, step: int | None = None, source: str = "env",
-                       recorded_at: datetime | None = None, **metadata: Any) -> Outcome:
-        """Record an outcome for a trajectory, from any process, at any time (before or after it lands)."""
-        out = Outcome(trajectory_id=trajectory_id, name=name, value=value, label=label, step=step,
-                      source=source, recorded_at=recorded_at or utcnow(), metadata=metadata)
-        self.write_outcomes([out])
-        return out
-
-    def record_preference(self, chosen: str, rejected: str, *, task_id: str | None = None,
-                          source: str = "human", recorded_at: datetime | None = None,
-                          preference_id: str | None = None) -> Preference:
-        extra = {"preference_id": preference_id} if preference_id else {}
-        pref = Preference(chosen=chosen, rejected=rejected, task_id=task_id, source=source,
-                          recorded_at=recorded_at or utcnow(), **extra)
-        self.write_preferences([pref])
-        return pref
-
-    def trajectory(self, agent: str, **fields: Any):
-        """Context manager recording one agent run; see `pipeline.recorder.TrajectoryRecorder`."""
-        from pipeline.recorder import TrajectoryRecorder
-
-        return TrajectoryRecorder(self, agent=agent, **fields)
