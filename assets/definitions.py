@@ -5,7 +5,7 @@ import dagster as dg
 
 from assets.corpora import build_all
 from assets.ingest import build_ingest_assets, day_partitions
-from assets.resources import resources_for_env
+from assets.resources import executor_for, resources_for_env
 from assets.schedules import build_schedules
 from assets.sensors import automation_sensor, build_late_outcome_sensor
 from pipeline.config import TracemillConfig, load_config
@@ -39,9 +39,10 @@ def build_definitions(cfg: TracemillConfig) -> dg.Definitions:
                             selection=["outcomes", "joined_trajectories"]),
     ]
     sensors = [build_late_outcome_sensor(jobs[-1]), automation_sensor()]
+    _, profile = cfg.profile()
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors,
-                          schedules=build_schedules(jobs, cfg),
-                          resources=resources_for_env(cfg.workspace, cfg.base_model))
+                          schedules=build_schedules(jobs, cfg), executor=executor_for(profile),
+                          resources=resources_for_env(cfg.workspace, cfg.base_model, profile))
 
 
 defs = build_definitions(load_config())

@@ -1,7 +1,8 @@
 """Resources: where the data lives and where runs are tracked, with a local and a production variant.
 
 Local: everything under `$TRACEMILL_HOME` (default ./.tracemill): file:// Deeplake, sqlite MLflow.
-Production: the same resources pointed at object storage and a tracking server through env vars.
+Team/k8s: the same resources pointed at object storage and a tracking server by the active profile in
+tracemill.yaml (`TRACEMILL_PROFILE`), or by env vars (`TRACEMILL_ENV=production`).
 """
 
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from pipeline.config import Profile
 from pipeline.workspace import Workspace, home_dir
 
 
@@ -18,6 +20,7 @@ class TracemillResource(dg.ConfigurableResource):
 
     home: str = ""
     workspace: str = "demo"
+    data_root: str = ""
     corpus_root: str = ""
     base_model: str = "tiny"
 
@@ -26,7 +29,7 @@ class TracemillResource(dg.ConfigurableResource):
         return home_dir(self.home or None)
 
     def open_workspace(self) -> Workspace:
-        return Workspace.open(self.workspace, home=self.home_path)
+        return Workspace.open(self.workspace, home=self.home_path, data_root=self.data_root or None)
 
     def corpus_root_url(self) -> str:
         return self.corpus_root or f"file://{self.home_path / 'corpora'}"
@@ -72,8 +75,33 @@ def production_resources(workspace: str, base_model: str) -> dict[str, object]:
     }
 
 
-def resources_for_env(workspace: str, base_model: str) -> dict[str, object]:
-    """`TRACEMILL_ENV=production` selects the production variant; anything else is local."""
+def profile_resources(workspace: str, base_model: str, profile: Profile) -> dict[str, object]:
+    """Resources for a profile of tracemill.yaml (see `pipeline.config.Profile`)."""
+    return {"tracemill": TracemillResource(workspace=workspace, base_model=base_model, data_root=profile.data_root,
+                                           corpus_root=profile.corpus_root),
+            "mlflow": MlflowResource(tracking_uri=profile.mlflow_tracking_uri)}
+
+
+def resources_for_env(workspace: str, base_model: str, profile: Profile | None = None) -> dict[str, object]:
+    """`TRACEMILL_ENV=production` selects the env-var variant; else the active profile (local by default)."""
     if os.environ.get("TRACEMILL_ENV") == "production":
         return production_resources(workspace, base_model)
+    if profile is not None:
+        return profile_resources(workspace, base_model, profile)
     return local_resources(workspace, base_model=base_model)
+
+
+def executor_for(profile: Profile) -> dg.ExecutorDefinition | None:
+    """The step executor a profile asks for (None: Dagster's default, in-process or multiprocess)."""
+    if profile.executor == "in_process":
+        return dg.in_process_executor
+    if profile.executor == "multiprocess":
+        return dg.multiprocess_executor.configured({"max_concurrent": profile.max_concurrent})
+    if profile.executor == "k8s":
+        try:
+            from dagster_k8s import k8s_job_executor  # type: ignore[import-not-found]
+        except ImportError:
+            raise RuntimeError("profile executor 'k8s' needs the dagster-k8s package: `pip install dagster-k8s` "
+                               "(same release line as dagster), or pick executor: multiprocess") from None
+        return k8s_job_executor.configured({"max_concurrent": profile.max_concurrent})
+    return None

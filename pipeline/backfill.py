@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import storage
 from pipeline.workspace import Workspace, WorkspaceNotFound, home_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -219,4 +220,4 @@ def _summarise_lake(plan: BackfillPlan, result: BackfillResult) -> None:
     for day in plan.days:
         path = ws.joined_path(day)
         if path.exists():
-            result.rows[day] = pl.scan_parquet(path).select(pl.len()).collect().item()
+            result.rows[day] = storage.scan_parquet(path).select(pl.len()).collect().item()

@@ -82,11 +82,55 @@ class CorpusSpec(_Cfg):
         return v
 
 
+class Profile(_Cfg):
+    """Where things run and live. The code is the same in every profile; credentials never go here
+    (S3 clients read the standard AWS_* variables)."""
+
+    data_root: str = Field("", description="Workspaces (landing, lake, curated tables): empty = "
+                           "<TRACEMILL_HOME>/workspaces, or an object-store URL such as s3://bucket/tracemill.")
+    corpus_root: str = Field("", description="Deeplake corpora: empty = file://<TRACEMILL_HOME>/corpora, "
+                             "or s3://bucket/corpora, gcs://…, al://org.")
+    mlflow_tracking_uri: str = Field("", description="Empty = sqlite under TRACEMILL_HOME; a server URL for a team.")
+    executor: Literal["default", "in_process", "multiprocess", "k8s"] = Field(
+        "default", description="Dagster step executor: default (Dagster's: a subprocess per step), in_process, "
+        "multiprocess (max_concurrent), k8s = dagster_k8s.k8s_job_executor (a pod per step, so training steps "
+        "get their GPU requests; needs `pip install dagster-k8s`).")
+    max_concurrent: int = Field(4, ge=1, description="multiprocess/k8s: steps of one run running at once.")
+
+    @field_validator("data_root", "corpus_root")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and "://" not in v and not v.startswith("/"):
+            raise ValueError(f"{v!r} is neither an absolute folder nor a URL: use /abs/path or s3://bucket/prefix")
+        return v
+
+
+def _default_profiles() -> dict[str, Profile]:
+    return {"local": Profile()}
+
+
 class TracemillConfig(_Cfg):
     workspace: str = Field("demo", description="Workspace the pipeline reads.")
     partitions_start: str = Field("2026-11-01", description="First day partition (YYYY-MM-DD).")
     base_model: str = Field("tiny", description="HF model id or path; 'tiny' builds a small local model.")
     corpora: list[CorpusSpec] = Field(default_factory=list)
+    profiles: dict[str, Profile] = Field(default_factory=_default_profiles, description="Named deployment "
+                                         "profiles (local, team, k8s); TRACEMILL_PROFILE picks one (default local).")
+
+    def profile(self, name: str | None = None) -> tuple[str, Profile]:
+        """The active profile: `name`, else `$TRACEMILL_PROFILE`, else `local`. Environment variables
+        (TRACEMILL_DATA_ROOT, TRACEMILL_CORPUS_ROOT, MLFLOW_TRACKING_URI) override its fields, so one
+        machine can point a profile elsewhere without editing the file."""
+        name = name or os.environ.get("TRACEMILL_PROFILE") or "local"
+        if name not in self.profiles:
+            if name != "local":
+                raise ValueError(f"TRACEMILL_PROFILE={name!r}: no such profile; tracemill.yaml defines "
+                                 f"{sorted(self.profiles)} (add it under `profiles:` or unset TRACEMILL_PROFILE)")
+            return name, Profile()
+        base = self.profiles[name]
+        env = {"data_root": "TRACEMILL_DATA_ROOT", "corpus_root": "TRACEMILL_CORPUS_ROOT",
+               "mlflow_tracking_uri": "MLFLOW_TRACKING_URI"}
+        return name, base.model_copy(update={k: os.environ[v] for k, v in env.items() if os.environ.get(v)})
 
     @model_validator(mode="after")
     def _links(self) -> TracemillConfig:

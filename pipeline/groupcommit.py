@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.landing import LandingWriter
-from pipeline.workspace import WorkspaceNotFound, home_dir
+from pipeline.workspace import Workspace, WorkspaceNotFound, home_dir
 
 # ops: ("land", workspace, kind, day, [record JSON bytes]) | ("file", path, payload) | ("call", fn)
 Op = tuple[Any, ...]
@@ -155,10 +155,10 @@ class GroupCommitter:
     def _writer(self, workspace: str) -> LandingWriter:
         writer = self._writers.get(workspace)
         if writer is None:
-            root = self.home / "workspaces" / workspace
-            if not (root / "workspace.json").exists():
+            ws = Workspace(workspace, self.home)  # the data root (local or s3://) comes from the profile
+            if not ws.exists():
                 raise WorkspaceNotFound(f"workspace {workspace!r} does not exist")
-            writer = self._writers[workspace] = LandingWriter(root / "landing")
+            writer = self._writers[workspace] = LandingWriter(ws.landing)
         return writer
 
     def _land(self, workspace: str, kind: str, day: str, records: list[bytes]) -> None:
@@ -171,7 +171,7 @@ class GroupCommitter:
             raise
         self.stats.fsyncs += 1
         self.stats.records += len(records)
-        if (workspace, kind, day) not in self._synced_dirs:
+        if (workspace, kind, day) not in self._synced_dirs and isinstance(writer.root, Path):  # object stores: no dirs
             seg = writer.path_for(kind, day)
             for d in (seg.parent, seg.parent.parent, seg.parent.parent.parent):
                 fsync_dir(d)

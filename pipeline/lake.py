@@ -8,8 +8,6 @@ row (the last one received wins).
 
 from __future__ import annotations
 
-import os
-import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ import orjson
 import polars as pl
 from pydantic import ValidationError
 
+from pipeline import storage
 from pipeline.landing import read_landed
 from pipeline.schema import Outcome, Preference, Trajectory, format_validation_error
 from pipeline.workspace import Workspace
@@ -84,22 +83,14 @@ def flatten(traj: Trajectory, received_ns: int = 0) -> dict[str, Any]:
     }
 
 
-def write_parquet(df: pl.DataFrame, path: Path) -> None:
-    """Write to a temp file then rename: readers never see half a partition."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # concurrent runs never collide
-    df.write_parquet(tmp)
-    os.replace(tmp, path)
+write_parquet = storage.write_parquet  # atomic on a local disk and on object storage
 
 
 def _write_quarantine(path: Path, items: list[dict[str, Any]]) -> None:
     if not items:
-        path.unlink(missing_ok=True)
+        storage.remove(path)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(b"".join(orjson.dumps(i, default=str) + b"\n" for i in items))
-    os.replace(tmp, path)
+    storage.write_bytes_atomic(path, b"".join(orjson.dumps(i, default=str) + b"\n" for i in items))
 
 
 def _validated(ws: Workspace, kind: str, model: type, day: str | None, stats: IngestStats,
@@ -173,16 +164,17 @@ def read_days(paths: list[Path], schema: dict[str, Any] | None = None) -> pl.Dat
     present = [p for p in paths if p.exists()]
     if not present:
         return pl.DataFrame(schema=schema or TRAJECTORY_SCHEMA)
-    return pl.concat([pl.read_parquet(p) for p in present], how="diagonal_relaxed")
+    return pl.concat([storage.read_parquet(p) for p in present], how="diagonal_relaxed")
 
 
 def read_outcomes(ws: Workspace) -> pl.DataFrame:
-    return pl.read_parquet(ws.outcomes_path) if ws.outcomes_path.exists() else pl.DataFrame(schema=OUTCOME_SCHEMA)
+    path = ws.outcomes_path
+    return storage.read_parquet(path) if path.exists() else pl.DataFrame(schema=OUTCOME_SCHEMA)
 
 
 def quarantine_counts(ws: Workspace, days: list[str]) -> tuple[int, int]:
     """(valid, quarantined) trajectory counts over the given day partitions."""
-    good = sum(pl.scan_parquet(ws.raw_path(d)).select(pl.len()).collect().item()
+    good = sum(storage.scan_parquet(ws.raw_path(d)).select(pl.len()).collect().item()
                for d in days if ws.raw_path(d).exists())
     bad = 0
     for d in days:

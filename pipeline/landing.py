@@ -5,6 +5,10 @@ One file per writer means no cross-process locking; a torn last line (a crash mi
 detected on read and quarantined by the lake stage, never breaking a later run.
 Each line is an envelope `{"t": received_ns, "w": writer, "r": record}`: `t` orders re-sends of the
 same id across writers (the last received wins).
+
+On object storage (a `s3://` data root) there is no append and no fsync: each batch becomes one
+immutable object `<kind>/<day>/<writer>-<seq>.ndjson`, acknowledged once the PUT returns (S3 stores a
+PUT durably before answering). Readers see the same segments either way.
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ class LandingWriter:
     """Durable appender for one workspace's landing folder. Thread-safe; one fsync per batch."""
 
     def __init__(self, root: Path, writer_id: str | None = None):
-        self.root = Path(root)
+        self.root = root if root is not None and not isinstance(root, (str, Path)) else Path(root)
         self.writer_id = writer_id or new_writer_id()
         self._files: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
+        self._remote = not isinstance(root, Path)
+        self._seq = 0
 
     def path_for(self, kind: str, day: str) -> Path:
         return self.root / kind / day / f"{self.writer_id}.ndjson"
@@ -55,6 +61,12 @@ class LandingWriter:
         wid = b',"w":' + orjson.dumps(self.writer_id) + b',"r":'
         payload = memoryview(b"".join(b'{"t":' + str(now + i).encode() + wid + rec + b"}\n"
                                       for i, rec in enumerate(records)))
+        if self._remote:
+            with self._lock:
+                self._seq += 1
+                name = f"{self.writer_id}-{self._seq:09d}.ndjson"
+            (self.root / kind / day / name).write_bytes(bytes(payload))
+            return len(records)
         with self._lock:
             fh = self._files.get((kind, day))
             if fh is None:
@@ -100,7 +112,7 @@ class LandedLine:
 
 
 def segment_files(root: Path, kind: str, day: str | None = None) -> list[Path]:
-    base = Path(root) / kind
+    base = root / kind
     if not base.exists():
         return []
     pattern = f"{day}/*.ndjson" if day else "*/*.ndjson"
@@ -108,13 +120,13 @@ def segment_files(root: Path, kind: str, day: str | None = None) -> list[Path]:
 
 
 def landed_days(root: Path, kind: str) -> list[str]:
-    base = Path(root) / kind
+    base = root / kind
     return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.exists() else []
 
 
 def read_segment(path: Path) -> Iterator[LandedLine]:
     """Yield every line of a segment; unparsable lines (torn writes, garbage) come back with `error` set."""
-    with open(path, "rb") as fh:
+    with path.open("rb") as fh:
         for no, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue

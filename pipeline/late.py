@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import polars as pl
 
+from pipeline import storage
 from pipeline.landing import segment_files
 from pipeline.workspace import Workspace
 
@@ -44,7 +45,7 @@ def trajectory_days(ws: Workspace) -> dict[str, str]:
     """trajectory_id → day for every materialized raw partition (ids only: cheap to read)."""
     out: dict[str, str] = {}
     for path in sorted((ws.lake / "trajectories").glob("*.parquet")):
-        for tid in pl.read_parquet(path, columns=["trajectory_id"])["trajectory_id"].to_list():
+        for tid in storage.read_parquet(path, columns=["trajectory_id"])["trajectory_id"].to_list():
             out[tid] = path.stem
     return out
 
@@ -59,7 +60,7 @@ def scan_new_outcomes(ws: Workspace, cursor: dict[str, int] | None) -> LateScan:
         size = path.stat().st_size
         if size <= start:
             continue
-        with open(path, "rb") as fh:
+        with path.open("rb") as fh:
             fh.seek(start)
             chunk = fh.read(size - start)
         end = chunk.rfind(b"\n") + 1

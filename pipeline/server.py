@@ -223,7 +223,7 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
         from pipeline.lake import workspace_counts  # polars: imported on first use only
 
         counts = await run_in_threadpool(workspace_counts, ws)
-        counts["open_trajectories"] = len(list((ws.root / "open").glob("*.ndjson")))
+        counts["open_trajectories"] = len(list(ws.open_dir.glob("*.ndjson")))
         return respond({"name": name, "info": ws.info(), "counts": counts})
 
     @app.post("/v1/workspaces")

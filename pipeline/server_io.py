@@ -135,7 +135,7 @@ def open_paths(ws: Workspace, tid: str) -> tuple[Path, Path]:
     """`<ws>/open/<sha256(id)>.ndjson` while open, renamed `.closed` once landed (the tombstone that
     makes a retried close idempotent). Hashing keeps any client id a safe file name."""
     name = hashlib.sha256(tid.encode()).hexdigest()[:40]
-    return ws.root / "open" / f"{name}.ndjson", ws.root / "open" / f"{name}.closed"
+    return ws.open_dir / f"{name}.ndjson", ws.open_dir / f"{name}.closed"
 
 
 def fold_open_trajectory(tid: str, path: Path, close_header: dict[str, Any]) -> dict[str, Any]:

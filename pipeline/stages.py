@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from pipeline import lake
+from pipeline import lake, storage
 from pipeline.config import CorpusSpec
 from pipeline.curate import CurationStats
 from pipeline.workspace import Workspace
@@ -36,7 +36,7 @@ def workspace_texts(ws: Workspace, limit: int = 5000) -> list[str]:
     paths = sorted((ws.lake / "trajectories").glob("*.parquet"))
     texts: list[str] = []
     for p in paths:
-        for r in pl.read_parquet(p, columns=["messages_json", "tools_json"]).iter_rows(named=True):
+        for r in storage.read_parquet(p, columns=["messages_json", "tools_json"]).iter_rows(named=True):
             segs = render_segments(orjson.loads(r["messages_json"]), orjson.loads(r["tools_json"] or "[]"))
             texts.append("".join(s for s, _ in segs))
             if len(texts) >= limit:
@@ -75,7 +75,7 @@ def curate_corpus(ws: Workspace, spec: CorpusSpec) -> tuple[pl.DataFrame, Curati
     """Rows of the spec's format (sft/dpo/kto/rl) from every joined partition (+ explicit preferences)."""
     from pipeline.formats import build_rows
 
-    prefs = pl.read_parquet(ws.preferences_path) if ws.preferences_path.exists() else None
+    prefs = storage.read_parquet(ws.preferences_path) if ws.preferences_path.exists() else None
     df, stats = build_rows(spec.format, read_joined(ws), prefs, spec)
     lake.write_parquet(df, ws.curated_path(spec.name))
     return df, stats
@@ -118,7 +118,7 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
                                 c.lineage.get("parent"), 0, "waiting", {**c.lineage, "wait": decision.as_dict()})
         except CorpusNotFound:
             return SnapshotInfo(url, "", False, 0, "", None, 0, "waiting", {"wait": decision.as_dict()})
-    curated = pl.read_parquet(ws.curated_path(spec.name))
+    curated = storage.read_parquet(ws.curated_path(spec.name))
     model = resolve_model(base_model, models_dir)
     rows, untrainable = tokenize_format_rows(spec.format, curated, AutoTokenizer.from_pretrained(model),
                                              spec.train.max_length, spec.tools_in_prompt)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from pipeline import storage
 from pipeline.landing import LandingWriter, landed_days
 from pipeline.recorder import CaptureMethods
 from pipeline.schema import Outcome, Preference, Trajectory, utcnow
@@ -41,19 +41,24 @@ class WorkspaceNotFound(LookupError):
 
 
 class Workspace(CaptureMethods):
-    """A named capture space. Thread-safe for writes; each process writes its own landing segments."""
+    """A named capture space. Thread-safe for writes; each process writes its own landing segments.
 
-    def __init__(self, name: str, home: str | os.PathLike | None = None):
+    Data lives under `<home>/workspaces/<name>` by default, or under a URL given as `data_root` or
+    `$TRACEMILL_DATA_ROOT` (`s3://bucket/prefix`: the team profile), see `pipeline.storage`."""
+
+    def __init__(self, name: str, home: str | os.PathLike | None = None,
+                 data_root: str | os.PathLike | None = None):
         self.name = check_name(name)
         self.home = home_dir(home)
-        self.root = self.home / "workspaces" / name
+        self.data_root = storage.data_root(self.home, data_root)
+        self.root = self.data_root / name
         self._writer: LandingWriter | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
     @classmethod
     def create(cls, name: str, home: str | os.PathLike | None = None, description: str = "",
-               exist_ok: bool = False) -> Workspace:
-        ws = cls(name, home)
+               exist_ok: bool = False, data_root: str | os.PathLike | None = None) -> Workspace:
+        ws = cls(name, home, data_root)
         if ws.exists():
             if exist_ok:
                 return ws
@@ -65,21 +70,22 @@ class Workspace(CaptureMethods):
         return ws
 
     @classmethod
-    def open(cls, name: str, home: str | os.PathLike | None = None, create: bool = True) -> Workspace:
+    def open(cls, name: str, home: str | os.PathLike | None = None, create: bool = True,
+             data_root: str | os.PathLike | None = None) -> Workspace:
         """Open a workspace, creating it on first use unless `create=False`."""
-        ws = cls(name, home)
+        ws = cls(name, home, data_root)
         if not ws.exists():
             if not create:
                 raise WorkspaceNotFound(
                     f"workspace {name!r} does not exist under {ws.home}: "
                     f"create it with `tracemill workspace create {name}`"
                 )
-            return cls.create(name, home, exist_ok=True)
+            return cls.create(name, home, exist_ok=True, data_root=data_root)
         return ws
 
     @classmethod
-    def list(cls, home: str | os.PathLike | None = None) -> list[str]:
-        base = home_dir(home) / "workspaces"
+    def list(cls, home: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None) -> list[str]:
+        base = storage.data_root(home_dir(home), data_root)
         return sorted(p.name for p in base.iterdir() if (p / "workspace.json").exists()) if base.exists() else []
 
     def exists(self) -> bool:
@@ -90,7 +96,9 @@ class Workspace(CaptureMethods):
 
     def delete(self) -> None:
         self.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        storage.remove_tree(self.root)
+        if storage.is_remote(self.root):
+            storage.remove_tree(self.open_dir)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -114,7 +122,11 @@ class Workspace(CaptureMethods):
 
     @property
     def open_dir(self) -> Path:
-        """Trajectories being streamed to the server, message by message, before they close."""
+        """Trajectories being streamed to the server, message by message, before they close. They are
+        appended to line by line, which object storage cannot do: with a remote data root they stay on
+        the capture server's local disk until they close and land."""
+        if storage.is_remote(self.root):
+            return self.home / "open" / self.name
         return self.root / "open"
 
     @property

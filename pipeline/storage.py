@@ -1,0 +1,110 @@
+"""Where workspace data lives: a local folder (default) or object storage (`s3://bucket/prefix`).
+
+Every layer of a workspace (landing, lake, quarantine, curated tables) is addressed through a path
+object: `pathlib.Path` locally, `upath.UPath` (fsspec: s3fs, gcsfs, …) for a URL. Both answer `/`,
+`exists`, `glob`, `read_bytes`, `write_bytes`, so the stages stay the same code in every profile.
+The few operations that differ — atomic replace, fsync, Parquet I/O — live here.
+
+Credentials and endpoints are never in config: s3fs, polars and Deeplake all read the standard
+`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_ENDPOINT_URL` / `AWS_REGION` variables
+(`AWS_ALLOW_HTTP=true` for an http endpoint such as MinIO or moto on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+AnyPath = Any  # pathlib.Path | upath.UPath: both expose the pathlib API this module relies on
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "memory://")
+
+
+def is_url(value: str | os.PathLike | None) -> bool:
+    return bool(value) and str(value).startswith(REMOTE_SCHEMES)
+
+
+def is_remote(path: AnyPath) -> bool:
+    """True for object-storage paths (no fsync, no rename, no append)."""
+    return not isinstance(path, Path)
+
+
+def as_path(value: str | os.PathLike) -> AnyPath:
+    """A local `Path` (resolved) for a folder, a `UPath` for a URL (`file://` counts as local)."""
+    text = str(value)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    if is_url(text):
+        from upath import UPath
+
+        return UPath(text)
+    return Path(text).resolve()
+
+
+def data_root(home: Path, explicit: str | os.PathLike | None = None) -> AnyPath:
+    """Root of all workspaces: explicit argument, else `$TRACEMILL_DATA_ROOT`, else `<home>/workspaces`."""
+    value = explicit or os.environ.get("TRACEMILL_DATA_ROOT")
+    return as_path(value) if value else home / "workspaces"
+
+
+def source(path: AnyPath) -> str | Path:
+    """What polars and orjson-based readers take: the local path, or the URL string."""
+    return str(path) if is_remote(path) else path
+
+
+def _tmp_name(path: AnyPath) -> AnyPath:
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # concurrent runs never collide
+
+
+def write_bytes_atomic(path: AnyPath, data: bytes) -> None:
+    """Readers never see half a file: temp + rename locally; object stores publish a PUT atomically."""
+    if is_remote(path):
+        path.write_bytes(data)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_parquet(df: pl.DataFrame, path: AnyPath) -> None:
+    """Write a whole Parquet file atomically (see `write_bytes_atomic`)."""
+    if is_remote(path):
+        df.write_parquet(str(path))
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    df.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
+def read_parquet(path: AnyPath, columns: list[str] | None = None) -> pl.DataFrame:
+    return pl.read_parquet(source(path), columns=columns)
+
+
+def scan_parquet(path: AnyPath) -> pl.LazyFrame:
+    return pl.scan_parquet(source(path))
+
+
+def remove(path: AnyPath, missing_ok: bool = True) -> None:
+    if path.exists() or not missing_ok:
+        path.unlink()
+
+
+def remove_tree(path: AnyPath) -> None:
+    """Delete a folder (or every object under a prefix)."""
+    if is_remote(path):
+        if path.exists():
+            path.fs.rm(path.path, recursive=True)
+        return
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def describe(path: AnyPath) -> str:
+    """For messages and Dagster metadata: the local path or the URL."""
+    return str(path)
