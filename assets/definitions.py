@@ -3,6 +3,7 @@
 
 import dagster as dg
 
+from assets import observe
 from assets.corpora import build_all
 from assets.ingest import build_ingest_assets, day_partitions
 from assets.resources import executor_for, resources_for_env
@@ -40,6 +41,7 @@ def build_definitions(cfg: TracemillConfig) -> dg.Definitions:
     ]
     sensors = [build_late_outcome_sensor(jobs[-1]), automation_sensor()]
     _, profile = cfg.profile()
+    observe.install()
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors,
                           schedules=build_schedules(jobs, cfg), executor=executor_for(profile),
                           resources=resources_for_env(cfg.workspace, cfg.base_model, profile))

@@ -8,6 +8,7 @@ row (the last one received wins).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,8 +20,11 @@ from pydantic import ValidationError
 
 from pipeline import storage
 from pipeline.landing import read_landed
+from pipeline.logs import event, get_logger
 from pipeline.schema import Outcome, Preference, Trajectory, format_validation_error
 from pipeline.workspace import Workspace
+
+log = get_logger("lake")
 
 TRAJECTORY_SCHEMA: dict[str, Any] = {
     "trajectory_id": pl.String, "workspace": pl.String, "agent": pl.String, "agent_version": pl.String,
@@ -111,6 +115,10 @@ def _validated(ws: Workspace, kind: str, model: type, day: str | None, stats: In
         stats.quarantined += 1
         stats.reasons[reason.split(":")[0]] += 1
         bad.append({"source": line.source, "line": line.line_no, "reason": reason, "record": raw})
+        rec = raw if isinstance(raw, dict) else {}
+        event(log, "quarantined", logging.WARNING, workspace=ws.name, kind=kind, day=day,
+              record_id=rec.get(f"{kind}_id") or rec.get("trajectory_id"), source=line.source,
+              line=line.line_no, reason=reason)
 
 
 def ingest_trajectories(ws: Workspace, day: str) -> tuple[pl.DataFrame, IngestStats]:
@@ -126,6 +134,8 @@ def ingest_trajectories(ws: Workspace, day: str) -> tuple[pl.DataFrame, IngestSt
     df = pl.DataFrame(rows, schema=TRAJECTORY_SCHEMA).sort("started_at", "trajectory_id")
     write_parquet(df, ws.raw_path(day))
     _write_quarantine(ws.quarantine_path("trajectory", day), bad)
+    event(log, "ingested", workspace=ws.name, kind="trajectory", day=day, rows=df.height,
+          quarantined=stats.quarantined, duplicates=stats.duplicates)
     return df, stats
 
 
@@ -139,6 +149,8 @@ def ingest_outcomes(ws: Workspace) -> tuple[pl.DataFrame, IngestStats]:
     df = pl.DataFrame(list(seen.values()), schema=OUTCOME_SCHEMA).sort("recorded_at", "outcome_id")
     write_parquet(df, ws.outcomes_path)
     _write_quarantine(ws.quarantine_path("outcome", "all"), bad)
+    event(log, "ingested", workspace=ws.name, kind="outcome", rows=df.height, quarantined=stats.quarantined,
+          duplicates=stats.duplicates)
     return df, stats
 
 

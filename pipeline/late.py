@@ -18,8 +18,10 @@ import polars as pl
 
 from pipeline import storage
 from pipeline.landing import segment_files
+from pipeline.logs import event, get_logger
 from pipeline.workspace import Workspace
 
+log = get_logger("late")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -77,6 +79,8 @@ def scan_new_outcomes(ws: Workspace, cursor: dict[str, int] | None) -> LateScan:
     days_of = trajectory_days(ws)
     touched = {days_of[t] for t in ids if t in days_of}
     materialized = sorted(d for d in touched if ws.joined_path(d).exists())
+    event(log, "late outcomes", workspace=ws.name, new_outcomes=len(ids), days=materialized,
+          unmatched=sum(t not in days_of for t in ids), trajectory_ids=sorted(set(ids))[:20])
     return LateScan(materialized, len(ids), cursor, unmatched=sum(t not in days_of for t in ids),
                     trajectory_ids=sorted(set(ids)))
 

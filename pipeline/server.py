@@ -13,6 +13,7 @@ token of another workspace or a too-small role.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from pipeline import fastschema, otlp_capture
 from pipeline.auth import TokenInfo, TokenStore, revoke_workspace
 from pipeline.groupcommit import GroupCommitter
+from pipeline.logs import event, get_logger
 from pipeline.schema import Message, Outcome, Preference
 from pipeline.server_io import (
     describe,
@@ -45,6 +47,7 @@ from pipeline.server_io import (
 )
 from pipeline.workspace import Workspace, check_name, home_dir
 
+log = get_logger("server")
 DEFAULT_PORT = 8470
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 
@@ -134,7 +137,14 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
         for acc in ok:
             groups.setdefault(("trajectory", acc.day), []).append(acc.json)
         await _land(name, groups)
-        return respond(result(len(ok), [{"index": r.index, "id": r.id, "error": r.error} for r in bad]))
+        return _accepted(name, "trajectory", len(ok), [{"index": r.index, "id": r.id, "error": r.error} for r in bad])
+
+    def _accepted(name: str, kind: str, accepted: int, errors: list[dict[str, Any]]) -> Response:
+        """The per-item result, logged with the ids of what was refused (what a sender asks about)."""
+        event(log, "batch landed", logging.WARNING if errors else logging.DEBUG, workspace=name, kind=kind,
+              accepted=accepted, rejected=len(errors),
+              rejected_items=[{"id": e.get("id"), "error": e.get("error")} for e in errors[:20]] or None)
+        return respond(result(accepted, errors))
 
     async def _land(name: str, groups: dict[tuple[str, str], list[bytes]]) -> None:
         try:
@@ -150,7 +160,7 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
         batch = items(await st.body(request), key)
         groups, errors = validate_models(batch, model, id_field)
         await _land(name, groups)
-        return respond(result(len(batch) - len(errors), errors))
+        return _accepted(name, key.rstrip("s"), len(batch) - len(errors), errors)
 
     @app.post("/v1/workspaces/{name}/outcomes")
     async def post_outcomes(name: str, request: Request) -> Response:
@@ -299,5 +309,8 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, home: str | os.P
     """Run the capture server in this process (uvicorn, one worker: the process owns its segments)."""
     import uvicorn
 
+    from pipeline.logs import configure
+
+    configure()  # structured events on stderr: TRACEMILL_LOG_FORMAT=json|text, TRACEMILL_LOG_LEVEL
     app = create_app(home, max_body_bytes=max_body_bytes, require_auth=require_auth)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -12,7 +12,10 @@ import polars as pl
 from pipeline import lake, storage
 from pipeline.config import CorpusSpec
 from pipeline.curate import CurationStats
+from pipeline.logs import event, get_logger
 from pipeline.workspace import Workspace
+
+log = get_logger("stages")
 
 
 def joined_days(ws: Workspace) -> list[str]:
@@ -78,6 +81,9 @@ def curate_corpus(ws: Workspace, spec: CorpusSpec) -> tuple[pl.DataFrame, Curati
     prefs = storage.read_parquet(ws.preferences_path) if ws.preferences_path.exists() else None
     df, stats = build_rows(spec.format, read_joined(ws), prefs, spec)
     lake.write_parquet(df, ws.curated_path(spec.name))
+    event(log, "curated", workspace=ws.name, corpus=spec.name, format=spec.format, rows_in=stats.input_rows,
+          after_filter=stats.after_filter, rows_out=df.height, dropped=dict(stats.dropped),
+          redacted=dict(stats.redactions))
     return df, stats
 
 
@@ -112,6 +118,7 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
     url = resolve_corpus_url(spec.target, corpus_root)
     decision = wait_decision(read_joined(ws), spec.wait.coverage, spec.wait.max)
     if not decision.ready:
+        event(log, "snapshot waiting", corpus=spec.name, **decision.as_dict())
         try:
             c = open_corpus(url)
             return SnapshotInfo(url, c.version, False, len(c), c.lineage.get("content_hash", ""),
@@ -126,7 +133,11 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
                "source_partitions": joined_days(ws), "tokenizer": base_model,
                "dropped_untrainable": untrainable, "tools_in_prompt": spec.tools_in_prompt,
                "wait": decision.as_dict()}
-    return snapshot(rows, url, lineage=lineage, message=f"{spec.name}: {rows.height} rows, filter `{spec.filter}`")
+    info = snapshot(rows, url, lineage=lineage, message=f"{spec.name}: {rows.height} rows, filter `{spec.filter}`")
+    event(log, "snapshot", corpus=spec.name, corpus_ref=f"{spec.target}@{info.version}", new_version=info.created,
+          rows=info.row_count, appended=info.appended, content_hash=info.content_hash, parent=info.parent,
+          mode=info.mode)
+    return info
 
 
 def refresh_lake(ws: Workspace) -> dict[str, int]:
