@@ -182,6 +182,9 @@ def _register_capture() -> None:
     from pipeline.cli_ops import backfill
 
     app.command("backfill")(backfill)
+    from pipeline.cli_grade import grade
+
+    app.command("grade")(grade)
 
 
 _register_capture()

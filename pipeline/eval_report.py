@@ -34,6 +34,11 @@ HIGHER_IS_BETTER: dict[str, bool | None] = {
     "mean_steps": None, "loss": False, "perplexity": False}
 PER_TASK_KEYS = {"success_rate": "success", "mean_reward": "reward", "mean_steps": "steps"}
 MODELS = ("checkpoint", "base", "previous")
+# Offline (teacher-forced / replayed) metrics of pipeline/evaluation.py, in display order; the first
+# present of OFFLINE_PRIMARY carries the offline verdict (answers matter more to users than loss).
+OFFLINE_METRICS = ["loss", "perplexity", "tool_name_accuracy", "tool_call_accuracy", "final_answer_accuracy",
+                   "preference_accuracy", "logprob_margin"]
+OFFLINE_PRIMARY = ("final_answer_accuracy", "preference_accuracy", "tool_call_accuracy", "logprob_margin", "loss")
 
 
 def _finite(x: Any) -> bool:
@@ -76,12 +81,17 @@ def compare(current: Mapping[str, Any], baseline: Mapping[str, Any], per_example
               if k in baseline and _finite(current[k]) and _finite(baseline[k])}
     ex_cur, ex_base = _as_examples(per_example_current, primary), _as_examples(per_example_baseline, primary)
     ci = {k: bootstrap_ci(ex_cur[k], ex_base[k], n, seed, alpha) for k in ex_cur if k in ex_base}
-    verdict, better = "no significant difference", HIGHER_IS_BETTER.get(primary, True)
     delta, lo, hi = ci.get(primary, (math.nan, math.nan, math.nan))
-    if better is not None and (lo > 0 or hi < 0):
-        verdict = "better" if (lo > 0) == better else "worse"
-    return {"primary": primary, "verdict": verdict, "deltas": deltas, "ci": ci, "alpha": alpha,
-            "primary_delta": deltas.get(primary, delta)}
+    return {"primary": primary, "verdict": verdict_words(primary, lo, hi), "deltas": deltas, "ci": ci,
+            "alpha": alpha, "primary_delta": deltas.get(primary, delta)}
+
+
+def verdict_words(metric: str, lo: float, hi: float) -> str:
+    """'better'/'worse' only when the CI of (current − baseline) excludes 0, in the metric's good direction."""
+    better = HIGHER_IS_BETTER.get(metric, True)
+    if better is None or not (lo > 0 or hi < 0):  # NaN bounds compare False: no claim
+        return "no significant difference"
+    return "better" if (lo > 0) == better else "worse"
 
 
 def slice_metrics(result: Mapping[str, Any], slices: Mapping[str, Slice]) -> dict[str, dict[str, float]]:
@@ -102,12 +112,36 @@ def _paired_tasks(a: Mapping[str, Any], b: Mapping[str, Any]) -> None:
         raise ValueError("results cover different tasks: evaluate both with the same seed and n_tasks")
 
 
+def offline_section(tables: Mapping[str, Mapping[str, Mapping[str, Any]] | None],
+                    per_example: Mapping[str, Any] | None = None, *, n_boot: int = 1000,
+                    seed: int = 0) -> dict[str, Any] | None:
+    """Offline metrics per model and slice ({model: {slice: metrics}}, slices being the spec's TQL
+    queries), compared like the online ones. Only pass base/previous numbers measured on the *same*
+    corpus version and queries: other rows would make the deltas meaningless. CIs need per-example
+    values ({model: {slice: {metric: [...]}}}); without them the deltas are shown untested."""
+    clean = {m: {s: {k: v for k, v in row.items() if _finite(v)} for s, row in t.items()}
+             for m in MODELS if (t := tables.get(m))}
+    if "checkpoint" not in clean:
+        return None
+    cur, ex = clean["checkpoint"], per_example or {}
+    metrics = [k for k in OFFLINE_METRICS if any(k in row for row in cur.values())]
+    primary = next((k for k in OFFLINE_PRIMARY if k in metrics), "loss")
+    comparisons = {other: {s: compare(cur[s], clean[other][s], ex.get("checkpoint", {}).get(s),
+                                      ex.get(other, {}).get(s), primary=primary, n=n_boot, seed=seed)
+                           for s in cur if s in clean[other]}
+                   for other in ("base", "previous") if other in clean}
+    return {"metrics": metrics, "primary": primary, "tables": clean, "comparisons": comparisons}
+
+
 def build_report(current: Mapping[str, Any], *, base: Mapping[str, Any] | None = None,
                  previous: Mapping[str, Any] | None = None, slices: Mapping[str, Slice] | None = None,
                  metrics: Sequence[str] = DEFAULT_METRICS, loss_curve: Sequence[tuple[int, float]] | None = None,
-                 primary: str = "success_rate", n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+                 primary: str = "success_rate", n_boot: int = 1000, seed: int = 0,
+                 offline: Mapping[str, Any] | None = None, offline_per_example: Mapping[str, Any] | None = None,
+                 ) -> dict[str, Any]:
     """One JSON-able dict with slice × metric tables for each model, paired comparisons of the
-    checkpoint against base and previous per slice, reward lists and the loss curve."""
+    checkpoint against base and previous per slice, reward lists, the loss curve, and (when given)
+    the offline metrics per slice in the same shape (see `offline_section`)."""
     slices = dict(slices or DEFAULT_SLICES)
     results = {k: v for k, v in zip(MODELS, (current, base, previous), strict=True) if v is not None}
     tables = {m: slice_metrics(r, slices) for m, r in results.items()}
@@ -132,6 +166,7 @@ def build_report(current: Mapping[str, Any], *, base: Mapping[str, Any] | None =
         "verdict": comparisons[against]["all"]["verdict"] if against else None, "verdict_against": against,
         "rewards": {m: [float(t["reward"]) for t in r.get("tasks", [])] for m, r in results.items()},
         "loss_curve": [(int(s), float(v)) for s, v in (loss_curve or [])],
+        "offline": offline_section(offline, offline_per_example, n_boot=n_boot, seed=seed) if offline else None,
     }
 
 
@@ -142,7 +177,7 @@ def _num(v: Any) -> str:
 
 
 def _delta(cmp: Mapping[str, Any] | None, metric: str) -> str:
-    if not cmp or metric not in cmp["deltas"] or metric == "n_tasks":
+    if not cmp or metric not in cmp["deltas"] or metric in ("n_tasks", "n_rows"):
         return "–"
     text = f"{cmp['deltas'][metric]:+.3f}"
     if metric in cmp["ci"] and _finite(cmp["ci"][metric][1]):
@@ -151,13 +186,14 @@ def _delta(cmp: Mapping[str, Any] | None, metric: str) -> str:
     return text
 
 
-def _rows(report: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    """Header and (slice, cells) rows shared by the Markdown and the rich renderings."""
+def _rows(report: Mapping[str, Any], count: str = "n_tasks") -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Header and (slice, cells) rows shared by the Markdown and the rich renderings, for the online
+    report or its offline section (same keys: tables, comparisons, metrics)."""
     present = [m for m in MODELS if m in report["tables"]]
     header = ["metric"] + [c for m in present for c in ([m] if m == "checkpoint" else [m, f"Δ vs {m}"])]
     rows = []
     for name in report["tables"]["checkpoint"]:
-        for metric in report["metrics"] + ["n_tasks"]:
+        for metric in [*report["metrics"], count]:
             cells = [metric]
             for m in present:
                 cells.append(_num(report["tables"][m].get(name, {}).get(metric)))
@@ -165,6 +201,35 @@ def _rows(report: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, list[st
                     cells.append(_delta(report["comparisons"].get(m, {}).get(name), metric))
             rows.append((name, cells))
     return header, rows
+
+
+def _verdict_cell(cmp: Mapping[str, Any] | None, metric: str) -> str:
+    """Plain words for one comparison: a verdict only where a CI exists, otherwise the bare delta."""
+    if not cmp or metric not in cmp["deltas"]:
+        return "–"
+    delta, ci = _delta(cmp, metric), cmp["ci"].get(metric)
+    if ci is not None and _finite(ci[1]):
+        return f"**{verdict_words(metric, ci[1], ci[2])}** ({delta})"
+    return f"not tested, no per-example values ({delta})"
+
+
+def verdict_markdown(report: Mapping[str, Any]) -> list[str]:
+    """'Is the new checkpoint better?': per slice, online and offline, against base and previous."""
+    sections = [("online", report, report["primary"])]
+    if report.get("offline"):
+        sections.append(("offline", report["offline"], report["offline"]["primary"]))
+    others = [o for o in ("base", "previous") if any(o in sec["comparisons"] for _, sec, _ in sections)]
+    lines = ["### Is the new checkpoint better?", ""]
+    if not others:
+        return lines + ["_No base model or previous checkpoint results: nothing to compare with._", ""]
+    lines += ["| eval | slice | metric | " + " | ".join(f"vs {o}" for o in others) + " |",
+              "|" + "---|" * (3 + len(others))]
+    for kind, sec, primary in sections:
+        for name, row in sec["tables"]["checkpoint"].items():  # offline: a slice without answers falls back
+            metric = primary if kind == "online" else next((k for k in OFFLINE_PRIMARY if k in row), primary)
+            cells = [_verdict_cell(sec["comparisons"].get(o, {}).get(name), metric) for o in others]
+            lines.append(f"| {kind} | {name} | {metric} | " + " | ".join(cells) + " |")
+    return lines + ["", "better/worse: the 95% paired bootstrap CI of the difference excludes 0.", ""]
 
 
 def markdown_report(report: Mapping[str, Any], title: str = "Checkpoint evaluation") -> str:
@@ -175,6 +240,7 @@ def markdown_report(report: Mapping[str, Any], title: str = "Checkpoint evaluati
         lines += [f"**Verdict vs {report['verdict_against']}** ({report['primary']}): **{report['verdict']}**", ""]
     for m, info in report["models"].items():
         lines.append(f"- {m}: `{info.get('checkpoint') or info.get('agent')}`")
+    lines += ["", *verdict_markdown(report)]
     current = None
     for name, cells in rows:
         if name != current:
@@ -182,6 +248,12 @@ def markdown_report(report: Mapping[str, Any], title: str = "Checkpoint evaluati
             lines += ["", f"### {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Δ = checkpoint − other, [95% paired bootstrap CI] for per-task means."]
+    if report.get("offline"):
+        header, rows = _rows(report["offline"], "n_rows")
+        lines += ["", "### Offline metrics per slice vs base and previous", "",
+                  "| slice | " + " | ".join(header) + " |", "|" + "---|" * (len(header) + 1)]
+        lines += [f"| {name if i == 0 or rows[i - 1][0] != name else ''} | " + " | ".join(cells) + " |"
+                  for i, (name, cells) in enumerate(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -202,55 +274,10 @@ def rich_table(report: Mapping[str, Any]) -> Any:
 
 
 def plots(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
-    """PNGs: per-slice metric bars (checkpoint vs base vs previous), the loss curve when given, and the
-    reward distribution. Uses matplotlib's object API on the Agg canvas: no global pyplot state."""
-    from matplotlib.figure import Figure
+    """The report's PNGs (see pipeline/eval_plots.py); imported on use so reports render without matplotlib."""
+    from pipeline.eval_plots import plots as draw
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    models = [m for m in MODELS if m in report["tables"]]
-    slices = list(report["tables"]["checkpoint"])
-    metrics = [k for k in report["metrics"] if any(k in report["tables"]["checkpoint"][s] for s in slices)]
-    if metrics:
-        cols = min(3, len(metrics))
-        rows = math.ceil(len(metrics) / cols)
-        fig = Figure(figsize=(4.2 * cols, 3.2 * rows + 0.4), layout="constrained")
-        axes = fig.subplots(rows, cols, squeeze=False).flatten()
-        width = 0.8 / len(models)
-        for ax, metric in zip(axes, metrics, strict=False):
-            values = []
-            for j, m in enumerate(models):
-                vals = [report["tables"][m].get(s, {}).get(metric, math.nan) for s in slices]
-                values += [v for v in vals if _finite(v)]
-                ax.bar(np.arange(len(slices)) + j * width, [v if _finite(v) else 0 for v in vals], width, label=m)
-            ax.set_xticks(np.arange(len(slices)) + width * (len(models) - 1) / 2, slices, rotation=20, fontsize=7)
-            if all(0 <= v <= 1 for v in values):
-                ax.set_ylim(0, 1.05)  # rates on a common scale, also when they are all zero
-            ax.set_title(metric)
-        for ax in axes[len(metrics):]:
-            ax.set_visible(False)
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncols=len(models))
-        paths.append(out / "slices.png")
-        fig.savefig(paths[-1], dpi=100)
-    if report.get("loss_curve"):
-        fig = Figure(figsize=(5, 3.4), layout="constrained")
-        ax = fig.subplots()
-        steps, losses = zip(*report["loss_curve"], strict=True)
-        ax.plot(steps, losses, marker=".")
-        ax.set(xlabel="step", ylabel="loss", title="training loss")
-        paths.append(out / "loss_curve.png")
-        fig.savefig(paths[-1], dpi=100)
-    rewards = {m: v for m, v in report.get("rewards", {}).items() if v}
-    if rewards:
-        fig = Figure(figsize=(5, 3.4), layout="constrained")
-        ax = fig.subplots()
-        ax.hist(list(rewards.values()), bins=np.linspace(0, 1, 11), label=list(rewards))
-        ax.set(xlabel="reward", ylabel="tasks", title="reward distribution")
-        ax.legend(fontsize=7)
-        paths.append(out / "rewards.png")
-        fig.savefig(paths[-1], dpi=100)
-    return paths
+    return draw(report, out_dir)
 
 
 def gate(current: Mapping[str, Any], previous: Mapping[str, Any] | None, metric: str, margin: float,

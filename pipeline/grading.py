@@ -28,6 +28,7 @@ class GradingReport:
     graded: int = 0
     abstained: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # trajectory_id → error
+    written: int = 0  # outcomes durably landed (grade_workspace only)
 
 
 def _as_outcome(tid: str, name: str, result: Any, source: str, when: datetime) -> Outcome | None:
@@ -39,31 +40,46 @@ def _as_outcome(tid: str, name: str, result: Any, source: str, when: datetime) -
 
 
 def grade_trajectories(rows: Iterable[dict[str, Any]], grader: Grader, *, name: str, source: str = "judge",
-                       recorded_at: datetime | None = None) -> tuple[list[Outcome], GradingReport]:
-    """Apply `grader` to each row (a lake row with `messages_json`); pure, so it is easy to test."""
+                       recorded_at: datetime | None = None,
+                       on_progress: Callable[[int], None] | None = None) -> tuple[list[Outcome], GradingReport]:
+    """Apply `grader` to each row (a lake row with `messages_json`); pure, so it is easy to test.
+    `on_progress(done)` after each row lets a CLI show a bar while a slow judge works."""
     when, report, outs = recorded_at or utcnow(), GradingReport(), []
-    for row in rows:
+    for done, row in enumerate(rows, start=1):
         tid = row["trajectory_id"]
         try:
             out = _as_outcome(tid, name, grader({**row, "messages": orjson.loads(row["messages_json"])}), source, when)
         except Exception as exc:  # a judge's bug must not lose the rest of the batch
             report.failed[tid] = f"{type(exc).__name__}: {exc}"
-            continue
-        if out is None:
-            report.abstained += 1
         else:
-            outs.append(out)
-            report.graded += 1
+            if out is None:
+                report.abstained += 1
+            else:
+                outs.append(out)
+                report.graded += 1
+        if on_progress is not None:
+            on_progress(done)
     return outs, report
 
 
+def materialized_days(ws: Workspace) -> list[str]:
+    """Days whose trajectories are in the lake (what grading reads), oldest first."""
+    return sorted(p.stem for p in (ws.lake / "trajectories").glob("*.parquet"))
+
+
 def grade_workspace(ws: Workspace, grader: Grader, *, name: str, days: list[str] | None = None,
-                    where: pl.Expr | None = None, source: str = "judge") -> GradingReport:
-    """Grade the materialized trajectories of some days and land the outcomes durably in the workspace."""
-    days = days or sorted(p.stem for p in (ws.lake / "trajectories").glob("*.parquet"))
+                    where: pl.Expr | None = None, source: str = "judge",
+                    on_start: Callable[[int], None] | None = None,
+                    on_progress: Callable[[int], None] | None = None) -> GradingReport:
+    """Grade the materialized trajectories of some days (None: all; [] grades nothing) and land the
+    outcomes durably in the workspace. `on_start(total)` announces how many rows will be graded."""
+    days = materialized_days(ws) if days is None else days
     df = read_days([ws.raw_path(d) for d in days])
     if where is not None and df.height:
         df = df.filter(where)
-    outs, report = grade_trajectories(df.iter_rows(named=True), grader, name=name, source=source)
-    ws.write_outcomes(outs)
+    if on_start is not None:
+        on_start(df.height)
+    outs, report = grade_trajectories(df.iter_rows(named=True), grader, name=name, source=source,
+                                      on_progress=on_progress)
+    report.written = ws.write_outcomes(outs) if outs else 0
     return report

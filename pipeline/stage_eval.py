@@ -98,7 +98,7 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
                     ws: Workspace | None = None, tracker: Any = None) -> dict[str, Any]:
     """Evaluate the newest checkpoint of a corpus; returns metrics, the report and the gate verdict."""
     from pipeline.corpus import resolve_corpus_url
-    from pipeline.eval_report import build_report, gate, log_report, markdown_report, plots
+    from pipeline.eval_report import build_report, gate, log_report, markdown_report, offline_section, plots
 
     done = finished_checkpoints(checkpoints)
     if not done:
@@ -120,9 +120,12 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
     previous = previous_online(spec, ckpt, prev)
 
     report_md, files, verdict, gate_ok, gate_msg = "", [], None, True, "online eval off"
-    if current is not None:
+    offline_tables = {"checkpoint": {"eval": offline, **slices}, "previous": previous_offline(ckpt, prev, slices)}
+    if current is None:  # offline numbers are then the whole evaluation: still draw them
+        files = plots({"offline": offline_section(offline_tables)}, ckpt_dir / "eval")
+    else:
         curve = [(i + 1, v) for i, v in enumerate(ckpt.get("losses") or [])]
-        report = build_report(current, base=base, previous=previous, loss_curve=curve)
+        report = build_report(current, base=base, previous=previous, loss_curve=curve, offline=offline_tables)
         report_md, verdict = markdown_report(report, title=f"eval_{spec.name} — {spec.target}@{version}"), report["verdict"]
         out = ckpt_dir / "eval"
         if tracker is not None and ckpt.get("mlflow_run_id"):
@@ -154,6 +157,18 @@ def previous_online(spec: CorpusSpec, ckpt: dict[str, Any], prev: dict[str, Any]
     if spec.init_from:
         return _read(Path(ckpt["base_model"]) / "eval" / name)
     return None
+
+
+def previous_offline(ckpt: dict[str, Any], prev: dict[str, Any] | None,
+                     slices: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The previous checkpoint's stored offline metrics, only where they were measured on the same rows:
+    same corpus version, and per slice the same query. Another version's rows would make deltas noise."""
+    if prev is None or prev.get("corpus_ref") != ckpt["corpus_ref"]:
+        return None
+    ev = Path(prev["checkpoint_dir"]) / "eval"
+    primary, stored = _read(ev / "offline.json"), _read(ev / "offline_slices.json") or {}
+    same = {n: v for n, v in stored.items() if n in slices and v.get("query") == slices[n]["query"]}
+    return ({"eval": primary} if primary else {}) | same or None
 
 
 def _summary(rep: dict[str, Any] | None) -> dict[str, Any]:

@@ -144,3 +144,84 @@ def test_mlflow_round_trip(report, tmp_path):
     assert logged["online_success_rate"] == 1.0
     names = {a.path for a in tracker.client.list_artifacts(run.run_id, "online_eval")}
     assert {"online_eval/report.md", "online_eval/slices.png"} <= names
+
+
+def _hand_built_report(with_online_models: bool = True) -> dict:
+    """Two offline slices for checkpoint, base and previous, with per-example values (so intervals) for
+    final_answer_accuracy only; the online side is a bare summary without per-task rows."""
+    def rows(p: float, loss: float) -> dict:
+        return {"eval": {"loss": loss, "perplexity": math.exp(loss), "final_answer_accuracy": p,
+                         "tool_call_accuracy": p / 2, "n_rows": 20},
+                "hard": {"loss": loss + 1, "perplexity": math.exp(loss + 1), "final_answer_accuracy": p / 2,
+                         "n_rows": 10}}
+
+    def answers(k: int, n: int) -> list[float]:
+        return [1.0] * k + [0.0] * (n - k)
+
+    offline = {"checkpoint": rows(0.9, 0.5), "base": rows(0.1, 4.0), "previous": rows(0.85, 0.6)}
+    per_example = {m: {"eval": {"final_answer_accuracy": answers(k, 20)},
+                       "hard": {"final_answer_accuracy": answers(k // 2, 10)}}
+                   for m, k in (("checkpoint", 18), ("base", 2), ("previous", 17))}
+    online = {"success_rate": 0.8, "n_tasks": 10}
+    extra = {"base": {"success_rate": 0.2, "n_tasks": 10}, "previous": {"success_rate": 0.7, "n_tasks": 10}}
+    return build_report(online, **(extra if with_online_models else {}), offline=offline,
+                        offline_per_example=per_example, n_boot=300)
+
+
+def test_offline_slice_plot_is_a_listed_png(tmp_path):
+    from PIL import Image
+
+    report = _hand_built_report()
+    off = report["offline"]
+    assert list(off["tables"]["checkpoint"]) == ["eval", "hard"] and off["primary"] == "final_answer_accuracy"
+    assert off["metrics"] == ["loss", "perplexity", "tool_call_accuracy", "final_answer_accuracy"]
+    delta, lo, hi = off["comparisons"]["base"]["eval"]["ci"]["final_answer_accuracy"]
+    assert delta == pytest.approx(0.8) and lo > 0 and off["comparisons"]["base"]["eval"]["verdict"] == "better"
+    assert "loss" not in off["comparisons"]["previous"]["hard"]["ci"]  # no per-example losses: no interval
+
+    paths = plots(report, tmp_path / "plots")
+    assert [p.name for p in paths] == ["slices.png", "offline_slices.png"]
+    png = tmp_path / "plots" / "offline_slices.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as img:
+        img.verify()
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.size[0] >= 800 and img.size[1] >= 400  # 4 metrics: a 3 × 2 grid
+
+    class Tracker:  # log_report: the same PNG goes to MLflow with report.md / report.json
+        def log_metrics_to_run(self, run_id, metrics, step=None):
+            pass
+
+        def log_artifacts(self, local_dir, artifact_path=None, run_id=None):
+            self.logged = sorted(p.name for p in local_dir.iterdir())
+
+    tracker = Tracker()
+    files = log_report(tracker, "run-1", report, tmp_path / "out")
+    assert "offline_slices.png" in {f.name for f in files} and "offline_slices.png" in tracker.logged
+    assert (tmp_path / "out" / "report.json").read_text().count('"offline"') == 1
+
+    # online eval off (stage_eval): the offline section alone still draws its plot
+    alone = plots({"offline": report["offline"]}, tmp_path / "alone")
+    assert [p.name for p in alone] == ["offline_slices.png"]
+
+
+def test_markdown_says_plainly_whether_better_per_slice_online_and_offline():
+    md = markdown_report(_hand_built_report())
+    assert "### Is the new checkpoint better?" in md
+    assert "| eval | slice | metric | vs base | vs previous |" in md
+    # online: a bare summary has no per-task values, so it gives the delta without claiming a verdict
+    assert "| online | all | success_rate | not tested, no per-example values (+0.600) |" in md
+    base_cell = [line for line in md.splitlines() if line.startswith("| offline | eval | final_answer_accuracy")][0]
+    assert base_cell.count("**better**") == 1 and "no significant difference" in base_cell  # vs base, vs previous
+    assert "| offline | hard | final_answer_accuracy |" in md
+    assert "### Offline metrics per slice vs base and previous" in md and "| hard | loss | 1.500 |" in md
+    lonely = markdown_report(build_report({"success_rate": 0.5}, offline={"checkpoint": {"eval": {"loss": 1.0}}}))
+    assert "nothing to compare with" in lonely
+
+
+def test_online_verdict_rows_cover_every_slice_against_base_and_previous(report):
+    md = markdown_report(report)
+    for name in report["tables"]["checkpoint"]:
+        row = next(line for line in md.splitlines() if line.startswith(f"| online | {name} | success_rate |"))
+        assert row.count("|") == 6 and "–" not in row  # a verdict vs base and vs previous for each slice
+    assert "**better** (" in md
