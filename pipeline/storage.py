@@ -44,9 +44,20 @@ def as_path(value: str | os.PathLike) -> AnyPath:
     return Path(text).resolve()
 
 
+def profile_setting(name: str) -> str:
+    """A field of the active profile (`$TRACEMILL_PROFILE` in tracemill.yaml), so the CLI, the capture
+    server and the SDK agree with the Dagster definitions; empty when no profile is selected."""
+    if not os.environ.get("TRACEMILL_PROFILE"):
+        return ""
+    from pipeline.config import load_config
+
+    return str(getattr(load_config().profile()[1], name) or "")
+
+
 def data_root(home: Path, explicit: str | os.PathLike | None = None) -> AnyPath:
-    """Root of all workspaces: explicit argument, else `$TRACEMILL_DATA_ROOT`, else `<home>/workspaces`."""
-    value = explicit or os.environ.get("TRACEMILL_DATA_ROOT")
+    """Root of all workspaces: explicit argument, else `$TRACEMILL_DATA_ROOT`, else the active profile's
+    `data_root`, else `<home>/workspaces`."""
+    value = explicit or os.environ.get("TRACEMILL_DATA_ROOT") or profile_setting("data_root")
     return as_path(value) if value else home / "workspaces"
 
 
