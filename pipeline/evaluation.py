@@ -190,6 +190,8 @@ def evaluate_checkpoint(checkpoint_dir: str, rows: Sequence[Mapping[str, Any]], 
     gen_seconds = time.perf_counter() - started
 
     names_ok = calls_ok = parsed = n_calls = exact_ok = final_ok = n_final = valid_ok = n_checked = 0
+    per_example: dict[str, list[float]] = {"tool_name_accuracy": [], "tool_call_accuracy": [],
+                                           "final_answer_accuracy": []}
     for (kind, ref), text, tools in zip(refs, outputs, schemas, strict=True):
         pred = parse_assistant_output(text)
         if kind == "tool_call":
@@ -198,6 +200,8 @@ def evaluate_checkpoint(checkpoint_dir: str, rows: Sequence[Mapping[str, Any]], 
             parsed += bool(got) and not pred["invalid_tool_calls"]
             names_ok += [n for n, _ in got] == [n for n, _ in want]
             calls_ok += got == want
+            per_example["tool_name_accuracy"].append(float([n for n, _ in got] == [n for n, _ in want]))
+            per_example["tool_call_accuracy"].append(float(got == want))
             if tools:
                 n_checked += 1
                 valid_ok += bool(got) and all(arguments_valid(n, a, tools) for n, a in got)
@@ -206,6 +210,7 @@ def evaluate_checkpoint(checkpoint_dir: str, rows: Sequence[Mapping[str, Any]], 
             exact, match = answers_match(pred["content"], ref.get("content"))
             exact_ok += exact
             final_ok += match
+            per_example["final_answer_accuracy"].append(float(match))
 
     def rate(k: int, n: int) -> float:
         return k / n if n else float("nan")
@@ -218,6 +223,9 @@ def evaluate_checkpoint(checkpoint_dir: str, rows: Sequence[Mapping[str, Any]], 
         "n_loss_examples": len(loss_rows), "n_loss_tokens": n_tokens, "n_generation_examples": min(len(rows), max_examples),
         "n_tool_call_turns": n_calls, "n_final_answers": n_final, "n_truncated_prompts": truncated,
         "generation_seconds": gen_seconds,
+        # 0/1 per generated turn, in row order: the same rows under another model pair up one to one,
+        # which is what the report's paired bootstrap intervals need
+        "per_example": per_example,
     }
 
 

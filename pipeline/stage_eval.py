@@ -7,6 +7,7 @@ silently replaces a better one.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,7 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
     url = f"{resolve_corpus_url(spec.target, corpus_root)}@{version}"
     offline = offline_metrics(spec, url, str(ckpt_dir))
     slices = slice_metrics(spec, url, str(ckpt_dir))
+    examples = {"checkpoint": pop_examples({"eval": offline, **slices})}
     _write(ckpt_dir / "eval" / "offline.json", offline)
     _write(ckpt_dir / "eval" / "offline_slices.json", slices)
 
@@ -120,12 +122,17 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
     previous = previous_online(spec, ckpt, prev)
 
     report_md, files, verdict, gate_ok, gate_msg = "", [], None, True, "online eval off"
-    offline_tables = {"checkpoint": {"eval": offline, **slices}, "previous": previous_offline(ckpt, prev, slices)}
+    prev_dir = previous_model(spec, ckpt, prev)
+    offline_tables = {"checkpoint": {"eval": offline, **slices},
+                      "base": offline_on_same_rows(spec, url, base_model_path) if Path(base_model_path).exists() else None,
+                      "previous": offline_on_same_rows(spec, url, prev_dir) if prev_dir else None}
+    examples |= {m: pop_examples(t) for m in ("base", "previous") if (t := offline_tables[m])}
     if current is None:  # offline numbers are then the whole evaluation: still draw them
-        files = plots({"offline": offline_section(offline_tables)}, ckpt_dir / "eval")
+        files = plots({"offline": offline_section(offline_tables, examples)}, ckpt_dir / "eval")
     else:
         curve = [(i + 1, v) for i, v in enumerate(ckpt.get("losses") or [])]
-        report = build_report(current, base=base, previous=previous, loss_curve=curve, offline=offline_tables)
+        report = build_report(current, base=base, previous=previous, loss_curve=curve, offline=offline_tables,
+                              offline_per_example=examples)
         report_md, verdict = markdown_report(report, title=f"eval_{spec.name} — {spec.target}@{version}"), report["verdict"]
         out = ckpt_dir / "eval"
         if tracker is not None and ckpt.get("mlflow_run_id"):
@@ -159,16 +166,34 @@ def previous_online(spec: CorpusSpec, ckpt: dict[str, Any], prev: dict[str, Any]
     return None
 
 
-def previous_offline(ckpt: dict[str, Any], prev: dict[str, Any] | None,
-                     slices: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """The previous checkpoint's stored offline metrics, only where they were measured on the same rows:
-    same corpus version, and per slice the same query. Another version's rows would make deltas noise."""
-    if prev is None or prev.get("corpus_ref") != ckpt["corpus_ref"]:
-        return None
-    ev = Path(prev["checkpoint_dir"]) / "eval"
-    primary, stored = _read(ev / "offline.json"), _read(ev / "offline_slices.json") or {}
-    same = {n: v for n, v in stored.items() if n in slices and v.get("query") == slices[n]["query"]}
-    return ({"eval": primary} if primary else {}) | same or None
+def pop_examples(tables: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Take the per-example 0/1 lists out of {slice: metrics} (they feed the bootstrap, not metadata)."""
+    return {name: ex for name, m in tables.items() if (ex := m.pop("per_example", None))}
+
+
+def previous_model(spec: CorpusSpec, ckpt: dict[str, Any], prev: dict[str, Any] | None) -> str | None:
+    """The model a new checkpoint is compared with: the previous checkpoint of the corpus, else the
+    checkpoint it started from (init_from), else none."""
+    if prev is not None:
+        return str(prev["checkpoint_dir"])
+    return str(ckpt["base_model"]) if spec.init_from and Path(ckpt["base_model"]).exists() else None
+
+
+def offline_on_same_rows(spec: CorpusSpec, corpus_url: str, model_dir: str) -> dict[str, Any]:
+    """Another model's offline metrics on exactly the rows the checkpoint was measured on (the same
+    version and the same queries), so deltas compare models, not data. Cached in the model's folder
+    by version + query + settings: the base model is measured once per corpus version, not per run."""
+    out: dict[str, Any] = {}
+    for name, query in {"eval": spec.eval.query, **spec.eval.slices}.items():
+        key = hashlib.sha1(orjson.dumps([corpus_url, query, spec.format, spec.eval.max_examples,
+                                         spec.eval.max_new_tokens, spec.tools_in_prompt])).hexdigest()[:12]
+        cache = Path(model_dir) / "eval" / f"offline-{key}.json"
+        metrics = _read(cache)
+        if metrics is None:
+            metrics = _clean(offline_metrics(spec, corpus_url, model_dir, query))
+            _write(cache, metrics)
+        out[name] = metrics if name == "eval" else {"query": query, "version": corpus_url.rsplit("@", 1)[-1], **metrics}
+    return out
 
 
 def _summary(rep: dict[str, Any] | None) -> dict[str, Any]:

@@ -98,6 +98,11 @@ def test_full_graph_versions_trains_and_evaluates(world, home, tiny_model_dir):
     v2rows = open_corpus(f"{url}@v2").to_polars()
     careful = v2rows.filter((v2rows["split"] == "eval") & (v2rows["agent"] == "careful")).height
     assert ev["slices"]["careful"]["n_rows"] == careful and ev["slices"]["nobody"]["n_rows"] == 0
+    # offline comparison with the base model measured on the same version and queries, with a paired CI
+    report = ev["report"]
+    assert "### Offline metrics per slice vs base and previous" in report
+    offline_rows = [line for line in report.splitlines() if line.startswith("| offline | eval |")]
+    assert offline_rows and "–" not in offline_rows[0].split("|")[4] and "not tested" not in offline_rows[0]
     assert ev["slices"]["all_eval"]["n_rows"] == (v2rows["split"] == "eval").sum() > 0
     assert ev["slices"]["careful"]["version"] == "v2" and ev["slices"]["careful"]["query"] == SLICES["careful"]
     assert "Offline metrics per slice" in ev["report"]
