@@ -1,6 +1,8 @@
 """Capture-stage assets: landing → validated day partitions, the outcome table, the outcome join."""
 
 
+import time
+
 import dagster as dg
 import polars as pl
 
@@ -21,7 +23,7 @@ def build_ingest_assets(partitions: dg.DailyPartitionsDefinition) -> list:
               backfill_policy=dg.BackfillPolicy.single_run(),
               description="Landed trajectories of one day, validated into Parquet; bad records quarantined.")
     def raw_trajectories(context: dg.AssetExecutionContext, tracemill: TracemillResource) -> dg.MaterializeResult:
-        ws = tracemill.open_workspace()
+        started, ws = time.perf_counter(), tracemill.open_workspace()
         frames, totals = [], lake.IngestStats()
         for day in context.partition_keys:
             df, stats = lake.ingest_trajectories(ws, day)
@@ -34,7 +36,7 @@ def build_ingest_assets(partitions: dg.DailyPartitionsDefinition) -> list:
             totals.reasons.update(stats.reasons)
         df = pl.concat(frames) if frames else pl.DataFrame(schema=lake.TRAJECTORY_SCHEMA)
         return dg.MaterializeResult(metadata={
-            "dagster/row_count": df.height,
+            "dagster/row_count": df.height, "duration_s": round(time.perf_counter() - started, 2),
             "landed_lines": totals.lines,
             "quarantined": totals.quarantined,
             "duplicates_collapsed": totals.duplicates,
@@ -60,12 +62,13 @@ def build_ingest_assets(partitions: dg.DailyPartitionsDefinition) -> list:
     @dg.asset(group_name="capture", kinds={"parquet", "polars"},
               description="Every outcome ever landed (rewards, success, ratings); late ones included.")
     def outcomes(tracemill: TracemillResource) -> dg.MaterializeResult:
-        ws = tracemill.open_workspace()
+        started, ws = time.perf_counter(), tracemill.open_workspace()
         df, stats = lake.ingest_outcomes(ws)
         prefs, _ = lake.ingest_preferences(ws)
         by_name = dict(df["name"].value_counts().iter_rows()) if df.height else {}
         return dg.MaterializeResult(metadata={
             "dagster/row_count": df.height, "quarantined": stats.quarantined,
+            "duration_s": round(time.perf_counter() - started, 2),
             "duplicates_collapsed": stats.duplicates, "preferences": prefs.height,
             "by_name": dg.MetadataValue.md(counts_table(by_name, "outcome")),
             "latest_recorded_at": str(df["recorded_at"].max()) if df.height else "",
@@ -76,13 +79,14 @@ def build_ingest_assets(partitions: dg.DailyPartitionsDefinition) -> list:
               kinds={"parquet", "polars"}, backfill_policy=dg.BackfillPolicy.single_run(),
               description="One day's trajectories with the latest outcome per name as flat columns.")
     def joined_trajectories(context: dg.AssetExecutionContext, tracemill: TracemillResource) -> dg.MaterializeResult:
-        ws = tracemill.open_workspace()
+        started, ws = time.perf_counter(), tracemill.open_workspace()
         out = lake.read_outcomes(ws)
         frames = [join.join_day(ws, day, out) for day in context.partition_keys]
         df = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
         cov = join.coverage(df) if df.height else {"trajectories": 0, "coverage": 0.0}
         return dg.MaterializeResult(metadata={
             "dagster/row_count": df.height, "outcome_coverage": cov.get("coverage", 0.0),
+            "duration_s": round(time.perf_counter() - started, 2),
             "coverage": dg.MetadataValue.json(cov),
             "mean_reward": float(df["reward"].mean()) if df.height and df["reward"].null_count() < df.height else 0.0,
             "preview": dg.MetadataValue.md(markdown_table(df, ["trajectory_id", "agent", "task_id", "reward", "success"])),
