@@ -2,14 +2,15 @@
 (and dedupe) in DuckDB SQL, then full vs incremental Deeplake snapshots. Prints a table, then one line
 of JSON with every figure.
 
-    .venv/bin/python bench/curate.py [--rows 1000000] [--outcomes 2000000] [--snapshot-rows 50000]
+    .venv/bin/python bench/curate.py [--rows 1000000] [--outcomes 2000000] [--snapshot-rows 50000] [--repeat 2]
 
 Inputs are generated with vectorised polars/numpy (no per-row Python): flat joined-input rows with a
 short messages_json (~375 bytes), a few percent repeating another attempt at the same task (some only
 in case and whitespace), and outcomes under three names, a fifth of trajectories re-scored later so that
 "latest per name" matters, 1% step-level. Threads are pinned to 2 (POLARS_MAX_THREADS, DuckDB
-`threads`) to match the 2-core target: join + filter + dedupe under 10 s, incremental snapshot ≤ 10% of
-a full one.
+`threads`) to match the 2-core target: join + filter + dedupe under 10 s and no slower than the same
+join + filter in DuckDB SQL (both results are checked to agree), incremental snapshot ≤ 10% of a full
+one. The machine is shared, so every figure is the best of `--repeat` runs, the engines alternating.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ import pyarrow as pa  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.corpus import snapshot  # noqa: E402
-from pipeline.corpus_io import row_hashes  # noqa: E402
+from pipeline.corpus_io import content_hash, hashed_columns, row_hashes  # noqa: E402
 from pipeline.filters import apply_filter  # noqa: E402
-from pipeline.join import column_name, join_outcomes, latest_outcomes  # noqa: E402
+from pipeline.join import column_name, join_outcomes  # noqa: E402
 
 FILTER = "reward > 0 and n_tool_calls <= 20"
 ITEMS = ["apples", "rice", "coffee", "milk", "nails", "paint", "rope", "glue"]
@@ -98,47 +99,76 @@ def dedupe(df: pl.DataFrame) -> pl.DataFrame:
     return df.sort("started_at", "trajectory_id").filter(norm.hash(seed=0).is_first_distinct())
 
 
-JOIN_SQL = """
-WITH latest AS (
-  SELECT trajectory_id, name, value FROM outcomes WHERE step IS NULL
-  QUALIFY row_number() OVER (PARTITION BY trajectory_id, name ORDER BY recorded_at DESC, received_ns DESC) = 1),
-pivoted AS (
-  SELECT trajectory_id, any_value(value) FILTER (WHERE name = 'reward') AS reward,
-         any_value(value) FILTER (WHERE name = 'success') AS success,
-         any_value(value) FILTER (WHERE name = 'judge.helpfulness') AS judge_helpfulness
-  FROM latest GROUP BY trajectory_id)
-SELECT t.*, p.reward, p.success, p.judge_helpfulness FROM traj t LEFT JOIN pivoted p USING (trajectory_id)
+# The DuckDB side computes what `join_outcomes` + `apply_filter` produce, column for column, so the
+# ratio compares equal work: the latest outcome per (trajectory, step, name) by (recorded_at,
+# received_ns), names folded to column names first; one value and one `<name>_label` column per name;
+# `outcome_names` (sorted list) and `n_outcomes`; per-step outcomes as one JSON list per trajectory;
+# every trajectory column; then the filter. It is told the three names up front and keeps all-null
+# label columns (polars discovers the names from the data and drops such columns): if anything, that
+# favours DuckDB. Outcomes of unknown trajectories are dropped by the join on both sides.
+NAMES = ("judge.helpfulness", "reward", "success")
+_VALUES = ",\n    ".join(f"any_value(value) FILTER (WHERE col = '{column_name(n)}') AS {column_name(n)}, "
+                         f"any_value(label) FILTER (WHERE col = '{column_name(n)}') AS {column_name(n)}_label"
+                         for n in NAMES)
+JOIN_SQL = f"""
+WITH flat AS (
+  SELECT trajectory_id, regexp_replace(name, '[^A-Za-z0-9_]', '_', 'g') AS col, value, label FROM outcomes
+  WHERE step IS NULL
+  QUALIFY row_number() OVER (PARTITION BY trajectory_id, col ORDER BY recorded_at DESC, received_ns DESC) = 1),
+per_traj AS (
+  SELECT trajectory_id,
+    {_VALUES},
+    list(col ORDER BY col) AS outcome_names
+  FROM flat GROUP BY trajectory_id),
+steps AS (
+  SELECT trajectory_id, to_json(list({{'step': step, 'name': name, 'value': value, 'label': label}}
+                                    ORDER BY step, name)) AS step_outcomes_json
+  FROM (SELECT * FROM outcomes WHERE step IS NOT NULL QUALIFY row_number() OVER (
+          PARTITION BY trajectory_id, step, name ORDER BY recorded_at DESC, received_ns DESC) = 1)
+  GROUP BY trajectory_id)
+SELECT t.*, p.* EXCLUDE (trajectory_id), s.step_outcomes_json, coalesce(len(p.outcome_names), 0) AS n_outcomes
+FROM traj t LEFT JOIN per_traj p USING (trajectory_id) LEFT JOIN steps s USING (trajectory_id)
 WHERE p.reward > 0 AND t.n_tool_calls <= 20"""
 DEDUPE_SQL = f"""SELECT * FROM ({JOIN_SQL}) QUALIFY row_number() OVER (
   PARTITION BY hash(regexp_replace(lower(messages_json), '\\s+', ' ', 'g')) ORDER BY started_at, trajectory_id) = 1"""
+CHECKED = ["trajectory_id", "reward", "success", "judge_helpfulness", "outcome_names", "n_outcomes"]
 
 
-def bench_duckdb(traj: pl.DataFrame, outs: pl.DataFrame) -> dict[str, Any]:
+def bench_duckdb(con: Any) -> tuple[dict[str, Any], pl.DataFrame]:
+    joined, join_s = timed(lambda: con.sql(JOIN_SQL).to_arrow_table())
+    deduped, dedupe_s = timed(lambda: con.sql(DEDUPE_SQL).to_arrow_table())
+    return {"duckdb_join_filter_s": join_s, "duckdb_join_filter_dedupe_s": dedupe_s,
+            "duckdb_rows": joined.num_rows, "duckdb_deduped_rows": deduped.num_rows}, pl.from_arrow(joined)
+
+
+def bench_polars(traj: pl.DataFrame, outs: pl.DataFrame) -> tuple[dict[str, Any], pl.DataFrame]:
+    joined, join_s = timed(join_outcomes, traj, outs)
+    kept, filter_s = timed(apply_filter, joined, FILTER)
+    deduped, dedupe_s = timed(dedupe, kept)
+    return {"join_s": join_s, "filter_s": filter_s, "dedupe_s": dedupe_s,
+            "join_filter_dedupe_s": join_s + filter_s + dedupe_s, "joined_rows": joined.height,
+            "filtered_rows": kept.height, "deduped_rows": deduped.height}, kept
+
+
+def compare_join(traj: pl.DataFrame, outs: pl.DataFrame, repeat: int) -> dict[str, Any]:
+    """Polars and DuckDB alternately, `repeat` times, each figure the best of its runs (the machine is
+    shared: alternating exposes both sides to the same load). Both results are checked to agree."""
     import duckdb
 
     con = duckdb.connect()
     con.execute("SET threads = 2")
     con.register("traj", traj.to_arrow())
     con.register("outcomes", outs.to_arrow())
-    joined, join_s = timed(lambda: con.sql(JOIN_SQL).to_arrow_table())
-    deduped, dedupe_s = timed(lambda: con.sql(DEDUPE_SQL).to_arrow_table())
-    return {"duckdb_version": duckdb.__version__, "duckdb_join_filter_s": join_s,
-            "duckdb_join_filter_dedupe_s": dedupe_s, "duckdb_rows": joined.num_rows,
-            "duckdb_deduped_rows": deduped.num_rows}
-
-
-def bench_polars(traj: pl.DataFrame, outs: pl.DataFrame) -> dict[str, Any]:
-    joined, join_s = timed(join_outcomes, traj, outs)
-    kept, filter_s = timed(apply_filter, joined, FILTER)
-    deduped, dedupe_s = timed(dedupe, kept)
-    # where join_outcomes spends its time: the latest-per-name sort, and its per-row Python rename
-    _, latest_s = timed(latest_outcomes, outs)
-    _, rename_s = timed(lambda: outs.with_columns(pl.col("name").map_elements(column_name, return_dtype=pl.String)))
-    _, vector_rename_s = timed(lambda: outs.with_columns(pl.col("name").str.replace_all(r"[^A-Za-z0-9_]", "_")))
-    return {"join_s": join_s, "filter_s": filter_s, "dedupe_s": dedupe_s,
-            "join_filter_dedupe_s": join_s + filter_s + dedupe_s, "join_latest_part_s": latest_s,
-            "join_name_map_elements_s": rename_s, "join_name_vectorised_s": vector_rename_s, "joined_rows": joined.height, "filtered_rows": kept.height,
-            "deduped_rows": deduped.height}
+    runs: list[dict[str, Any]] = []
+    for _ in range(repeat):
+        pol, kept = bench_polars(traj, outs)
+        duck, duck_rows = bench_duckdb(con)
+        runs.append(pol | duck)
+    best = {k: min(r[k] for r in runs) if k.endswith("_s") else runs[-1][k] for k in runs[0]}
+    assert kept.select(CHECKED).sort("trajectory_id").equals(
+        duck_rows.select(CHECKED).cast({"n_outcomes": pl.UInt32}).sort("trajectory_id")), "polars != DuckDB"
+    assert (best["filtered_rows"], best["deduped_rows"]) == (best["duckdb_rows"], best["duckdb_deduped_rows"])
+    return {"duckdb_version": duckdb.__version__, "repeat": repeat, **best}
 
 
 def token_rows(n: int, start: int = 0, seed: int = 2) -> pl.DataFrame:
@@ -156,17 +186,27 @@ def token_rows(n: int, start: int = 0, seed: int = 2) -> pl.DataFrame:
                          "n_tokens": lengths.astype(np.int32)})
 
 
-def bench_snapshot(n: int, root: str) -> dict[str, Any]:
+def bench_snapshot(n: int, root: str, repeat: int) -> dict[str, Any]:
+    """Full snapshot into a fresh corpus, the same rows again (unchanged), then 1% new rows (a delta),
+    `repeat` times on fresh corpora; each figure the best of its runs. The tokenizer named in the
+    lineage is what lets token columns go unhashed (see pipeline.corpus_io.token_columns)."""
     base = token_rows(n)
     grown = pl.concat([base, token_rows(n // 100, start=n)])
-    full, full_s = timed(snapshot, base, "bench/corpus", root=root)
-    same, same_s = timed(snapshot, base, "bench/corpus", root=root)
-    inc, inc_s = timed(snapshot, grown, "bench/corpus", root=root)
-    _, hash_s = timed(row_hashes, grown)  # the part of every snapshot that re-reads all 8M tokens
-    assert (full.mode, same.mode, inc.mode, inc.appended) == ("append", "unchanged", "append", n // 100)
+    lineage = {"tokenizer": "bench-bpe512", "max_length": 256}
+    runs = []
+    for i in range(repeat):
+        url = f"bench/corpus{i}"
+        full, full_s = timed(snapshot, base, url, root=root, lineage=lineage)
+        same, same_s = timed(snapshot, base, url, root=root, lineage=lineage)
+        inc, inc_s = timed(snapshot, grown, url, root=root, lineage=lineage)
+        assert (full.mode, same.mode, inc.mode, inc.appended) == ("append", "unchanged", "append", n // 100)
+        runs.append((full_s, same_s, inc_s))
+    text, text_s = timed(hashed_columns, grown)  # what every snapshot hashes: no token array
+    _, hash_s = timed(lambda: (row_hashes(text), content_hash(text)))
+    full_s, same_s, inc_s = (min(r[k] for r in runs) for k in range(3))
     return {"snapshot_rows": n, "snapshot_tokens": int(base["n_tokens"].sum()), "snapshot_full_s": full_s,
-            "snapshot_unchanged_s": same_s, "snapshot_incremental_s": inc_s, "snapshot_row_hashes_s": hash_s,
-            "snapshot_incremental_ratio": inc_s / full_s}
+            "snapshot_unchanged_s": same_s, "snapshot_incremental_s": inc_s,
+            "snapshot_hash_s": text_s + hash_s, "snapshot_incremental_ratio": inc_s / full_s}
 
 
 def main() -> None:
@@ -174,18 +214,19 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--outcomes", type=int, default=2_000_000)
     ap.add_argument("--snapshot-rows", type=int, default=50_000)
+    ap.add_argument("--repeat", type=int, default=2, help="runs per figure (best of), alternating engines")
     args = ap.parse_args()
     (traj, outs), gen_s = timed(lambda: (trajectories(args.rows), outcomes(args.rows, args.outcomes)))
     figures: dict[str, Any] = {"rows": args.rows, "outcomes": args.outcomes, "generate_s": gen_s,
                                "messages_json_bytes": traj["messages_json"].str.len_bytes().mean(),
                                "threads": int(os.environ["POLARS_MAX_THREADS"]), "polars": pl.__version__}
-    figures |= bench_polars(traj, outs)
-    figures |= bench_duckdb(traj, outs)
+    figures |= compare_join(traj, outs, args.repeat)
     figures["polars_vs_duckdb_join_filter"] = (figures["join_s"] + figures["filter_s"]) / figures["duckdb_join_filter_s"]
     figures["polars_vs_duckdb_with_dedupe"] = figures["join_filter_dedupe_s"] / figures["duckdb_join_filter_dedupe_s"]
     with tempfile.TemporaryDirectory() as tmp:
-        figures |= bench_snapshot(args.snapshot_rows, f"file://{tmp}")
+        figures |= bench_snapshot(args.snapshot_rows, f"file://{tmp}", args.repeat)
     figures["targets_met"] = {"join_filter_dedupe_under_10s": figures["join_filter_dedupe_s"] < 10,
+                              "join_filter_no_slower_than_duckdb": figures["polars_vs_duckdb_join_filter"] <= 1.0,
                               "incremental_at_most_10pct": figures["snapshot_incremental_ratio"] <= 0.10}
     for key, value in figures.items():
         if key != "targets_met":

@@ -40,10 +40,12 @@ class CorpusVersionNotFound(LookupError):
 
 
 def default_corpus_root() -> str:
-    """`$TRACEMILL_CORPUS_ROOT`, else `<tracemill home>/corpora` as a file:// URL."""
+    """`$TRACEMILL_CORPUS_ROOT`, else the active profile's `corpus_root`, else `<tracemill home>/corpora`
+    as a file:// URL."""
+    from pipeline.storage import profile_setting
     from pipeline.workspace import home_dir  # the one place that knows where the home is
 
-    return _as_url(str(home_dir() / "corpora"), env="TRACEMILL_CORPUS_ROOT")
+    return _as_url(profile_setting("corpus_root") or str(home_dir() / "corpora"), env="TRACEMILL_CORPUS_ROOT")
 
 
 def _as_url(path: str, env: str | None = None) -> str:
@@ -123,9 +125,11 @@ def snapshot(rows: pl.DataFrame, url: str, *, lineage: dict[str, Any] | None = N
              message: str = "", root: str | None = None) -> SnapshotInfo:
     """Make the corpus equal to `rows` as a new tagged version, or return the latest one unchanged.
 
-    Idempotent on content (an order-independent hash over every column), appends only the delta when
-    the previous version's rows all survive unchanged, and otherwise deletes stale rows in place:
-    older tags keep their rows because Deeplake versions are copy-on-write."""
+    Idempotent on content (an order-independent hash over every column but the token ones, plus the
+    derivation key of `lineage`: tokenizer, max_length, ...), appends only the delta when the previous
+    version's rows all survive unchanged, and otherwise deletes stale rows in place: older tags keep
+    their rows because Deeplake versions are copy-on-write. Rows with the same text but other tokens
+    must come with another derivation key, which rebuilds every row rather than diffing."""
     if parse_ref(url)[1]:
         raise ValueError(f"snapshot writes the next version itself: pass {parse_ref(url)[0]!r} without @vN")
     url = resolve_corpus_url(url, root)
@@ -134,45 +138,56 @@ def snapshot(rows: pl.DataFrame, url: str, *, lineage: dict[str, Any] | None = N
     if rows["trajectory_id"].null_count() or rows["trajectory_id"].n_unique() != rows.height:
         raise ValueError("trajectory_id must be non-null and unique within a snapshot")
     keys = {c: io.type_key(c, rows[c]) for c in rows.columns}
-    hashes = io.row_hashes(rows, keys)
-    digest = io.content_hash(hashes)
-    keys[HASH_COL] = "text"
+    hashed = io.hashed_columns(rows, keys)  # every column but the token arrays
+    keys[HASH_COL] = io.HASH_KEY
 
     ds = _open_for_write(url)
     versions = _versions(ds)
     last = max(versions, default=0)
     prev = _lineage(ds, last, versions[last]) if last else None
+    # A caller that does not say how the tokens were made keeps the previous version's derivation.
+    derived = io.derivation(lineage) or (prev or {}).get("derivation") or {}
+    digest = io.content_hash(hashed, derived)
     if prev and prev.get("content_hash") == digest:
         return SnapshotInfo(url, f"v{last}", False, prev["row_count"], digest, prev.get("parent"),
                             0, "unchanged", prev)
     if last and ds.version != versions[last].version:
         ds.revert_to(versions[last].version)  # drop a crashed snapshot's untagged commit
 
-    new = dict(zip(rows["trajectory_id"].to_list(), hashes, strict=True))
-    rebuild = not prev or prev.get("schema") != keys  # first version or a schema change
+    # A delta needs the same stored schema, row-hash scheme and derivation key (tokenizer, max_length):
+    # token columns are not hashed, so a new tokenizer over the same text must rebuild every row.
+    rebuild = not prev or prev.get("schema") != keys or prev.get("row_hash") != io.HASH_SCHEME \
+        or (prev.get("derivation") or {}) != derived
+    hashes = io.row_hashes(hashed)
     if rebuild:
-        stale, kept = list(range(len(ds))), set()
-    else:
-        old_ids, old_hashes = ds["trajectory_id"][:], ds[HASH_COL][:]
-        stale = [i for i, (t, h) in enumerate(zip(old_ids, old_hashes, strict=True)) if new.get(t) != h]
-        kept = set(old_ids) - {old_ids[i] for i in stale}
-    for i in reversed(stale):  # descending, so earlier offsets stay valid
+        stale, fresh = np.arange(len(ds)), np.arange(rows.height)
+    else:  # a row hash covers the trajectory_id too: the hash column alone (one block read) decides
+        both = io.hash_frame(ds[HASH_COL][:]).with_row_index("old").join(  # kept, stale and new rows
+            io.hash_frame(hashes).with_row_index("new"), on=["h0", "h1"], how="full")
+        stale = both.filter(pl.col("new").is_null())["old"].sort().to_numpy()
+        fresh = both.filter(pl.col("old").is_null())["new"].sort().to_numpy()
+    for i in stale[::-1].tolist():  # descending, so earlier offsets stay valid
         ds.delete(i)
     if rebuild:  # only touch changed columns: removing *every* column of a 4.7 dataset is silently
-        old = (prev or {}).get("schema", {})  # undone at commit, deleted rows included
-        for name in [c.name for c in ds.schema.columns if old.get(c.name) != keys.get(c.name)]:
+        was = (prev or {}).get("schema", {})  # undone at commit, deleted rows included
+        for name in [c.name for c in ds.schema.columns if was.get(c.name) != keys.get(c.name)]:
             ds.remove_column(name)
         for name in [n for n in keys if n not in {c.name for c in ds.schema.columns}]:
             ds.add_column(name, io.deeplake_type(keys[name]))
-    delta = rows.with_columns(pl.Series(HASH_COL, hashes)).filter(~pl.col("trajectory_id").is_in(kept))
-    for part in delta.iter_slices(APPEND_BATCH):
-        ds.append({c: io.to_storage(part[c], keys[c]) for c in part.columns})
+    keep = np.zeros(rows.height, dtype=bool)
+    keep[fresh] = True
+    delta = rows.filter(pl.Series(keep)) if len(fresh) < rows.height else rows  # no gather: token lists
+    for start in range(0, delta.height, APPEND_BATCH):
+        part = delta.slice(start, APPEND_BATCH)
+        ds.append({**{c: io.to_storage(part[c], keys[c]) for c in part.columns},
+                   HASH_COL: hashes[fresh[start:start + APPEND_BATCH]]})
 
     version = f"v{last + 1}"
     record = {"filter": None, "source_partitions": [], "tokenizer": None, **(lineage or {}),
               "version": version, "parent": f"v{last}" if last else None, "row_count": rows.height,
-              "content_hash": digest, "mode": "replace" if stale or (prev and rebuild) else "append",
+              "content_hash": digest, "mode": "replace" if len(stale) or (prev and rebuild) else "append",
               "appended": delta.height, "removed": len(stale), "schema": keys,
+              "derivation": derived, "row_hash": io.HASH_SCHEME,
               "created_at": datetime.now(UTC).isoformat(), "message": message}
     text = json.dumps(record, default=str)
     ds.metadata[MARKER] = "1"
@@ -250,13 +265,18 @@ def list_versions(ref: str, root: str | None = None) -> list[dict[str, Any]]:
     return [{**_lineage(ro, n, t), "version": f"v{n}", "commit": t.version} for n, t in sorted(versions.items())]
 
 
+def _hash_values(column: Any) -> list[Any]:
+    """Stored row hashes as comparable values: (h0, h1) pairs, or strings from older versions."""
+    return [tuple(r) for r in column.tolist()] if isinstance(column, np.ndarray) else list(column)
+
+
 def diff_versions(ref_a: str, ref_b: str, root: str | None = None, sample: int = 5) -> dict[str, Any]:
     """Trajectory-level diff between two versions; `ref_b` may be a bare `vN` of the same corpus."""
     if VERSION_RE.match(ref_b):
         ref_b = f"{parse_ref(ref_a)[0]}@{ref_b}"
     a, b = open_corpus(ref_a, root), open_corpus(ref_b, root)
-    ha = dict(zip(a.column("trajectory_id"), a.column(HASH_COL), strict=True))
-    hb = dict(zip(b.column("trajectory_id"), b.column(HASH_COL), strict=True))
+    ha = dict(zip(a.column("trajectory_id"), _hash_values(a.column(HASH_COL)), strict=True))
+    hb = dict(zip(b.column("trajectory_id"), _hash_values(b.column(HASH_COL)), strict=True))
     added, removed = sorted(hb.keys() - ha.keys()), sorted(ha.keys() - hb.keys())
     changed = sorted(t for t in ha.keys() & hb.keys() if ha[t] != hb[t])
     return {"from": a.version, "to": b.version, "added": len(added), "removed": len(removed),

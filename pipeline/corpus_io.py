@@ -4,6 +4,13 @@ Kept apart from `pipeline.corpus` so the versioning logic reads on its own. Ever
 *type key* ("text", "float32", "array[int32]", "nullable[int64]") that is recorded in each version's
 lineage: it decides the Deeplake type on write and how a column is decoded on read, and a change of
 key between versions means the stored schema must be rebuilt.
+
+Two hashes, for two jobs. `row_hashes` (polars' vectorised row hash, 128 bits, no Python per row)
+only finds which stored rows a new snapshot keeps: if it ever disagrees (another polars, another
+machine) rows just look changed and are rewritten, never wrongly kept. `content_hash` (sha256 over
+the bytes, sorted by trajectory_id) is the stable identity recorded in the lineage. Neither reads the
+token columns: they are derived from the text, and the lineage's derivation key (tokenizer,
+max_length, ...) stands for them, so an incremental snapshot never re-reads millions of tokens.
 """
 
 from __future__ import annotations
@@ -25,15 +32,25 @@ CANONICAL: dict[str, str] = {
     "messages": "text", "tools": "text", "reward": "float32", "n_tokens": "int32",
     "input_ids": "array[int32]", "loss_mask": "array[uint8]",
 }
+# Row hashes only decide which stored rows a new snapshot keeps (a delta), so they may be fast rather
+# than eternal: polars' row hash, stable within one polars version. A corpus whose rows were hashed
+# under another scheme (another polars) is rebuilt instead of diffed. `content_hash` is the stable one.
+HASH_SCHEME = f"polars-{pl.__version__}/hash_rows-128"
+HASH_KEY = "hash128"  # the stored row-hash column's type key
+# Lineage fields that decide what the token columns hold, given the text: the derivation key.
+DERIVATION_FIELDS = ("tokenizer", "max_length", "tools_in_prompt", "format")
 _SCALARS = {
     "bool": T.Bool, "int8": T.Int8, "int16": T.Int16, "int32": T.Int32, "int64": T.Int64,
     "uint8": T.UInt8, "uint16": T.UInt16, "uint32": T.UInt32, "uint64": T.UInt64,
     "float32": T.Float32, "float64": T.Float64,
 }
 
-_POLARS = {"int8": pl.Int8, "int16": pl.Int16, "int32": pl.Int32, "int64": pl.Int64, "uint8": pl.UInt8,
-           "uint16": pl.UInt16, "uint32": pl.UInt32, "uint64": pl.UInt64, "float32": pl.Float32,
-           "float64": pl.Float64}
+
+_POLARS: dict[str, Any] = {
+    "bool": pl.Boolean, "int8": pl.Int8, "int16": pl.Int16, "int32": pl.Int32, "int64": pl.Int64,
+    "uint8": pl.UInt8, "uint16": pl.UInt16, "uint32": pl.UInt32, "uint64": pl.UInt64,
+    "float32": pl.Float32, "float64": pl.Float64,
+}
 
 
 def _scalar_key(dtype: pl.DataType) -> str | None:
@@ -58,6 +75,8 @@ def type_key(name: str, s: pl.Series) -> str:
 
 
 def deeplake_type(key: str) -> Any:
+    if key == HASH_KEY:  # fixed shape: a block read comes back as one (n, 2) ndarray, no str per row
+        return T.Array(T.UInt64(), shape=[2])
     if key == "text":
         return T.Text()
     if key.startswith("array["):
@@ -110,38 +129,72 @@ def decode_nullable(values: Iterable[Any]) -> list[Any]:
     return [None if v is None else np.asarray(v).item() for v in values]
 
 
-def _cells(s: pl.Series, key: str) -> list[bytes | None]:
-    """Canonical bytes per value: token lists as raw buffers of their storage dtype (no Python int per
-    token, which made hashing the slowest step of a snapshot), everything else as its string form."""
-    dt = s.dtype
-    if key.startswith("array["):
-        arr = s.cast(pl.List(_POLARS[key[6:-1]])).to_arrow()
-        arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-        off, vals = arr.offsets.to_numpy(), arr.values.to_numpy(zero_copy_only=False)
-        nulls = s.is_null().to_numpy()
-        return [None if nulls[i] else vals[off[i]:off[i + 1]].tobytes() for i in range(len(s))]
-    if dt.is_nested() or dt == pl.Object:
+def token_columns(keys: dict[str, str]) -> list[str]:
+    """Token arrays derived from the text (`*_ids` / `*_mask` int arrays). They are not hashed:
+    re-reading millions of tokens made an incremental snapshot cost half a full one. What they hold is
+    pinned by the derivation key instead (see `derivation`). `n_tokens` stays hashed (one int a row):
+    a new max_length changes exactly the rows it truncates differently, even when no lineage says so."""
+    return sorted(c for c, k in keys.items() if k.startswith("array[") and c.endswith(("_ids", "_mask")))
+
+
+def derivation(lineage: dict[str, Any] | None) -> dict[str, Any]:
+    """The lineage fields that fix the token columns (tokenizer, max_length, ...), those given."""
+    return {k: lineage[k] for k in DERIVATION_FIELDS if lineage and lineage.get(k) is not None}
+
+
+def _identity(s: pl.Series, key: str) -> pl.Series:
+    """A column as it is hashed: numbers and bools in their storage dtype (reward as float32, what a
+    reader gets back), nested values as sorted-key JSON, everything else as its string form."""
+    scalar = key[9:-1] if key.startswith("nullable[") else key
+    if scalar in _SCALARS:
+        return s.cast(_POLARS[scalar], strict=False)
+    if s.dtype == pl.String:
+        return s
+    if s.dtype.is_nested() or s.dtype == pl.Object:
         opts = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
-        return [None if v is None else orjson.dumps(v, default=str, option=opts) for v in s.to_list()]
-    values = s.to_list() if dt == pl.String else s.cast(pl.String).to_list()
-    return [None if v is None else v.encode() for v in values]
+        return pl.Series(s.name, [None if v is None else orjson.dumps(v, default=str, option=opts).decode()
+                                  for v in s.to_list()], dtype=pl.String)
+    return s.cast(pl.String)
 
 
-def row_hashes(rows: pl.DataFrame, keys: dict[str, str] | None = None) -> list[str]:
-    """One stable hash per row over every column (sorted by name, length-prefixed) as it will be
-    stored, so it ignores column order; the corpus hash is derived from these, order-independently."""
+def hashed_columns(rows: pl.DataFrame, keys: dict[str, str] | None = None) -> pl.DataFrame:
+    """The part of the rows that identifies them: every column but the token arrays, sorted by name."""
     keys = keys or {c: type_key(c, rows[c]) for c in rows.columns}
-    names = sorted(rows.columns)
-    base = hashlib.blake2b(digest_size=16)
-    base.update("\x1f".join(names).encode())
-    out = []
-    for cells in zip(*(_cells(rows[n], keys[n]) for n in names), strict=True):
-        h = base.copy()
-        for c in cells:
-            h.update(b"\xff" if c is None else len(c).to_bytes(8, "little") + c)
-        out.append(h.hexdigest())
-    return out
+    return pl.DataFrame([_identity(rows[n], keys[n]) for n in sorted(set(rows.columns) - set(token_columns(keys)))])
 
 
-def content_hash(hashes: Iterable[str]) -> str:
-    return "sha256:" + hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
+def row_hashes(frame: pl.DataFrame) -> np.ndarray:
+    """128 bits per row as an (n, 2) uint64 array: two seeded polars row hashes, no Python per row."""
+    return np.stack([frame.hash_rows(seed=1).to_numpy(), frame.hash_rows(seed=2).to_numpy()], axis=1)
+
+
+def hash_frame(hashes: np.ndarray) -> pl.DataFrame:
+    """Row hashes as two columns, for joins that find kept, stale and new rows."""
+    return pl.DataFrame({"h0": hashes[:, 0], "h1": hashes[:, 1]}, schema={"h0": pl.UInt64, "h1": pl.UInt64})
+
+
+def content_hash(frame: pl.DataFrame, derived: dict[str, Any] | None = None) -> str:
+    """Stable, order-independent hash of a version: sha256 over the column names and types, then per
+    column, in trajectory_id order (ids are unique), the value lengths (-1 for null) and UTF-8 bytes of
+    text, or the null mask and little-endian values of numbers; prefixed by the derivation key when
+    there is one, so the same text tokenized another way is another version. Bytes come straight from
+    the Arrow/numpy buffers: no Python object per row."""
+    head = {"columns": [[s.name, _scalar_key(s.dtype) or "text"] for s in frame.get_columns()],
+            "derived": derived or {}}
+    digest = hashlib.sha256(orjson.dumps(head, option=orjson.OPT_SORT_KEYS))
+    for s in frame.sort("trajectory_id").get_columns():
+        nulls = s.null_count()
+        if _scalar_key(s.dtype):
+            digest.update(s.is_null().to_numpy().tobytes())
+            values = s.fill_null(False if s.dtype == pl.Boolean else 0).to_numpy()
+            digest.update(values.astype(values.dtype.newbyteorder("<")).tobytes())
+            continue
+        arr = (s.fill_null("") if nulls else s).to_arrow()
+        arr = (arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr).cast(pa.large_string())
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+        lengths = np.diff(offsets)
+        if nulls:
+            lengths[s.is_null().to_numpy()] = -1
+        digest.update(lengths.astype("<i8").tobytes())
+        digest.update(memoryview(arr.buffers()[2])[offsets[0]:offsets[-1]])
+    return "sha256:" + digest.hexdigest()

@@ -3,6 +3,7 @@ only turn their results into metadata, so every stage also runs (and is tested) 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,8 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
     rows, untrainable = tokenize_format_rows(spec.format, curated, AutoTokenizer.from_pretrained(model),
                                              spec.train.max_length, spec.tools_in_prompt)
     lineage = {"filter": spec.filter, "format": spec.format, "workspace": ws.name,
-               "source_partitions": joined_days(ws), "tokenizer": base_model,
+               "source_partitions": joined_days(ws), "tokenizer": tokenizer_fingerprint(base_model, model),
+               "max_length": spec.train.max_length,
                "dropped_untrainable": untrainable, "tools_in_prompt": spec.tools_in_prompt,
                "wait": decision.as_dict()}
     info = snapshot(rows, url, lineage=lineage, message=f"{spec.name}: {rows.height} rows, filter `{spec.filter}`")
@@ -138,6 +140,15 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
           rows=info.row_count, appended=info.appended, content_hash=info.content_hash, parent=info.parent,
           mode=info.mode)
     return info
+
+
+def tokenizer_fingerprint(name: str, model_dir: str) -> str:
+    """The tokenizer's name plus a hash of its files: a rebuilt local tokenizer under the same name
+    ('tiny') must still force a full re-tokenization, not a delta append onto old token ids."""
+    files = sorted(p for p in Path(model_dir).glob("*") if p.name.startswith(("tokenizer", "chat_template",
+                                                                             "special_tokens")))
+    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()[:12]
+    return f"{name}#{digest}" if files else name
 
 
 def refresh_lake(ws: Workspace) -> dict[str, int]:

@@ -186,3 +186,43 @@ def test_interrupted_snapshot_is_invisible_and_recovered(root):
     v2 = snapshot(make_rows(range(7)), url, lineage={})
     assert (v2.version, v2.mode, v2.appended) == ("v2", "append", 2)  # delta against v1, not the junk
     assert ids_of("org/sft@v2", root) == [f"t{i:03d}" for i in range(7)]
+
+
+def test_token_columns_follow_the_derivation_key(root):
+    """Token columns are not hashed (an incremental snapshot must not re-read every token): what they
+    hold is pinned by the lineage's tokenizer / max_length, and a change there rebuilds every row."""
+    lin = {"tokenizer": "bpe384", "max_length": 64}
+    v1 = snapshot(make_rows(range(6)), "org/sft", root=root, lineage=lin)
+    assert v1.lineage["derivation"] == lin
+    # Same text, same derivation (given or inherited): unchanged; more rows: a plain delta.
+    assert snapshot(make_rows(range(6)), "org/sft", root=root, lineage={}).mode == "unchanged"
+    v2 = snapshot(make_rows(range(8)), "org/sft", root=root, lineage={"source_partitions": ["d2"]})
+    assert (v2.mode, v2.appended, v2.removed, v2.lineage["derivation"]) == ("append", 2, 0, lin)
+
+    # A shorter max_length nobody recorded: n_tokens is hashed, so exactly the truncated rows change.
+    short = make_rows(range(8)).with_columns(pl.col("input_ids", "loss_mask").list.head(4),
+                                             pl.col("n_tokens").clip(upper_bound=4))
+    v3 = snapshot(short, "org/sft", root=root, lineage={})
+    assert (v3.mode, v3.appended, v3.removed) == ("replace", 2, 2)  # t003 (5 tokens), t004 (6)
+    assert sorted(len(a) for a in open_corpus("org/sft@v3", root).column("input_ids")) == [2, 2, 3, 3, 4, 4, 4, 4]
+
+    # Same text tokenized by another tokenizer: a new version that rebuilds every row, not "unchanged".
+    retok = short.with_columns(pl.col("input_ids").list.eval(pl.element() + 100))
+    v4 = snapshot(retok, "org/sft", root=root, lineage={"tokenizer": "bpe1k", "max_length": 64})
+    assert (v4.version, v4.mode, v4.appended, v4.removed) == ("v4", "replace", 8, 8)
+    assert v4.content_hash != v3.content_hash
+    stored = open_corpus("org/sft@v4", root).to_polars().sort("trajectory_id")["input_ids"].to_list()
+    assert stored == retok["input_ids"].to_list()
+    assert open_corpus("org/sft@v2", root).column("input_ids")[0].tolist() == [0, 1]  # old tag intact
+    # A recorded max_length is part of the derivation key too.
+    v5 = snapshot(retok, "org/sft", root=root, lineage={"tokenizer": "bpe1k", "max_length": 4})
+    assert (v5.mode, v5.appended, v5.removed) == ("replace", 8, 8)
+
+
+def test_content_hash_is_reproducible_and_order_free(root, tmp_path):
+    rows = make_rows(range(10))
+    a = snapshot(rows, "org/a", root=root, lineage={"tokenizer": "t"})
+    b = snapshot(rows.reverse().select(sorted(rows.columns)), "org/b", root=root, lineage={"tokenizer": "t"})
+    assert a.content_hash == b.content_hash
+    changed = snapshot(make_rows(range(10), reward_bump={3: 7.0}), "org/b", root=root, lineage={})
+    assert changed.content_hash != a.content_hash and (changed.appended, changed.removed) == (1, 1)

@@ -74,3 +74,25 @@ def test_join_without_any_outcome_still_has_filter_columns(tmp_path):
     joined = join.join_day(ws, DAY, pl.DataFrame(schema=lake.OUTCOME_SCHEMA))
     assert joined["reward"].to_list() == [None] and ws.joined_path(DAY).exists()
     assert join.coverage(joined)["coverage"] == 0.0
+
+
+def test_join_latest_per_folded_name_ties_and_unknown_trajectories():
+    """Latest by recorded_at, then received_ns; names that fold to one column (`judge.x`, `judge_x`)
+    give the one recorded last; outcomes of other trajectories are ignored; row order is kept."""
+    traj = pl.DataFrame({"trajectory_id": ["b", "a"], "agent": ["x", "y"]})
+    rows = [("a", None, "reward", 0.0, None, 1, 5), ("a", None, "reward", 1.0, "good", 1, 6),  # tie: received last
+            ("a", None, "judge.x", 0.25, None, 3, 1), ("a", None, "judge_x", 0.75, None, 2, 9),
+            ("b", None, "agent", 2.0, None, 1, 1), ("zz", None, "reward", 9.0, "x", 1, 1),
+            ("b", 2, "reward", 0.5, None, 1, 1), ("b", 2, "reward", 0.6, None, 2, 1)]
+    outs = pl.DataFrame([{"outcome_id": f"o{i}", "trajectory_id": t, "step": s, "name": n, "value": v, "label": lab,
+                          "source": "env", "recorded_at": T0 + timedelta(hours=h), "received_ns": r}
+                         for i, (t, s, n, v, lab, h, r) in enumerate(rows)], schema=lake.OUTCOME_SCHEMA)
+    joined = join.join_outcomes(traj, outs)
+    assert joined["trajectory_id"].to_list() == ["b", "a"]
+    assert joined["reward"].to_list() == [None, 1.0] and joined["reward_label"].to_list() == [None, "good"]
+    assert joined["judge_x"].to_list() == [None, 0.25] and "judge_x_label" not in joined.columns
+    assert joined["agent"].to_list() == ["x", "y"] and joined["agent_right"].to_list() == [2.0, None]
+    assert joined["outcome_names"].to_list() == [["agent"], ["judge_x", "reward"]]
+    assert joined["n_outcomes"].to_list() == [1, 2] and joined["success"].to_list() == [None, None]
+    assert orjson.loads(joined["step_outcomes_json"][0]) == [{"step": 2, "name": "reward", "value": 0.6, "label": None}]
+    assert joined["step_outcomes_json"][1] is None

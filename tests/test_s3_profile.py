@@ -156,3 +156,16 @@ def test_profiles_select_executor_and_fail_clearly(monkeypatch, tiny_model_dir):
     except ImportError:
         with pytest.raises(RuntimeError, match="pip install dagster-k8s"):
             executor_for(Profile(executor="k8s"))
+
+
+def test_sdk_cli_and_server_follow_the_selected_profile(tmp_path, monkeypatch, home):
+    from pipeline.corpus import default_corpus_root
+
+    cfg = tmp_path / "tracemill.yaml"
+    cfg.write_text("profiles:\n  team: {data_root: 's3://b/data', corpus_root: 's3://b/corpora'}\n")
+    monkeypatch.setenv("TRACEMILL_CONFIG", str(cfg))
+    assert Workspace("w", home).root == home / "workspaces" / "w"  # no profile selected: local
+    monkeypatch.setenv("TRACEMILL_PROFILE", "team")
+    assert str(Workspace("w", home).root) == "s3://b/data/w" and default_corpus_root() == "s3://b/corpora"
+    monkeypatch.setenv("TRACEMILL_DATA_ROOT", str(tmp_path / "elsewhere"))  # the variable wins
+    assert Workspace("w", home).root == tmp_path / "elsewhere" / "w"
