@@ -10,7 +10,10 @@ from pipeline import stage_eval, stage_train, stages
 from pipeline.config import CorpusSpec, TracemillConfig
 from pipeline.report import counts_table, markdown_table
 
-GPU_TAGS = {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}}
+
+def gpu_tags(devices: int = 1) -> dict:
+    """Kubernetes op tags: the training pod asks for as many GPUs as the spec trains on (`train.devices`)."""
+    return {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": str(devices)}}}}}
 
 
 def build_model_asset(joined: dg.AssetsDefinition) -> dg.AssetsDefinition:
@@ -65,7 +68,7 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
         report = stages.check_corpus(spec, tracemill.corpus_root_url())
         return dg.AssetCheckResult(passed=report["passed"], metadata=report)
 
-    @dg.asset(name=f"checkpoint_{name}", group_name="training", pool="gpu", op_tags=GPU_TAGS,
+    @dg.asset(name=f"checkpoint_{name}", group_name="training", pool="gpu", op_tags=gpu_tags(spec.train.devices),
               deps=[corpus, base_model, *([dg.AssetKey(f"checkpoint_{spec.init_from}")] if spec.init_from else [])],
               kinds={"pytorch", "mlflow"},
               description=f"TRL {spec.format.upper()} fine-tune on corpus_{name}'s latest version"

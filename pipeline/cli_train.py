@@ -28,11 +28,13 @@ def _fail(message: str) -> None:
 
 def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: int, learning_rate: float | None,
          batch_size: int, lora: bool, seed: int, tools_in_prompt: bool, home: str | None, root: str | None,
-         track: bool) -> None:
+         track: bool, devices: int = 1) -> None:
     from pipeline.corpus import open_corpus
     from pipeline.stage_train import TRAIN_QUERY
     from pipeline.workspace import home_dir
 
+    if devices < 1 or batch_size % devices:
+        _fail(f"--batch-size ({batch_size}, sequences per step) must be a multiple of --devices ({devices})")
     hd = home_dir(home)
     try:
         c = open_corpus(corpus, root=root or f"file://{hd / 'corpora'}")
@@ -55,18 +57,21 @@ def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: in
         from pipeline.tracking import MlflowTracker
 
         tracker = MlflowTracker(home=hd)
-    common = {"base_model": base_model, "output_dir": str(out), "max_steps": max_steps, "seed": seed}
+    common = {"base_model": base_model, "output_dir": str(out), "max_steps": max_steps, "seed": seed,
+              "devices": devices}
     tags = {"corpus": f"{c.url}@{c.version}", "content_hash": c.lineage.get("content_hash", ""), "source": "cli"}
-    console.print(f"training {fmt} on [bold]{c.url}@{c.version}[/] ({len(rows)} train rows) from {base_model}")
+    console.print(f"training {fmt} on [bold]{c.url}@{c.version}[/] ({len(rows)} train rows) from {base_model}"
+                  + (f" on {devices} devices" if devices > 1 else ""))
     with progress_bar(f"{fmt} steps"):
-        res = _fit(fmt, rows, common, learning_rate, batch_size, lora, tracker, tags)
+        res = _fit(fmt, rows, common, learning_rate, batch_size // devices, lora, tracker, tags)
     console.print(f"saved [bold]{res.checkpoint_dir}[/]: {res.steps} steps, loss {res.losses[0]:.3f} → "
                   f"{res.final_loss:.3f}, {res.tokens_per_second:,.0f} tokens/s, MLflow run {res.mlflow_run_id}")
 
 
 def _fit(fmt: str, rows: list, common: dict, learning_rate: float | None, batch_size: int, lora: bool,
          tracker: object, tags: dict):
-    """Dispatch to the trainer of the corpus's format (imports are heavy: only the one needed)."""
+    """Dispatch to the trainer of the corpus's format (imports are heavy: only the one needed);
+    `batch_size` is per device here."""
     if fmt == "sft":
         from pipeline.training import SFTRecipe, train_sft
 
@@ -92,15 +97,18 @@ def _command(fmt: str):
         out: Annotated[Path | None, typer.Option("--out", help="Checkpoint folder.")] = None,
         max_steps: Annotated[int, typer.Option("--max-steps")] = 100,
         learning_rate: Annotated[float | None, typer.Option("--lr")] = None,
-        batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+        batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per optimizer step "
+                                                "(split across --devices).")] = 8,
         lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters (merged on save).")] = False,
         seed: int = 0,
         tools_in_prompt: Annotated[bool, typer.Option(help="Render tool definitions into prompts.")] = False,
         track: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = True,
+        devices: Annotated[int, typer.Option("--devices", min=1, help="GPUs (processes) to train on; > 1 "
+                                             "starts them with `accelerate launch` (DDP).")] = 1,
         home: HomeOpt = None, root: RootOpt = None,
     ):
         _run(fmt, corpus, base_model, out, max_steps, learning_rate, batch_size, lora, seed, tools_in_prompt,
-             home, root, track)
+             home, root, track, devices)
 
     command.__doc__ = f"{fmt.upper()} fine-tune from a pinned corpus version, with a progress bar and MLflow tracking."
     return command

@@ -30,6 +30,16 @@ class TrainSettings(_Cfg):
     lora: bool = Field(False, description="Train LoRA adapters (merged into the saved checkpoint).")
     num_generations: int = Field(4, ge=2, description="GRPO: completions sampled per prompt.")
     max_completion_length: int = Field(48, ge=4, description="GRPO: tokens generated per completion.")
+    devices: int = Field(1, ge=1, description="GPUs (processes, DDP) per training run; > 1 starts them with "
+                                              "`accelerate launch`. batch_size stays per optimizer step, split "
+                                              "across devices; the checkpoint asset requests this many GPUs.")
+
+    @model_validator(mode="after")
+    def _split_batch(self) -> TrainSettings:
+        if self.batch_size % self.devices:
+            raise ValueError(f"batch_size ({self.batch_size}, sequences per optimizer step) must be a multiple "
+                             f"of devices ({self.devices}): each device takes an equal share")
+        return self
 
 
 class EvalSettings(_Cfg):

@@ -231,8 +231,9 @@ class CorpusLoader:
         them out in batch order and, with `pad`, fill the arena that every batch is a view of."""
         ids, masks, extra = [], [], {c: [] for c in self.extra}
         for run in np.split(pos, np.flatnonzero(np.diff(pos) != 1) + 1):
-            ids += read_rows(self._ds, "input_ids", self._rows[run])
-            masks += read_rows(self._ds, "loss_mask", self._rows[run]) if self._mask_runs is None else []
+            # list(): a span of equal-length rows comes back from Deeplake as one 2-D array
+            ids += list(read_rows(self._ds, "input_ids", self._rows[run]))
+            masks += list(read_rows(self._ds, "loss_mask", self._rows[run])) if self._mask_runs is None else []
             for c in self.extra:
                 extra[c].append(read_rows(self._ds, c, self._rows[run]))
         if not np.array_equal(np.fromiter(map(len, ids), np.int64, len(ids)), self._full[pos]):

@@ -34,39 +34,44 @@ def starting_model(spec: CorpusSpec, base_model_path: str, checkpoints_root: Pat
 
 
 def _recipe_key(spec: CorpusSpec, start: str) -> str:
-    blob = orjson.dumps({"train": spec.train.model_dump(), "format": spec.format, "start": start},
+    train = spec.train.model_dump()
+    if train["devices"] == 1:  # keys from before `devices` existed stay valid
+        del train["devices"]
+    blob = orjson.dumps({"train": train, "format": spec.format, "start": start},
                         option=orjson.OPT_SORT_KEYS)
     return hashlib.sha1(blob).hexdigest()[:8]
 
 
 def _rows(corpus: Any, spec: CorpusSpec) -> list[dict[str, Any]]:
-    view = corpus.query(TRAIN_QUERY)
-    if spec.format == "sft":
-        return view.rows(["input_ids", "loss_mask"])
-    rows = view.rows()
+    """Preference and RL rows (text: TRL tokenizes pairs and prompts itself). SFT never comes here: it
+    streams token ids straight from the pinned version (`train_sft_corpus`)."""
+    rows = corpus.query(TRAIN_QUERY).rows()
     return rows if spec.tools_in_prompt else [{**r, "tools": "[]"} for r in rows]
 
 
-def _train(spec: CorpusSpec, rows: list[dict[str, Any]], start: str, out: Path, tracker: Any,
+def _train(spec: CorpusSpec, corpus: Any, ref: str, corpus_root: str, start: str, out: Path, tracker: Any,
            tags: dict[str, str]) -> Any:
-    t = spec.train
-    common = {"base_model": start, "output_dir": str(out), "max_steps": t.max_steps, "seed": t.seed}
+    t = spec.train  # batch_size is per optimizer step: each of the `devices` processes takes an equal share
+    common = {"base_model": start, "output_dir": str(out), "max_steps": t.max_steps, "seed": t.seed,
+              "devices": t.devices}
     if spec.format == "sft":
-        from pipeline.training import SFTRecipe, train_sft
+        from pipeline.training import SFTRecipe, train_sft_corpus
 
-        recipe = SFTRecipe(**common, learning_rate=t.learning_rate, per_device_batch_size=t.batch_size,
+        recipe = SFTRecipe(**common, learning_rate=t.learning_rate, per_device_batch_size=t.batch_size // t.devices,
                            max_length=t.max_length)
-        return train_sft(rows, recipe, tracker=tracker, run_tags=tags)
+        return train_sft_corpus(ref, recipe, root=corpus_root, query=TRAIN_QUERY, tracker=tracker, run_tags=tags)
+    rows = _rows(corpus, spec)
     if spec.format in ("dpo", "kto"):
         from pipeline.training_pref import PrefRecipe, train_pref
 
         recipe = PrefRecipe(**common, trainer=spec.format, learning_rate=t.learning_rate, beta=t.beta,
-                            per_device_batch_size=max(2, t.batch_size), max_length=t.max_length, lora=t.lora)
+                            per_device_batch_size=max(2, t.batch_size // t.devices), max_length=t.max_length,
+                            lora=t.lora)
         return train_pref(rows, recipe, tracker=tracker, run_tags=tags)
     from pipeline.training_rl import RLRecipe, train_grpo
 
     batch = max(t.num_generations, t.batch_size - t.batch_size % t.num_generations)
-    recipe = RLRecipe(**common, learning_rate=t.learning_rate, per_device_batch_size=batch,
+    recipe = RLRecipe(**common, learning_rate=t.learning_rate, per_device_batch_size=max(1, batch // t.devices),
                       num_generations=t.num_generations, max_completion_length=t.max_completion_length, lora=t.lora)
     return train_grpo(rows, recipe, tracker=tracker, run_tags=tags)
 
@@ -83,15 +88,14 @@ def train_corpus(spec: CorpusSpec, corpus_root: str, base_model_path: str, check
     summary_path = out / "tracemill_train.json"
     if summary_path.exists():
         return orjson.loads(summary_path.read_bytes()) | {"reused": True}
-    rows = _rows(corpus, spec)
-    res = _train(spec, rows, start, out, tracker,
+    res = _train(spec, corpus, ref, corpus_root, start, out, tracker,
                  {**(tags or {}), "corpus": ref, "content_hash": corpus.lineage.get("content_hash", ""),
                   "format": spec.format, "start_model": start})
     summary = {"checkpoint_dir": str(res.checkpoint_dir), "corpus_ref": ref, "format": spec.format,
                "steps": res.steps, "final_loss": float(res.final_loss),
                "first_loss": float(res.losses[0]) if res.losses else float("nan"), "losses": list(res.losses),
                "tokens_per_second": float(res.tokens_per_second), "train_seconds": float(res.train_seconds),
-               "mlflow_run_id": res.mlflow_run_id, "base_model": start, "train_rows": len(rows),
+               "mlflow_run_id": res.mlflow_run_id, "base_model": start, "train_rows": res.train_rows,
                "size_mb": round(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6, 2),
                "finished_at": time.time()}
     summary_path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))

@@ -5,6 +5,10 @@ text: the dataset handed to `SFTTrainer` has `input_ids` + `assistant_masks` col
 folds into `labels` (-100 where the mask is 0) during dataset preparation, with
 `assistant_only_loss=False` (that flag would re-render `messages` through the chat template).
 Rows without a trainable token are dropped here: they would give a NaN (or silently zero) loss.
+
+`recipe.devices > 1` trains in a child process group (`pipeline.launch`: `accelerate launch`, one process a
+device, DDP) that runs `fit_sft` on the prepared rows; rank 0 saves and logs to the parent's MLflow run.
+Device settings (precision, attention kernel) come from `pipeline.devices`, the same for every trainer.
 """
 
 from __future__ import annotations
@@ -12,14 +16,18 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.devices import is_main_process, load_causal_lm, settings_for, trainer_params
 from pipeline.progress import report
+
+DEVICES_HELP = ("Processes (one per GPU) that train together with DDP; > 1 starts them with `accelerate launch` "
+                "(on CPU: gloo, for tests).")
 
 
 class SFTRecipe(BaseModel):
@@ -41,6 +49,7 @@ class SFTRecipe(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     logging_steps: int = Field(1, ge=1, description="Log loss / grad norm / lr every N steps.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA with bf16 when available.")
+    devices: int = Field(1, ge=1, description=DEVICES_HELP)
     run_name: str | None = Field(None, description="MLflow run name (default: sft-<output dir name>).")
 
 
@@ -59,6 +68,7 @@ class TrainResult:
     train_rows: int = 0
     skipped_rows: int = 0
     grad_norms: list[float] = field(default_factory=list)
+    world_size: int = 1
 
     @property
     def steps_per_second(self) -> float:
@@ -83,18 +93,11 @@ def prepare_rows(rows: Iterable[Mapping[str, Any]], max_length: int) -> tuple[li
     return ids_out, masks_out, skipped
 
 
-def _device_args(device: str) -> dict[str, Any]:
-    """CPU: fp32, no activation checkpointing (TRL's defaults, bf16 + checkpointing, are 5-7x slower
-    there and fail without use_cpu). CUDA: bf16 where supported."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return {"use_cpu": True, "bf16": False, "fp16": False, "activation_checkpointing": False,
-                "dataloader_pin_memory": False}
-    bf16 = torch.cuda.is_bf16_supported()
-    return {"use_cpu": False, "bf16": bf16, "fp16": not bf16, "activation_checkpointing": False}
+def recipe_params(recipe: BaseModel) -> dict[str, Any]:
+    """A recipe as MLflow params; `device` is logged once the trainer is built, as the device it resolved to
+    (`trainer_params`), and the recipe's wish is kept as `device_requested`."""
+    dumped = recipe.model_dump()
+    return {**{k: v for k, v in dumped.items() if k != "device"}, "device_requested": dumped.get("device")}
 
 
 def _make_callback(tracker: Any, run_id: str | None, sink: dict[str, list[float]]):
@@ -143,7 +146,7 @@ def sft_config(recipe: SFTRecipe) -> Any:
         lr_scheduler_type=recipe.lr_scheduler_type, weight_decay=recipe.weight_decay,
         max_grad_norm=recipe.max_grad_norm, logging_steps=recipe.logging_steps, save_strategy="no",
         eval_strategy="no", report_to="none", disable_tqdm=True, assistant_only_loss=False, packing=False,
-        dataloader_num_workers=0, **_device_args(recipe.device),
+        dataloader_num_workers=0, **settings_for(recipe.device).training_args(),
     )
 
 
@@ -169,16 +172,20 @@ def build_trainer(ids: list[list[int]], masks: list[list[int]], recipe: SFTRecip
     """An `SFTTrainer` over pre-tokenized rows; TRL turns `assistant_masks` into `labels` (-100 = no loss)
     while preparing the dataset, which `trainer.train_dataset["labels"]` shows."""
     import datasets
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+
+    return sft_trainer(datasets.Dataset.from_dict({"input_ids": ids, "assistant_masks": masks}), recipe, callbacks)
+
+
+def sft_trainer(dataset: Any, recipe: SFTRecipe, callbacks: list | None = None):
+    """An `SFTTrainer` over a `datasets.Dataset` or `IterableDataset` of `input_ids` + `assistant_masks`."""
+    from transformers import AutoTokenizer, PrinterCallback
     from trl import SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(recipe.base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     with quiet_progress():
-        model = AutoModelForCausalLM.from_pretrained(recipe.base_model, dtype=torch.float32)
-        dataset = datasets.Dataset.from_dict({"input_ids": ids, "assistant_masks": masks})
+        model = load_causal_lm(recipe.base_model, settings_for(recipe.device))
         trainer = SFTTrainer(model=model, args=sft_config(recipe), train_dataset=dataset, processing_class=tokenizer,
                              callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; the numbers go to MLflow instead
@@ -191,35 +198,95 @@ def train_sft(rows: Iterable[Mapping[str, Any]], recipe: SFTRecipe, tracker: Any
     ids, masks, skipped = prepare_rows(rows, recipe.max_length)
     if not ids:
         raise ValueError(f"no row has a trainable token ({skipped} skipped): nothing to train on")
+    from pipeline import launch
+
+    if launch.should_launch(recipe.devices):
+        return launch.launch("sft", {"ids": ids, "masks": masks, "skipped": skipped}, recipe, tracker, run_tags)
+    return fit_sft(ids, masks, skipped, recipe, tracker, run_tags)
+
+
+def train_sft_corpus(ref: str, recipe: SFTRecipe, *, root: str | None = None, query: str | None = None,
+                     tracker: Any = None, run_tags: Mapping[str, str] | None = None) -> TrainResult:
+    """Fine-tune on a pinned corpus version (`org/name@vN`, optionally a TQL slice), streamed by `CorpusLoader`
+    (column block reads, shuffled by block) instead of materialized as Python rows: memory stays a few
+    buffers whatever the corpus size, and a launched group gets the loader's settings, not the rows.
+    The loader drops rows without a trainable token, as `prepare_rows` does; batches are cut per optimizer
+    micro-step over all devices, so rows of similar length share a batch."""
+    from pipeline.loader import CorpusLoader
+
+    corpus = {"ref": ref, "root": root, "query": query, "max_length": recipe.max_length, "seed": recipe.seed,
+              "batch_size": recipe.per_device_batch_size * recipe.devices}
+    loader = CorpusLoader(**corpus)  # scans the loss masks once: exact row counts before any training
+    selected = len(loader.corpus.query(query)) if query else len(loader.corpus)
+    stats = {"train_rows": loader.num_rows, "skipped_rows": selected - loader.num_rows, "corpus_ref": ref}
+    if not loader.num_rows:
+        raise ValueError(f"no row of {ref} has a trainable token ({selected} skipped): nothing to train on")
+    from pipeline import launch
+
+    if launch.should_launch(recipe.devices):
+        return launch.launch("sft_corpus", {"corpus": loader.config, "stats": stats}, recipe, tracker, run_tags)
+    return fit_sft_corpus(loader.config, stats, recipe, tracker, run_tags)
+
+
+def fit_sft(ids: list[list[int]], masks: list[list[int]], skipped: int, recipe: SFTRecipe, tracker: Any = None,
+            run_tags: Mapping[str, str] | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Train on prepared rows in this process (one rank of a launched group, or alone)."""
+    import datasets
+
+    stats = {"train_rows": len(ids), "skipped_rows": skipped, "trainable_tokens": sum(map(sum, masks))}
+    return _fit(lambda: datasets.Dataset.from_dict({"input_ids": ids, "assistant_masks": masks}), stats, recipe,
+                tracker, run_tags, callbacks)
+
+
+def fit_sft_corpus(corpus: Mapping[str, Any], stats: Mapping[str, Any], recipe: SFTRecipe, tracker: Any = None,
+                   run_tags: Mapping[str, str] | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Train on a corpus stream (`CorpusLoader` settings) in this process. Every epoch reshuffles (the stream
+    cycles until `max_steps`); under DDP rank 0 reads and the Trainer hands each rank its share of a batch."""
+    from pipeline.loader import to_iterable_dataset
+
+    settings = {k: v for k, v in corpus.items() if k != "ref"}
+    return _fit(lambda: to_iterable_dataset(corpus["ref"], epochs=None, **settings), stats, recipe, tracker, run_tags,
+                callbacks)
+
+
+def _fit(make_dataset: Callable[[], Any], stats: Mapping[str, Any], recipe: SFTRecipe, tracker: Any,
+         run_tags: Mapping[str, str] | None, callbacks: Sequence[Any]) -> TrainResult:
+    """The SFT run itself. Only the main process writes files and talks to MLflow; `callbacks` are extra
+    TrainerCallbacks (the launch worker's)."""
     import transformers
     import trl
 
+    main = is_main_process()
+    tracker = tracker if main else None
     out = Path(recipe.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     recipe_path = out / "tracemill_recipe.json"
-    recipe_path.write_text(json.dumps(recipe.model_dump(), indent=2))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        recipe_path.write_text(json.dumps(recipe.model_dump(), indent=2))
     sink: dict[str, list[float]] = {"loss": [], "grad_norm": [], "num_tokens": []}
     with quiet_progress():
-        params = {**recipe.model_dump(), "train_rows": len(ids), "skipped_rows": skipped,
-                  "trainable_tokens": sum(map(sum, masks)), "transformers": transformers.__version__,
-                  "trl": trl.__version__}
+        params = {**recipe_params(recipe), **stats, "transformers": transformers.__version__, "trl": trl.__version__}
         run_ctx = (tracker.start_run(recipe.run_name or f"sft-{out.name}", params=params, tags=dict(run_tags or {}))
                    if tracker is not None else contextlib.nullcontext(None))
         with run_ctx as run:
             run_id = run.run_id if run is not None else None
-            trainer = build_trainer(ids, masks, recipe, [_make_callback(tracker, run_id, sink)])
+            trainer = sft_trainer(make_dataset(), recipe, [_make_callback(tracker, run_id, sink), *callbacks])
+            if tracker is not None:
+                tracker.log_params(trainer_params(trainer), run_id=run_id)
             start = time.perf_counter()
             state = trainer.train()
             seconds = time.perf_counter() - start
-            trainer.save_model(str(out))
-            trainer.processing_class.save_pretrained(str(out))
+            trainer.save_model(str(out))  # writes on the main process only
+            if main:
+                trainer.processing_class.save_pretrained(str(out))
             tokens = int(sink["num_tokens"][-1]) if sink["num_tokens"] else 0
             result = TrainResult(
                 checkpoint_dir=out, steps=int(state.global_step), losses=sink["loss"],
                 final_loss=sink["loss"][-1] if sink["loss"] else float(state.training_loss),
                 train_seconds=seconds, tokens_per_second=tokens / seconds if seconds else 0.0,
-                mlflow_run_id=run_id, tokens=tokens, train_rows=len(ids), skipped_rows=skipped,
-                grad_norms=sink["grad_norm"])
+                mlflow_run_id=run_id, tokens=tokens, train_rows=int(stats["train_rows"]),
+                skipped_rows=int(stats["skipped_rows"]), grad_norms=sink["grad_norm"],
+                world_size=int(trainer.args.world_size))
             if tracker is not None:
                 tracker.log_params({"parameters": sum(p.numel() for p in trainer.model.parameters())}, run_id=run_id)
                 tracker.log_metrics({"final_loss": result.final_loss, "train_seconds": seconds,

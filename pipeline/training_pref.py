@@ -18,7 +18,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +26,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.chat_format import ASSISTANT, END, render_prompt, render_segments
-from pipeline.training import TrainResult, _device_args, _make_callback, quiet_progress
+from pipeline.devices import is_main_process, load_causal_lm, settings_for, trainer_params
+from pipeline.training import DEVICES_HELP, TrainResult, _make_callback, quiet_progress, recipe_params
 
 
 class PrefRecipe(BaseModel):
@@ -54,6 +55,7 @@ class PrefRecipe(BaseModel):
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA with bf16 when available.")
+    devices: int = Field(1, ge=1, description=DEVICES_HELP)
     run_name: str | None = Field(None, description="MLflow run name (default: <trainer>-<output dir name>).")
 
 
@@ -164,44 +166,52 @@ def common_args(recipe: Any) -> dict[str, Any]:
         warmup_steps=recipe.warmup_ratio, lr_scheduler_type=recipe.lr_scheduler_type,
         max_grad_norm=recipe.max_grad_norm, logging_steps=recipe.logging_steps, save_strategy="no",
         eval_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        **_device_args(recipe.device))
+        **settings_for(recipe.device).training_args())
 
 
 def run_tracked(kind: str, recipe: Any, build: Callable[[list], Any], params: Mapping[str, Any],
-                tracker: Any = None, run_tags: Mapping[str, str] | None = None) -> TrainResult:
-    """Train what `build(callbacks)` returns inside an MLflow run, merge LoRA, save a plain HF model dir."""
+                tracker: Any = None, run_tags: Mapping[str, str] | None = None,
+                callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Train what `build(callbacks)` returns inside an MLflow run, merge LoRA, save a plain HF model dir.
+    In a launched group every rank trains; only the main process saves and talks to MLflow."""
     import transformers
     import trl
     from transformers import PrinterCallback
 
+    main = is_main_process()
+    tracker = tracker if main else None
     out = Path(recipe.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     recipe_path = out / "tracemill_recipe.json"
-    recipe_path.write_text(json.dumps(recipe.model_dump(), indent=2))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        recipe_path.write_text(json.dumps(recipe.model_dump(), indent=2))
     sink: dict[str, list[float]] = {"loss": [], "grad_norm": [], "num_tokens": []}
-    all_params = {**recipe.model_dump(), **params, "transformers": transformers.__version__, "trl": trl.__version__}
+    all_params = {**recipe_params(recipe), **params, "transformers": transformers.__version__, "trl": trl.__version__}
     run_ctx = (tracker.start_run(recipe.run_name or f"{kind}-{out.name}", params=all_params,
                                  tags={"trainer": kind, **dict(run_tags or {})})
                if tracker is not None else contextlib.nullcontext(None))
     with quiet_progress(), run_ctx as run:
         run_id = run.run_id if run is not None else None
-        trainer = build([_make_callback(tracker, run_id, sink)])
+        trainer = build([_make_callback(tracker, run_id, sink), *callbacks])
         trainer.remove_callback(PrinterCallback)
+        if tracker is not None:
+            tracker.log_params(trainer_params(trainer), run_id=run_id)
         start = time.perf_counter()
         state = trainer.train()
         seconds = time.perf_counter() - start
         model = trainer.model
-        if hasattr(model, "merge_and_unload"):  # a PeftModel: ship base + merged adapters as a plain model
-            model = model.merge_and_unload()
-        model.save_pretrained(str(out))
-        trainer.processing_class.save_pretrained(str(out))
+        if main:
+            if hasattr(model, "merge_and_unload"):  # a PeftModel: ship base + merged adapters as a plain model
+                model = model.merge_and_unload()
+            model.save_pretrained(str(out))
+            trainer.processing_class.save_pretrained(str(out))
         tokens = int(sink["num_tokens"][-1]) if sink["num_tokens"] else 0
         result = TrainResult(
             checkpoint_dir=out, steps=int(state.global_step), losses=sink["loss"],
             final_loss=sink["loss"][-1] if sink["loss"] else float(state.training_loss), train_seconds=seconds,
             tokens_per_second=tokens / seconds if seconds else 0.0, mlflow_run_id=run_id, tokens=tokens,
             train_rows=int(params.get("train_rows", 0)), skipped_rows=int(params.get("skipped_rows", 0)),
-            grad_norms=sink["grad_norm"])
+            grad_norms=sink["grad_norm"], world_size=int(trainer.args.world_size))
         if tracker is not None:
             tracker.log_params({"parameters": sum(p.numel() for p in model.parameters())}, run_id=run_id)
             tracker.log_metrics({"final_loss": result.final_loss, "train_seconds": seconds,
@@ -212,15 +222,15 @@ def run_tracked(kind: str, recipe: Any, build: Callable[[list], Any], params: Ma
     return result
 
 
-def load_policy(base_model: str) -> tuple[Any, Any]:
-    """fp32 model (the trainer autocasts on GPU) and its tokenizer, with a pad token the model agrees on."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_policy(base_model: str, device: str = "auto") -> tuple[Any, Any]:
+    """fp32 model (the trainer autocasts on GPU) with the device's attention kernel, and its tokenizer,
+    with a pad token the model agrees on."""
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    model = load_causal_lm(base_model, settings_for(device))
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
@@ -232,7 +242,7 @@ def _build_pref(kind: str, data: list[dict[str, Any]], recipe: PrefRecipe) -> Ca
         from trl.trainer.dpo_trainer import DataCollatorForPreference
         from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 
-        model, tokenizer = load_policy(recipe.base_model)
+        model, tokenizer = load_policy(recipe.base_model, recipe.device)
         args = {**common_args(recipe), "max_length": recipe.max_length, "beta": recipe.beta}
         if kind == "dpo":
             config = DPOConfig(**args)
@@ -270,7 +280,18 @@ def _train(kind: Literal["dpo", "kto"], rows: Iterable[Mapping[str, Any]], recip
         # rows come grouped by task: shuffle once, or batches would hold one prompt and a biased KL estimate.
         random.Random(recipe.seed).shuffle(data)
         params["desirable_rows"] = sum(d["label"] for d in data)
-    return run_tracked(kind, recipe, _build_pref(kind, data, recipe), params, tracker, run_tags)
+    from pipeline import launch
+
+    if launch.should_launch(recipe.devices):
+        return launch.launch(kind, {"data": data, "params": params}, recipe, tracker, run_tags)
+    return fit_pref(kind, data, params, recipe, tracker, run_tags)
+
+
+def fit_pref(kind: Literal["dpo", "kto"], data: list[dict[str, Any]], params: Mapping[str, Any], recipe: PrefRecipe,
+             tracker: Any = None, run_tags: Mapping[str, str] | None = None,
+             callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Train on prepared text rows in this process (one rank of a launched group, or alone)."""
+    return run_tracked(kind, recipe, _build_pref(kind, data, recipe), params, tracker, run_tags, callbacks)
 
 
 def train_dpo(rows: Iterable[Mapping[str, Any]], recipe: PrefRecipe, tracker: Any = None,

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.rewards import final_answer_reward, format_reward, tool_call_reward
-from pipeline.training import TrainResult
+from pipeline.training import DEVICES_HELP, TrainResult
 from pipeline.training_pref import common_args, load_policy, lora_config, prompt_text, run_tracked
 
 
@@ -51,12 +51,14 @@ class RLRecipe(BaseModel):
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA with bf16 when available.")
+    devices: int = Field(1, ge=1, description=DEVICES_HELP)
     run_name: str | None = Field(None, description="MLflow run name (default: grpo-<output dir name>).")
 
     @model_validator(mode="after")
     def _whole_groups(self) -> RLRecipe:
-        if (self.per_device_batch_size * self.gradient_accumulation_steps) % self.num_generations:
-            raise ValueError("per_device_batch_size * gradient_accumulation_steps must be a multiple of num_generations")
+        if (self.per_device_batch_size * self.gradient_accumulation_steps * self.devices) % self.num_generations:
+            raise ValueError("per_device_batch_size * gradient_accumulation_steps * devices must be a multiple of "
+                             "num_generations (whole groups per generation batch)")
         if self.reward_weights is not None and len(self.reward_weights) != 3:
             raise ValueError("reward_weights needs 3 values: final_answer, tool_call, format")
         return self
@@ -89,7 +91,7 @@ def _build(data: list[dict[str, str]], recipe: RLRecipe) -> Callable[[list], Any
         import datasets
         from trl import GRPOConfig, GRPOTrainer
 
-        model, tokenizer = load_policy(recipe.base_model)
+        model, tokenizer = load_policy(recipe.base_model, recipe.device)
         config = GRPOConfig(
             **common_args(recipe), num_generations=recipe.num_generations,
             max_completion_length=recipe.max_completion_length, temperature=recipe.temperature, beta=recipe.beta,
@@ -111,4 +113,14 @@ def train_grpo(rows: Iterable[Mapping[str, Any]], recipe: RLRecipe, tracker: Any
         raise ValueError(f"no usable RL row ({skipped} skipped): nothing to train on")
     params = {"train_rows": len(data), "skipped_rows": skipped,
               "reward_functions": "final_answer_reward,tool_call_reward,format_reward"}
-    return run_tracked("grpo", recipe, _build(data, recipe), params, tracker, run_tags)
+    from pipeline import launch
+
+    if launch.should_launch(recipe.devices):
+        return launch.launch("grpo", {"data": data, "params": params}, recipe, tracker, run_tags)
+    return fit_grpo(data, params, recipe, tracker, run_tags)
+
+
+def fit_grpo(data: list[dict[str, str]], params: Mapping[str, Any], recipe: RLRecipe, tracker: Any = None,
+             run_tags: Mapping[str, str] | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Train on prepared prompts in this process (one rank of a launched group, or alone)."""
+    return run_tracked("grpo", recipe, _build(data, recipe), params, tracker, run_tags, callbacks)

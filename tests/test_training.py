@@ -7,7 +7,7 @@ import math
 import pytest
 
 from pipeline.chat_format import tokenize_conversation
-from pipeline.training import SFTRecipe, build_trainer, prepare_rows, train_sft
+from pipeline.training import SFTRecipe, build_trainer, prepare_rows, train_sft, train_sft_corpus
 from tests.conftest_model import TOOLS, make_conversations
 
 
@@ -86,6 +86,10 @@ def test_train_sft_learns_saves_and_tracks(tiny_model_dir, rows, tracker, tmp_pa
     assert run.info.status == "FINISHED" and run.data.tags["corpus"] == "test@v1"
     assert run.data.params["max_steps"] == "30" and run.data.params["base_model"] == str(tiny_model_dir)
     assert run.data.params["train_rows"] == "8"
+    device = {k: run.data.params[k] for k in ("device", "device_requested", "bf16", "attn_implementation", "world_size")}
+    assert device == {"device": "cpu", "device_requested": "auto", "bf16": "False", "attn_implementation": "sdpa",
+                      "world_size": "1"}
+    assert res.world_size == 1
     history = tracker.client.get_metric_history(res.mlflow_run_id, "loss")
     assert sorted(m.step for m in history) == list(range(1, 31))
     assert {"grad_norm", "learning_rate", "final_loss", "tokens_per_second"} <= set(run.data.metrics)
@@ -139,3 +143,86 @@ def test_training_reports_each_step_to_an_open_progress_bar(tiny_model_dir, rows
     finally:
         progress._current.reset(token)
     assert [(d, t) for d, t, _ in seen] == [(1, 3), (2, 3), (3, 3)] and all(math.isfinite(x) for *_, x in seen)
+
+
+# ---- device settings: the decision, with the machine's facts injected ----------------------------
+def test_device_settings_follow_the_machine():
+    from pipeline.devices import DeviceFacts, choose_settings
+
+    cpu = choose_settings("auto", DeviceFacts())
+    assert (cpu.device, cpu.bf16, cpu.fp16, cpu.attn_implementation, cpu.mixed_precision) == (
+        "cpu", False, False, "sdpa", "no")
+    assert cpu.training_args()["use_cpu"] and not cpu.training_args()["activation_checkpointing"]
+    with pytest.raises(ValueError, match="no CUDA device"):
+        choose_settings("cuda", DeviceFacts(flash_attn=True))
+
+    ampere = DeviceFacts(cuda=True, bf16=True, capability=(8, 0), flash_attn=True, gpus=8)
+    got = choose_settings("auto", ampere)
+    assert (got.device, got.bf16, got.fp16, got.attn_implementation, got.mixed_precision) == (
+        "cuda", True, False, "flash_attention_2", "bf16")
+    assert got.training_args() == {"use_cpu": False, "bf16": True, "fp16": False, "activation_checkpointing": False,
+                                   "ddp_find_unused_parameters": False}
+    assert choose_settings("cuda", DeviceFacts(cuda=True, bf16=True, capability=(9, 0))).attn_implementation == "sdpa"
+    turing = choose_settings("auto", DeviceFacts(cuda=True, bf16=False, capability=(7, 5), flash_attn=True))
+    assert (turing.bf16, turing.fp16, turing.attn_implementation) == (False, True, "sdpa")  # no FA2 before sm80
+    assert choose_settings("cpu", ampere).device == "cpu"  # an explicit wish wins over the GPU
+
+
+def test_probe_and_attention_fallback(tiny_model_dir):
+    """This machine's facts agree with torch; a kernel the machine lacks falls back to sdpa, and the model
+    config (which `trainer_params` logs) says so."""
+    import torch
+
+    from pipeline.devices import DeviceFacts, DeviceSettings, load_causal_lm
+
+    assert DeviceFacts.probe().cuda == torch.cuda.is_available()
+    if torch.cuda.is_available():
+        pytest.skip("fallback is checked on a machine without FlashAttention")
+    model = load_causal_lm(str(tiny_model_dir), DeviceSettings("cuda", True, False, "flash_attention_2"))
+    assert model.config._attn_implementation == "sdpa" and model.dtype == torch.float32
+
+
+def test_train_sft_streams_a_corpus_slice(tiny_model_dir, rows, tracker, tmp_path):
+    """`train_sft_corpus` reads the pinned version with CorpusLoader (no Python rows), trains on the query's
+    rows only and counts what it dropped like `prepare_rows` does."""
+    import polars as pl
+
+    from pipeline.corpus import snapshot
+
+    root = f"file://{tmp_path / 'corpora'}"
+    data = rows + [{"input_ids": [1, 2, 3], "loss_mask": [0, 0, 0]}] + rows[:2]  # untrainable, then 2 eval rows
+    split = ["train"] * (len(rows) + 1) + ["eval"] * 2
+    snapshot(pl.DataFrame({
+        "trajectory_id": [f"t{i}" for i in range(len(data))], "split": split,
+        "input_ids": pl.Series([list(map(int, r["input_ids"])) for r in data], dtype=pl.List(pl.Int32)),
+        "loss_mask": pl.Series([list(map(int, r["loss_mask"])) for r in data], dtype=pl.List(pl.UInt8))}),
+        "org/sft", root=root)
+    recipe = SFTRecipe(base_model=str(tiny_model_dir), output_dir=str(tmp_path / "ckpt"), max_steps=12,
+                       learning_rate=3e-3, per_device_batch_size=4, seed=0)
+    res = train_sft_corpus("org/sft@v1", recipe, root=root, query="SELECT * WHERE \"split\" = 'train'",
+                           tracker=tracker)
+    assert (res.train_rows, res.skipped_rows, res.steps, res.world_size) == (8, 1, 12, 1)
+    assert all(math.isfinite(v) for v in res.losses) and sum(res.losses[-3:]) < sum(res.losses[:3])
+    assert (res.checkpoint_dir / "model.safetensors").exists()
+    params = tracker.get_run(res.mlflow_run_id).data.params
+    assert params["corpus_ref"] == "org/sft@v1" and params["train_rows"] == "8" and params["device"] == "cpu"
+    with pytest.raises(ValueError, match="trainable"):
+        train_sft_corpus("org/sft@v1", recipe, root=root, query="SELECT * WHERE trajectory_id = 't8'")
+
+
+def test_train_sft_streams_rows_of_equal_length(tiny_model_dir, rows, tmp_path):
+    """Corpora truncated at snapshot time have many rows exactly max_length long (the demo world at 384)."""
+    import polars as pl
+
+    from pipeline.corpus import snapshot
+
+    root = f"file://{tmp_path / 'corpora'}"
+    cut = min(len(r["input_ids"]) for r in rows)
+    snapshot(pl.DataFrame({
+        "trajectory_id": [f"t{i}" for i in range(len(rows))],
+        "input_ids": pl.Series([list(map(int, r["input_ids"][:cut])) for r in rows], dtype=pl.List(pl.Int32)),
+        "loss_mask": pl.Series([[0] * (cut - 4) + [1] * 4 for _ in rows], dtype=pl.List(pl.UInt8))}),
+        "org/flat", root=root)
+    recipe = SFTRecipe(base_model=str(tiny_model_dir), output_dir=str(tmp_path / "ckpt"), max_steps=1,
+                       per_device_batch_size=4)
+    assert train_sft_corpus("org/flat@v1", recipe, root=root).steps == 1
