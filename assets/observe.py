@@ -28,5 +28,10 @@ def install() -> None:
     import os
 
     logs.add_context_provider(dagster_ids)
+    import logging
+
+    root = logging.getLogger(logs.ROOT)
+    if root.level == logging.NOTSET:  # info events (ingested, snapshot, …) reach the Dagster run log
+        root.setLevel(logging.INFO)
     if os.environ.get("TRACEMILL_LOG_FORMAT"):
         logs.configure()
