@@ -39,6 +39,7 @@ from pipeline.server_io import (
     loads,
     mark_closed,
     open_paths,
+    prune_tombstones,
     raw_items,
     read_body,
     respond,
@@ -116,6 +117,9 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         st.committer.start()
+        pruned = prune_tombstones(st.home)
+        if pruned:
+            event(log, "pruned close tombstones", count=pruned)
         yield
         st.committer.stop()
 

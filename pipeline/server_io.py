@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,6 +137,25 @@ def open_paths(ws: Workspace, tid: str) -> tuple[Path, Path]:
     makes a retried close idempotent). Hashing keeps any client id a safe file name."""
     name = hashlib.sha256(tid.encode()).hexdigest()[:40]
     return ws.open_dir / f"{name}.ndjson", ws.open_dir / f"{name}.closed"
+
+
+TOMBSTONE_TTL_S = 7 * 86400
+
+
+def prune_tombstones(home: Path, ttl_s: float | None = None) -> int:
+    """Delete `.closed` tombstones older than the TTL (`$TRACEMILL_TOMBSTONE_TTL_S`, default 7 days).
+    A tombstone only has to outlive a client's close retries; kept forever they pile up one per
+    streamed trajectory. Returns how many were removed."""
+    ttl = float(os.environ.get("TRACEMILL_TOMBSTONE_TTL_S") or TOMBSTONE_TTL_S) if ttl_s is None else ttl_s
+    cutoff, removed = time.time() - ttl, 0
+    for path in [*home.glob("workspaces/*/open/*.closed"), *home.glob("open/*/*.closed")]:
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 def fold_open_trajectory(tid: str, path: Path, close_header: dict[str, Any]) -> dict[str, Any]:

@@ -420,3 +420,20 @@ def test_remote_sdk_survives_a_server_restart(tmp_path):
     assert ws.retries > 0 and ws.rejected == [] and ws.acknowledged == 300
     df, _ = ingest_trajectories(Workspace("w", tmp_path), "2026-11-20")
     assert sorted(df["trajectory_id"]) == sorted(ids)
+
+
+def test_old_close_tombstones_are_pruned_at_startup(tmp_path):
+    import os
+    import time
+
+    ws = Workspace.create("gamma", tmp_path)
+    ws.open_dir.mkdir(parents=True)
+    old, fresh, still_open = ws.open_dir / "a.closed", ws.open_dir / "b.closed", ws.open_dir / "c.ndjson"
+    for p in (old, fresh, still_open):
+        p.write_bytes(b"{}\n")
+    week_ago = time.time() - 8 * 86400
+    os.utime(old, (week_ago, week_ago))
+    os.utime(still_open, (week_ago, week_ago))  # an open trajectory is never pruned, however old
+    server = ThreadServer(tmp_path).start()
+    server.stop()
+    assert not old.exists() and fresh.exists() and still_open.exists()
