@@ -200,12 +200,10 @@ def workspace_counts(ws: Workspace) -> dict[str, int]:
     """Counts straight from the landing area (no pipeline run needed): what `workspace show` prints."""
     latest: dict[str, tuple[int, dict[str, Any]]] = {}
     unreadable = 0
+    from pipeline.fastschema import Rejected, validate_obj  # msgspec first, pydantic only for what it refuses
+
     for line in read_landed(ws.landing, "trajectory"):
-        try:
-            if line.error:
-                raise ValueError(line.error)
-            Trajectory.model_validate(line.record)
-        except (ValueError, ValidationError):
+        if line.error or isinstance(validate_obj(line.record), Rejected):
             unreadable += 1
             continue
         tid = str(line.record.get("trajectory_id"))
