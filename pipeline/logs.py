@@ -109,3 +109,8 @@ def configure(fmt: str | None = None, level: str | int | None = None, stream: Te
     root.addHandler(handler)
     root.setLevel(level or os.environ.get("TRACEMILL_LOG_LEVEL") or logging.INFO)
     return handler
+
+
+# A library logs, an application decides where logs go: without this, Python's last-resort handler
+# would print every warning (each quarantined record) onto a CLI user's terminal.
+logging.getLogger(ROOT).addHandler(logging.NullHandler())

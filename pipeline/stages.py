@@ -115,6 +115,7 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
     from pipeline.corpus import CorpusNotFound, SnapshotInfo, open_corpus, resolve_corpus_url, snapshot
     from pipeline.formats import tokenize_format_rows
     from pipeline.late import wait_decision
+    from pipeline.token_cache import tokenize_with_cache
 
     url = resolve_corpus_url(spec.target, corpus_root)
     decision = wait_decision(read_joined(ws), spec.wait.coverage, spec.wait.max)
@@ -128,10 +129,16 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
             return SnapshotInfo(url, "", False, 0, "", None, 0, "waiting", {"wait": decision.as_dict()})
     curated = storage.read_parquet(ws.curated_path(spec.name))
     model = resolve_model(base_model, models_dir)
-    rows, untrainable = tokenize_format_rows(spec.format, curated, AutoTokenizer.from_pretrained(model),
-                                             spec.train.max_length, spec.tools_in_prompt)
+    fingerprint = tokenizer_fingerprint(base_model, model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    rows, untrainable, reuse = tokenize_with_cache(  # only rows new since the last snapshot are tokenized
+        curated, lambda df: tokenize_format_rows(spec.format, df, tokenizer, spec.train.max_length, spec.tools_in_prompt),
+        ws.root / "curated" / f"{spec.name}.tokens.parquet",
+        {"format": spec.format, "tokenizer": fingerprint, "max_length": spec.train.max_length,
+         "tools_in_prompt": spec.tools_in_prompt})
+    event(log, "tokenized", corpus=spec.name, **reuse, untrainable=untrainable)
     lineage = {"filter": spec.filter, "format": spec.format, "workspace": ws.name,
-               "source_partitions": joined_days(ws), "tokenizer": tokenizer_fingerprint(base_model, model),
+               "source_partitions": joined_days(ws), "tokenizer": fingerprint, "tokens_reused": reuse["cached"],
                "max_length": spec.train.max_length,
                "dropped_untrainable": untrainable, "tools_in_prompt": spec.tools_in_prompt,
                "wait": decision.as_dict()}
