@@ -40,6 +40,13 @@ def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def offline_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str, query: str | None = None) -> dict[str, Any]:
     """Teacher-forced and generation metrics on one slice (a TQL query) of the trained version."""
+    from pipeline.training import quiet_progress
+
+    with quiet_progress():  # no 'Loading weights' bar per model and slice in the run log
+        return _offline_metrics(spec, corpus_url, checkpoint_dir, query)
+
+
+def _offline_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str, query: str | None) -> dict[str, Any]:
     from pipeline.corpus import open_corpus
 
     corpus = open_corpus(corpus_url)
