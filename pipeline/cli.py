@@ -153,6 +153,11 @@ def import_cmd(
                       f"into [bold]{ws.name}[/]")
         for p, e in summary.errors[:20]:
             err.print(f"[yellow]{p}[/] record {e.index}: {e.field}: {e.reason}")
+        epoch = DEFAULT_TIME.date().isoformat()
+        if not default_time and summary.trajectories and epoch in ws.days("trajectory"):
+            err.print(f"[yellow]note:[/] records without timestamps landed on {epoch}, before any day the "
+                      "pipeline ingests: re-import with --default-time YYYY-MM-DD to place them in a day "
+                      "partition (ids stay the same, so nothing is duplicated within that day)")
     if summary.trajectories == 0 and (summary.errors or summary.skipped):
         raise typer.Exit(1)
 

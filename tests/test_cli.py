@@ -74,3 +74,16 @@ def test_snapshot_command_versions_and_waits(tmp_path):
     assert wrong.returncode == 1 and "holds sft rows" in wrong.stderr
     no_report = tm("eval", "report", str(tmp_path / "ck"), home=tmp_path)
     assert no_report.returncode == 1 and "materialize the eval_" in no_report.stderr
+
+
+def test_import_without_timestamps_says_how_to_place_them_in_a_day(tmp_path):
+    tm("workspace", "create", "sg", home=tmp_path)
+    src = FIXTURES / "sharegpt" / "fastchat_dummy_conversation.first5.json"
+    out = tm("import", str(src), "-w", "sg", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "landed on 1970-01-01" in out.stderr and "--default-time" in out.stderr
+    placed = tm("import", str(src), "-w", "sg", "--default-time", "2026-11-20", home=tmp_path)
+    assert placed.returncode == 0 and "landed on" not in placed.stderr
+    from pipeline.workspace import Workspace
+
+    assert Workspace("sg", tmp_path).days("trajectory") == ["1970-01-01", "2026-11-20"]
