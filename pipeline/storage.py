@@ -12,6 +12,7 @@ Credentials and endpoints are never in config: s3fs, polars and Deeplake all rea
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from pathlib import Path
@@ -47,11 +48,25 @@ def as_path(value: str | os.PathLike) -> AnyPath:
 def profile_setting(name: str) -> str:
     """A field of the active profile (`$TRACEMILL_PROFILE` in tracemill.yaml), so the CLI, the capture
     server and the SDK agree with the Dagster definitions; empty when no profile is selected."""
-    if not os.environ.get("TRACEMILL_PROFILE"):
+    profile = os.environ.get("TRACEMILL_PROFILE")
+    if not profile:
         return ""
+    from pipeline.config import config_path
+
+    path = config_path()
+    stamp = path.stat().st_mtime_ns if path is not None and path.exists() else 0
+    overrides = tuple(os.environ.get(v, "") for v in ("TRACEMILL_DATA_ROOT", "TRACEMILL_CORPUS_ROOT",
+                                                      "MLFLOW_TRACKING_URI"))
+    return _profile_fields(str(path) if path else "", stamp, profile, overrides).get(name, "")
+
+
+@functools.lru_cache(maxsize=8)
+def _profile_fields(path: str, stamp: int, profile: str, overrides: tuple[str, ...]) -> dict[str, str]:
+    """The profile's fields, parsed once per config file version (the capture server opens a
+    workspace per request: no YAML parse on that path). The arguments are the cache key."""
     from pipeline.config import load_config
 
-    return str(getattr(load_config().profile()[1], name) or "")
+    return {k: str(v or "") for k, v in load_config(path or None).profile(profile)[1].model_dump().items()}
 
 
 def data_root(home: Path, explicit: str | os.PathLike | None = None) -> AnyPath:
