@@ -30,26 +30,32 @@ DEVICES_HELP = ("Processes (one per GPU) that train together with DDP; > 1 start
                 "(on CPU: gloo, for tests).")
 
 
-class SFTRecipe(BaseModel):
-    """Everything that decides a training run; logged as MLflow params and saved next to the model."""
+class RecipeBase(BaseModel):
+    """The settings every trainer's recipe shares with the same meaning and default; the rest differ in
+    default or wording per trainer and stay in each recipe, where its help text can say why."""
 
     model_config = ConfigDict(extra="forbid")
+
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA with bf16 when available.")
+    devices: int = Field(1, ge=1, description=DEVICES_HELP)
+
+
+class SFTRecipe(RecipeBase):
+    """Everything that decides a training run; logged as MLflow params and saved next to the model."""
 
     base_model: str = Field(description="HF model id or local model directory to start from.")
     output_dir: str = Field(description="Where the fine-tuned model + tokenizer are saved (HF layout).")
     max_steps: int = Field(200, ge=1, description="Optimizer steps.")
     learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate (after warmup).")
     per_device_batch_size: int = Field(16, ge=1, description="Sequences per device per micro-batch.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_length: int = Field(512, ge=2, description="Sequences are truncated to this many tokens (keep start).")
     seed: int = Field(0, description="Seed for data order (and anything random in the trainer).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warmup.")
     lr_scheduler_type: str = Field("cosine", description="transformers scheduler name (cosine, linear, constant…).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     logging_steps: int = Field(1, ge=1, description="Log loss / grad norm / lr every N steps.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA with bf16 when available.")
-    devices: int = Field(1, ge=1, description=DEVICES_HELP)
     run_name: str | None = Field(None, description="MLflow run name (default: sft-<output dir name>).")
 
 

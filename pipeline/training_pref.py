@@ -23,17 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from pipeline.chat_format import ASSISTANT, END, render_prompt, render_segments
 from pipeline.devices import is_main_process, load_causal_lm, settings_for, trainer_params
-from pipeline.training import DEVICES_HELP, TrainResult, _make_callback, quiet_progress, recipe_params
+from pipeline.training import RecipeBase, TrainResult, _make_callback, quiet_progress, recipe_params
 
 
-class PrefRecipe(BaseModel):
+class LoraFields(BaseModel):
+    """LoRA shape, shared by the preference and RL recipes (whether to use it is each recipe's `lora`)."""
+
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+
+
+class PrefRecipe(RecipeBase, LoraFields):
     """Everything that decides a preference run; logged as MLflow params and saved next to the model."""
-
-    model_config = ConfigDict(extra="forbid")
 
     base_model: str = Field(description="HF model id or local model directory to start from (ideally SFT-trained).")
     output_dir: str = Field(description="Where the tuned model + tokenizer are saved (plain HF layout, LoRA merged).")
@@ -41,21 +46,15 @@ class PrefRecipe(BaseModel):
     max_steps: int = Field(100, ge=1, description="Optimizer steps.")
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (LoRA wants ~10x a full fine-tune).")
     per_device_batch_size: int = Field(8, ge=1, description="Pairs (DPO) or examples (KTO, at least 2) per step.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference model.")
     max_length: int = Field(1024, ge=2, description="prompt+completion truncated to this many tokens (keep start).")
     seed: int = Field(0, description="Seed for data order and initialisation of adapters.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warmup.")
     lr_scheduler_type: str = Field("cosine", description="transformers scheduler name.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     logging_steps: int = Field(1, ge=1, description="Log loss / rewards / margins every N steps.")
     desirable_weight: float = Field(1.0, gt=0, description="KTO: loss weight of label=True examples.")
     undesirable_weight: float = Field(1.0, gt=0, description="KTO: loss weight of label=False examples.")
     lora: bool = Field(False, description="Train LoRA adapters (reference = adapters off, no model copy).")
-    lora_r: int = Field(16, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA with bf16 when available.")
-    devices: int = Field(1, ge=1, description=DEVICES_HELP)
     run_name: str | None = Field(None, description="MLflow run name (default: <trainer>-<output dir name>).")
 
 

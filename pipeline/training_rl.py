@@ -16,26 +16,23 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from pipeline.rewards import final_answer_reward, format_reward, tool_call_reward
-from pipeline.training import DEVICES_HELP, TrainResult
-from pipeline.training_pref import common_args, load_policy, lora_config, prompt_text, run_tracked
+from pipeline.training import RecipeBase, TrainResult
+from pipeline.training_pref import LoraFields, common_args, load_policy, lora_config, prompt_text, run_tracked
 
 
-class RLRecipe(BaseModel):
+class RLRecipe(RecipeBase, LoraFields):
     """Everything that decides a GRPO run; logged as MLflow params and saved next to the model."""
-
-    model_config = ConfigDict(extra="forbid")
 
     base_model: str = Field(description="HF model id or local model directory to start from (ideally SFT-trained).")
     output_dir: str = Field(description="Where the tuned model + tokenizer are saved (plain HF layout, LoRA merged).")
     max_steps: int = Field(50, ge=1, description="Optimizer steps.")
     learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
     per_device_batch_size: int = Field(8, ge=1, description="Completions per step; a multiple of num_generations.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group GRPO normalises in).")
     max_completion_length: int = Field(48, ge=1, description="Generated tokens per completion (one assistant turn).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature during rollouts.")
@@ -45,13 +42,8 @@ class RLRecipe(BaseModel):
     seed: int = Field(0, description="Seed for data order and sampling.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps with linear warmup.")
     lr_scheduler_type: str = Field("constant", description="transformers scheduler name.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     logging_steps: int = Field(1, ge=1, description="Log loss / rewards every N steps.")
     lora: bool = Field(False, description="Train LoRA adapters instead of all weights.")
-    lora_r: int = Field(16, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA with bf16 when available.")
-    devices: int = Field(1, ge=1, description=DEVICES_HELP)
     run_name: str | None = Field(None, description="MLflow run name (default: grpo-<output dir name>).")
 
     @model_validator(mode="after")
