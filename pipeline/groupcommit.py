@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.landing import LandingWriter
+from pipeline.storage import is_remote
 from pipeline.workspace import Workspace, WorkspaceNotFound, home_dir
 
 # ops: ("land", workspace, kind, day, [record JSON bytes]) | ("file", path, payload) | ("call", fn)
@@ -171,7 +172,7 @@ class GroupCommitter:
             raise
         self.stats.fsyncs += 1
         self.stats.records += len(records)
-        if (workspace, kind, day) not in self._synced_dirs and isinstance(writer.root, Path):  # object stores: no dirs
+        if (workspace, kind, day) not in self._synced_dirs and not is_remote(writer.root):  # object stores: no dirs
             seg = writer.path_for(kind, day)
             for d in (seg.parent, seg.parent.parent, seg.parent.parent.parent):
                 fsync_dir(d)

@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.storage import is_remote
+
 KINDS = ("trajectory", "outcome", "preference")
 
 
@@ -36,11 +38,11 @@ class LandingWriter:
     """Durable appender for one workspace's landing folder. Thread-safe; one fsync per batch."""
 
     def __init__(self, root: Path, writer_id: str | None = None):
-        self.root = root if root is not None and not isinstance(root, (str, Path)) else Path(root)
+        self.root = Path(root) if isinstance(root, str) else root  # a Path, or a UPath for object storage
         self.writer_id = writer_id or new_writer_id()
         self._files: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
-        self._remote = not isinstance(root, Path)
+        self._remote = is_remote(self.root)
         self._seq = 0
 
     def path_for(self, kind: str, day: str) -> Path:
