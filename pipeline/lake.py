@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,8 @@ import orjson
 import polars as pl
 from pydantic import ValidationError
 
-from pipeline import storage
-from pipeline.landing import read_landed
+from pipeline import incremental, otlp_assemble, storage
+from pipeline.landing import LandedLine, read_landed
 from pipeline.logs import event, get_logger
 from pipeline.schema import Outcome, Preference, Trajectory, format_validation_error
 from pipeline.workspace import Workspace
@@ -98,9 +100,10 @@ def _write_quarantine(path: Path, items: list[dict[str, Any]]) -> None:
 
 
 def _validated(ws: Workspace, kind: str, model: type, day: str | None, stats: IngestStats,
-               bad: list[dict[str, Any]]):
-    """Yield (received_ns, model) for every valid landed record; collect the rest in `bad`."""
-    for line in read_landed(ws.landing, kind, day):
+               bad: list[dict[str, Any]], lines: Iterable[LandedLine] | None = None):
+    """Yield (received_ns, model) for every valid landed record (of `lines`, default every landed line
+    of the kind and day); collect the rest in `bad`."""
+    for line in read_landed(ws.landing, kind, day) if lines is None else lines:
         stats.lines += 1
         if line.error:
             reason = line.error
@@ -122,9 +125,11 @@ def _validated(ws: Workspace, kind: str, model: type, day: str | None, stats: In
 
 
 def ingest_trajectories(ws: Workspace, day: str) -> tuple[pl.DataFrame, IngestStats]:
-    """Validate one day's landed trajectories into `lake/trajectories/<day>.parquet`."""
+    """Validate one day's landed trajectories, and those assembled from its landed OTLP span
+    fragments (`pipeline.otlp_assemble`), into `lake/trajectories/<day>.parquet`."""
     stats, bad, latest = IngestStats(), [], {}
-    for received, traj in _validated(ws, "trajectory", Trajectory, day, stats, bad):
+    landed = _validated(ws, "trajectory", Trajectory, day, stats, bad)
+    for received, traj in chain(landed, otlp_assemble.trajectories(ws, day, stats, bad)):
         prev = latest.get(traj.trajectory_id)
         if prev is not None:
             stats.duplicates += 1
@@ -139,28 +144,41 @@ def ingest_trajectories(ws: Workspace, day: str) -> tuple[pl.DataFrame, IngestSt
     return df, stats
 
 
-def ingest_outcomes(ws: Workspace) -> tuple[pl.DataFrame, IngestStats]:
-    """All landed outcomes (any day) into `lake/outcomes.parquet`; exact re-sends collapse by id."""
-    stats, bad, seen = IngestStats(), [], {}
-    for received, out in _validated(ws, "outcome", Outcome, None, stats, bad):
-        if out.outcome_id in seen:
-            stats.duplicates += 1
-        seen[out.outcome_id] = {**out.model_dump(include=set(OUTCOME_SCHEMA)), "received_ns": received}
-    df = pl.DataFrame(list(seen.values()), schema=OUTCOME_SCHEMA).sort("recorded_at", "outcome_id")
-    write_parquet(df, ws.outcomes_path)
-    _write_quarantine(ws.quarantine_path("outcome", "all"), bad)
-    event(log, "ingested", workspace=ws.name, kind="outcome", rows=df.height, quarantined=stats.quarantined,
-          duplicates=stats.duplicates)
-    return df, stats
+def ingest_outcomes(ws: Workspace, full: bool = False) -> tuple[pl.DataFrame, IngestStats]:
+    """Landed outcomes (any day) into `lake/outcomes.parquet`, one row per outcome_id (the latest
+    received wins). Incremental: only lines landed since the last run are read and validated (see
+    `pipeline.incremental`); `full=True` re-reads everything."""
+    return _ingest_accumulated(ws, "outcome", Outcome, OUTCOME_SCHEMA, ws.outcomes_path, full)
 
 
-def ingest_preferences(ws: Workspace) -> tuple[pl.DataFrame, IngestStats]:
-    stats, bad, seen = IngestStats(), [], {}
-    for received, pref in _validated(ws, "preference", Preference, None, stats, bad):
-        seen[pref.preference_id] = {**pref.model_dump(include=set(PREFERENCE_SCHEMA)), "received_ns": received}
-    df = pl.DataFrame(list(seen.values()), schema=PREFERENCE_SCHEMA)
-    write_parquet(df, ws.preferences_path)
-    _write_quarantine(ws.quarantine_path("preference", "all"), bad)
+def ingest_preferences(ws: Workspace, full: bool = False) -> tuple[pl.DataFrame, IngestStats]:
+    """Landed preferences into `lake/preferences.parquet`, incrementally like `ingest_outcomes`."""
+    return _ingest_accumulated(ws, "preference", Preference, PREFERENCE_SCHEMA, ws.preferences_path, full)
+
+
+def _ingest_accumulated(ws: Workspace, kind: str, model: type, schema: dict[str, Any], path: Path,
+                        full: bool) -> tuple[pl.DataFrame, IngestStats]:
+    """Merge the lines landed past the table's cursor into the table. The quarantine file is written
+    before the table: the table (with its cursor) is the commit point, and quarantine entries past a
+    stored cursor are dropped and re-derived by the next run, so a crash in between loses nothing."""
+    key, qpath = f"{kind}_id", ws.quarantine_path(kind, "all")
+    cursor = None if full else incremental.load_cursor(path)
+    old = storage.read_parquet(path) if cursor is not None else pl.DataFrame(schema=schema)
+    why = "requested" if full else "" if old.schema == pl.Schema(schema) else "table schema changed"
+    delta = incremental.Delta(ws.landing, kind, cursor, why)
+    if delta.full:
+        old = pl.DataFrame(schema=schema)
+    stats, bad = IngestStats(), []
+    rows = [{**rec.model_dump(include=set(schema)), "received_ns": received}
+            for received, rec in _validated(ws, kind, model, None, stats, bad, delta.lines())]
+    if not (delta.full or stats.lines) and delta.cursor == cursor:
+        return old, stats  # nothing landed since the last run: nothing to rewrite
+    df, stats.duplicates = incremental.merge_latest(old, pl.DataFrame(rows, schema=schema), key,
+                                                    ["recorded_at", key])
+    _write_quarantine(qpath, delta.ordered(delta.carried_quarantine(qpath) + bad))
+    write_parquet(df, path, metadata=delta.cursor.metadata())
+    event(log, "ingested", workspace=ws.name, kind=kind, rows=df.height, lines=stats.lines,
+          quarantined=stats.quarantined, duplicates=stats.duplicates, full=delta.full or None)
     return df, stats
 
 

@@ -27,7 +27,10 @@ import orjson
 
 from pipeline.storage import is_remote
 
-KINDS = ("trajectory", "outcome", "preference")
+KINDS = ("trajectory", "outcome", "preference", "otlp_span")
+# Kinds whose days are also days of another: OTLP span fragments become trajectories at ingest
+# (`pipeline.otlp_assemble`), so a day holding only fragments is a trajectory day to ingest.
+FEEDS = {"trajectory": ("otlp_span",)}
 
 
 def new_writer_id() -> str:
@@ -122,8 +125,9 @@ def segment_files(root: Path, kind: str, day: str | None = None) -> list[Path]:
 
 
 def landed_days(root: Path, kind: str) -> list[str]:
-    base = root / kind
-    return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.exists() else []
+    """Days with landed records of `kind` (or of a kind that `FEEDS` it)."""
+    bases = [root / k for k in (kind, *FEEDS.get(kind, ()))]
+    return sorted({p.name for base in bases if base.exists() for p in base.iterdir() if p.is_dir()})
 
 
 def read_segment(path: Path) -> Iterator[LandedLine]:

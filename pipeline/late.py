@@ -9,6 +9,7 @@ they join when their trajectory's partition is materialized.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,13 +44,21 @@ class LateScan:
     trajectory_ids: list[str] = field(default_factory=list)
 
 
-def trajectory_days(ws: Workspace) -> dict[str, str]:
-    """trajectory_id → day for every materialized raw partition (ids only: cheap to read)."""
-    out: dict[str, str] = {}
-    for path in sorted((ws.lake / "trajectories").glob("*.parquet")):
-        for tid in storage.read_parquet(path, columns=["trajectory_id"])["trajectory_id"].to_list():
-            out[tid] = path.stem
-    return out
+def trajectory_days(ws: Workspace, ids: Iterable[str] | None = None) -> dict[str, str]:
+    """trajectory_id → day of its materialized raw partition, for `ids` only (every id when None).
+    A lazy scan of the id column filtered to `ids`: polars pushes the filter into the Parquet reader
+    and only the matches reach Python, however many trajectories the lake holds. An id present in
+    two partitions maps to the later day."""
+    paths = sorted((ws.lake / "trajectories").glob("*.parquet"))
+    wanted = None if ids is None else sorted(set(ids))
+    if not paths or wanted == []:
+        return {}
+    frames = [storage.scan_parquet(p).select("trajectory_id").with_columns(day=pl.lit(p.stem)) for p in paths]
+    found = pl.concat(frames)
+    if wanted is not None:
+        found = found.filter(pl.col("trajectory_id").is_in(pl.Series(wanted, dtype=pl.String).implode()))
+    df = found.collect()
+    return dict(zip(df["trajectory_id"].to_list(), df["day"].to_list(), strict=True))
 
 
 def scan_new_outcomes(ws: Workspace, cursor: dict[str, int] | None) -> LateScan:
@@ -76,7 +85,7 @@ def scan_new_outcomes(ws: Workspace, cursor: dict[str, int] | None) -> LateScan:
         cursor[str(path)] = start + end
     if not ids:
         return LateScan([], 0, cursor)
-    days_of = trajectory_days(ws)
+    days_of = trajectory_days(ws, ids)
     touched = {days_of[t] for t in ids if t in days_of}
     materialized = sorted(d for d in touched if ws.joined_path(d).exists())
     event(log, "late outcomes", workspace=ws.name, new_outcomes=len(ids), days=materialized,

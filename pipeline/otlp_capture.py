@@ -4,6 +4,11 @@
 integer enums), so exactly one mapper exists: the OTLP importer (`pipeline.importers.otlp
 .otlp_to_records`), which also reads OTLP JSON files. There is deliberately no second, simpler
 mapper here: two mappers would give the same trace two different trajectory ids.
+
+`land_groups` decides what a request lands: not its trajectories but its spans, split per trace
+(`pipeline.otlp_assemble`), because exporters send one trace in several requests; ingest assembles
+them. The mapper still runs on every request, so a malformed span is refused at once (400 naming its
+path) and `gen_ai.evaluation.result` events land as outcomes right away.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ _IMPORTER_CANDIDATES = (("pipeline.importers.otlp", "otlp_to_records"),)
 
 
 class OtlpDecodeError(ValueError):
+    pass
+
+
+class MapperMissing(RuntimeError):
     pass
 
 
@@ -83,3 +92,27 @@ def mapper() -> tuple[Mapper | None, str]:
         if callable(fn):
             return fn, f"{module}.{name}"
     return None, "none"
+
+
+def land_groups(obj: dict[str, Any], workspace: str) -> tuple[dict[tuple[str, str], list[bytes]], list[str]]:
+    """What one decoded export request lands, as `{(kind, day): [record JSON]}` for the group
+    committer: its spans split per trace (kind `otlp_span`) and its evaluation outcomes; plus the
+    problems to report as partial success (trajectories the request alone maps to that fail the schema,
+    invalid outcomes). Raises OtlpDecodeError (a 400) when the mapper refuses the request."""
+    from pipeline import fastschema, otlp_assemble
+    from pipeline.schema import Outcome
+    from pipeline.server_io import describe, validate_models
+
+    fn, _ = mapper()
+    if fn is None:
+        raise MapperMissing("OTLP import is not installed (pipeline.importers.otlp)")
+    try:
+        trajectories, outcomes = fn(obj)
+        fragments = [(day, orjson.dumps(frag)) for day, frag in otlp_assemble.split_by_trace(obj)]
+    except Exception as exc:  # noqa: BLE001 - a malformed export must be a 400, never a 500
+        raise OtlpDecodeError(f"could not map the OTLP export: {describe(exc)}") from None
+    _, bad = fastschema.validate_many(trajectories, workspace)
+    groups, out_errors = validate_models(list(outcomes), Outcome, "outcome_id")
+    for day, frag in fragments:
+        groups.setdefault((otlp_assemble.KIND, day), []).append(frag)
+    return groups, [f"trajectory {r.id or r.index}: {r.error}" for r in bad] + [e["error"] for e in out_errors]

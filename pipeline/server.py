@@ -6,6 +6,8 @@ through `GroupCommitter`. Trajectories take the msgspec fast path (`pipeline.fas
 back to the pydantic schema, which stays the authority. Agents that cannot hold a whole run in
 memory stream it: `POST .../trajectories/{id}/messages` appends durably to an *open* trajectory
 (`<workspace>/open/<hash>.ndjson`), and `POST .../close` folds it into one landed trajectory.
+OTLP/HTTP (`POST /v1/traces`) lands span fragments per trace, assembled into trajectories at ingest
+(`pipeline.otlp_assemble`): exporters send one trace in several requests.
 Auth is per-workspace bearer tokens (`pipeline.auth`): 401 for a missing/unknown token, 403 for a
 token of another workspace or a too-small role.
 """
@@ -287,21 +289,12 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
         st.workspace(name)
         try:
             obj = otlp_capture.decode_export(await st.body(request), ctype)
+            groups, problems = otlp_capture.land_groups(obj, name)  # spans per trace: assembled at ingest
         except otlp_capture.OtlpDecodeError as exc:
             raise fail(400, str(exc)) from None
-        fn, _ = otlp_capture.mapper()
-        if fn is None:
-            raise fail(501, "OTLP import is not installed (pipeline.importers.otlp)")
-        try:
-            trajectories, outcomes = fn(obj)
-        except Exception as exc:  # noqa: BLE001 - a malformed export must be a 400, never a 500
-            raise fail(400, f"could not map the OTLP export: {describe(exc)}") from None
-        ok, bad = fastschema.validate_many(trajectories, name)
-        groups, out_errors = validate_models(list(outcomes), Outcome, "outcome_id")
-        for acc in ok:
-            groups.setdefault(("trajectory", acc.day), []).append(acc.json)
+        except otlp_capture.MapperMissing as exc:
+            raise fail(501, str(exc)) from None
         await _land(name, groups)
-        problems = [f"trajectory {r.id or r.index}: {r.error}" for r in bad] + [e["error"] for e in out_errors]
         body, media = otlp_capture.encode_response(0, "; ".join(problems)[:2000], ctype)
         return Response(body, media_type=media)
 

@@ -96,15 +96,22 @@ def write_bytes_atomic(path: AnyPath, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_parquet(df: pl.DataFrame, path: AnyPath) -> None:
-    """Write a whole Parquet file atomically (see `write_bytes_atomic`)."""
+def write_parquet(df: pl.DataFrame, path: AnyPath, metadata: dict[str, str] | None = None) -> None:
+    """Write a whole Parquet file atomically (see `write_bytes_atomic`). `metadata` goes into the
+    file's key-value footer, so it is published in the same atomic step as the rows (an ingest
+    cursor stored there can never disagree with the data)."""
     if is_remote(path):
-        df.write_parquet(str(path))
+        df.write_parquet(str(path), metadata=metadata)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
-    df.write_parquet(tmp)
+    df.write_parquet(tmp, metadata=metadata)
     os.replace(tmp, path)
+
+
+def parquet_metadata(path: AnyPath) -> dict[str, str]:
+    """The key-value footer of a Parquet file (reads the footer only)."""
+    return pl.read_parquet_metadata(source(path))
 
 
 def read_parquet(path: AnyPath, columns: list[str] | None = None) -> pl.DataFrame:
