@@ -101,7 +101,7 @@ def executor_for(profile: Profile) -> dg.ExecutorDefinition | None:
         try:
             from dagster_k8s import k8s_job_executor  # type: ignore[import-not-found]
         except ImportError:
-            raise RuntimeError("profile executor 'k8s' needs the dagster-k8s package: `pip install dagster-k8s` "
-                               "(same release line as dagster), or pick executor: multiprocess") from None
+            raise RuntimeError("profile executor 'k8s' needs the dagster-k8s package: `pip install "
+                               "'tracemill[k8s]'`, or pick executor: multiprocess") from None
         return k8s_job_executor.configured({"max_concurrent": profile.max_concurrent})
     return None

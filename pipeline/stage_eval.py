@@ -159,6 +159,8 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
     _write(ckpt_dir / "eval" / "gate.json", {"passed": gate_ok, "message": gate_msg})
     if gate_ok:
         (checkpoints / "LATEST").write_text(str(ckpt_dir))
+        if tracker is not None and ckpt.get("model_version"):
+            tracker.promote(ckpt["registered_model"], ckpt["model_version"])  # models:/tracemill-<corpus>@champion
     return result
 
 

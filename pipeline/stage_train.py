@@ -76,6 +76,11 @@ def _train(spec: CorpusSpec, corpus: Any, ref: str, corpus_root: str, start: str
     return train_grpo(rows, recipe, tracker=tracker, run_tags=tags)
 
 
+def registered_name(corpus: str) -> str:
+    """The MLflow registered model that collects every checkpoint trained on one corpus."""
+    return f"tracemill-{corpus}"
+
+
 def train_corpus(spec: CorpusSpec, corpus_root: str, base_model_path: str, checkpoints_root: Path,
                  tracker: Any, tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train on the train split of the corpus's latest version; returns the checkpoint summary."""
@@ -98,5 +103,8 @@ def train_corpus(spec: CorpusSpec, corpus_root: str, base_model_path: str, check
                "mlflow_run_id": res.mlflow_run_id, "base_model": start, "train_rows": res.train_rows,
                "size_mb": round(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6, 2),
                "finished_at": time.time()}
+    if tracker is not None and res.mlflow_run_id:
+        summary |= tracker.register_checkpoint(res.mlflow_run_id, out, registered_name(spec.name),
+                                               tags={"corpus": ref, "format": spec.format})
     summary_path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return summary | {"reused": False}

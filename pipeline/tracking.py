@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -23,6 +24,15 @@ _BATCH = 100  # params per log_batch call (MLflow's limit); metrics allow 1000
 
 def local_tracking_uri(home: str | Path) -> str:
     return f"sqlite:///{Path(home).resolve() / 'mlflow' / 'mlflow.db'}"
+
+
+def with_db_driver(uri: str) -> str:
+    """`postgresql://…` → `postgresql+psycopg2://…` unless psycopg 3 is installed. SQLAlchemy 2.1 maps
+    the bare scheme to psycopg 3, while the team profile installs psycopg2 (dagster-postgres needs it),
+    so a tracking URI copied from a Postgres console would otherwise fail with `No module named psycopg`."""
+    if uri.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + uri.removeprefix("postgresql://")
+    return uri
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -60,7 +70,7 @@ class MlflowTracker:
             artifact_root = artifact_root or home / "mlflow" / "artifacts"
         elif artifact_root is None and tracking_uri.startswith("sqlite:///"):
             artifact_root = Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
-        self.tracking_uri = tracking_uri
+        self.tracking_uri = with_db_driver(tracking_uri)
         self.experiment = experiment
         self.artifact_root = str(artifact_root) if artifact_root is not None else None
         self._client: Any = None
@@ -173,6 +183,39 @@ class MlflowTracker:
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
         self.client.log_artifact(self._run_id(run_id), str(local_path), artifact_path)
+
+    # -- model registry ---------------------------------------------------------------------------
+    def register_checkpoint(self, run_id: str, checkpoint_dir: str | Path, name: str,
+                            tags: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Log a saved HF model directory as the run's model and register it as a new version of `name`.
+        MLflow's transformers flavor cannot read transformers 5 checkpoints (its task lookup breaks), so
+        this uses MLflow 3's flavor-neutral logged model: the directory's files as the model's artifacts
+        (`mlflow artifacts download -u models:/<name>/<version>` gives back a `from_pretrained` folder)."""
+        from mlflow.exceptions import MlflowException
+
+        tags = {k: str(v) for k, v in (tags or {}).items()}
+        model = self.client.create_logged_model(self.experiment_id, name="model", source_run_id=run_id,
+                                                tags=tags, model_type="hf-transformers-checkpoint")
+        try:
+            self.client.log_model_artifacts(model.model_id, str(checkpoint_dir))
+        except Exception:
+            self.client.finalize_logged_model(model.model_id, "FAILED")
+            raise
+        self.client.finalize_logged_model(model.model_id, "READY")
+        try:
+            self.client.create_registered_model(name, description="tracemill checkpoints trained on this corpus")
+        except MlflowException:  # exists already (or created concurrently)
+            pass
+        version = self.client.create_model_version(name, source=model.artifact_location, run_id=run_id,
+                                                   tags=tags, model_id=model.model_id)
+        self.set_tags({"registered_model": f"{name}/{version.version}"}, run_id=run_id)
+        return {"registered_model": name, "model_version": int(version.version), "model_id": model.model_id,
+                "model_uri": f"models:/{name}/{version.version}"}
+
+    def promote(self, name: str, version: int, alias: str = "champion") -> None:
+        """Point `models:/<name>@<alias>` at a version; the eval gate calls it once a checkpoint passed (MLflow
+        reserves `latest` for the newest version, gated or not, hence `champion`)."""
+        self.client.set_registered_model_alias(name, alias, str(version))
 
     def get_run(self, run_id: str) -> Any:
         return self.client.get_run(run_id)

@@ -61,7 +61,7 @@ def test_ingest_assets_quarantine_and_check(world, home, tiny_model_dir):
     assert ws.joined_path(DAYS[0]).exists() and not ws.joined_path(DAYS[1]).exists()
 
 
-def test_full_graph_versions_trains_and_evaluates(world, home, tiny_model_dir):
+def test_full_graph_versions_trains_and_evaluates(world, home, tiny_model_dir, monkeypatch):
     ws, stats = world
     cfg = _config(str(tiny_model_dir))
     instance = dg.DagsterInstance.ephemeral()
@@ -114,6 +114,17 @@ def test_full_graph_versions_trains_and_evaluates(world, home, tiny_model_dir):
     assert len(captured) == 3 and captured[0]["metadata"]["eval_tag"] == "sft@v2"  # online rollouts land in the workspace
     summary = orjson.loads((home / "checkpoints" / "sft").glob("*/tracemill_train.json").__next__().read_bytes())
     assert summary["mlflow_run_id"] == ck["mlflow_run_id"]
+    # the checkpoint is an MLflow model, registered as tracemill-sft and promoted to @champion by the gate
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    assert ck["model_uri"] == "models:/tracemill-sft/1"
+    latest = client.get_model_version_by_alias("tracemill-sft", "champion")
+    assert str(latest.version) == "1" and latest.run_id == ck["mlflow_run_id"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")  # as the README says
+    files = download_artifacts(artifact_uri="models:/tracemill-sft@champion", dst_path=str(home / "dl"))
+    AutoModelForCausalLM.from_pretrained(files)  # the registered files are a loadable HF model folder
 
     # same corpus version and recipe: the checkpoint is reused, not retrained
     ck2 = _md(_materialize(cfg, home, ["checkpoint_sft"], instance=instance), "checkpoint_sft")

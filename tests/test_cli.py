@@ -66,10 +66,11 @@ def test_snapshot_command_versions_and_waits(tmp_path):
     missing = tm("corpus", "show", "org/sft@v7", home=tmp_path)
     assert missing.returncode == 1 and "v1" in missing.stderr
 
-    trained = tm("train", "sft", "--corpus", "org/sft@v1", "--max-steps", "2", "--batch-size", "2", "--no-track",
+    trained = tm("train", "sft", "--corpus", "org/sft@v1", "--max-steps", "2", "--batch-size", "2",
                  "--out", str(tmp_path / "ck"), home=tmp_path)
     assert trained.returncode == 0, trained.stderr
     assert (tmp_path / "ck" / "config.json").exists() and "2 steps" in trained.stdout
+    assert "registered as models:/tracemill-sft/1" in " ".join(trained.stdout.split())  # rich may wrap the line
     wrong = tm("train", "dpo", "--corpus", "org/sft@v1", home=tmp_path)
     assert wrong.returncode == 1 and "holds sft rows" in wrong.stderr
     no_report = tm("eval", "report", str(tmp_path / "ck"), home=tmp_path)
