@@ -231,10 +231,13 @@ def workspace_counts(ws: Workspace) -> dict[str, int]:
     outcome_ids = {line.record.get("outcome_id") for line in read_landed(ws.landing, "outcome")
                    if not line.error and isinstance(line.record, dict)}
     prefs = sum(1 for line in read_landed(ws.landing, "preference") if not line.error)
+    # OTLP spans become trajectories only at ingest (several requests per trace): count their traces
+    traces = {line.record.get("trace_id") for line in read_landed(ws.landing, otlp_assemble.KIND)
+              if not line.error and isinstance(line.record, dict)}
     quarantined = sum(1 for _ in read_quarantine(ws))
     return {
         "trajectories": len(latest), "messages": len(msgs),
         "tool_calls": sum(len(m.get("tool_calls") or []) for m in msgs),
-        "outcomes": len(outcome_ids), "preferences": prefs,
+        "otlp_traces": len(traces - {None}), "outcomes": len(outcome_ids), "preferences": prefs,
         "quarantined": max(quarantined, unreadable), "days": len(ws.days("trajectory")),
     }

@@ -11,7 +11,7 @@ import orjson
 import polars as pl
 import pytest
 
-from pipeline.lake import ingest_trajectories, read_quarantine
+from pipeline.lake import ingest_trajectories, read_quarantine, workspace_counts
 from pipeline.landing import read_landed
 from pipeline.stages import refresh_lake
 from pipeline.workspace import Workspace
@@ -115,6 +115,8 @@ def test_a_trace_sent_in_three_requests_is_one_trajectory(server, ws):
     for body in agent_run():
         send(server, ws, body)
     assert ws.days() == [DAY]  # only fragments landed for the day: still a day to ingest
+    counts = workspace_counts(ws)  # `workspace show`, before any ingest
+    assert counts["otlp_traces"] == 1 and counts["outcomes"] == 1
     df, stats = ingest_trajectories(ws, DAY)
     assert df.height == 1 and stats.quarantined == 0
     msgs = messages(df, f"otlp-{T}")
