@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib.util
 import os
+import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +35,26 @@ def with_db_driver(uri: str) -> str:
     if uri.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
         return "postgresql+psycopg2://" + uri.removeprefix("postgresql://")
     return uri
+
+
+@functools.cache
+def code_version() -> dict[str, str]:
+    """The git commit of the tracemill code this process runs, and whether that checkout had
+    uncommitted changes, so every run can be traced to its code ("unknown" outside a git checkout,
+    e.g. an installed wheel). Cached: it cannot change while the process runs."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+    return {"git_commit": commit, "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no")))}
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -127,14 +149,15 @@ class MlflowTracker:
     def start_run(self, name: str, params: Mapping[str, Any] | None = None,
                   tags: Mapping[str, Any] | None = None) -> Iterator[TrackedRun]:
         """A run that ends FINISHED when the block exits normally and FAILED when it raises."""
-        all_tags = {"host": os.uname().nodename, **{k: str(v) for k, v in (tags or {}).items()}}
+        code = code_version()
+        all_tags = {"host": os.uname().nodename, "mlflow.source.git.commit": code["git_commit"],
+                    **{k: str(v) for k, v in (tags or {}).items()}}
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         tracked = TrackedRun(run.info.run_id, self.experiment_id, name)
         self._active.append(tracked)
         status = "FAILED"
         try:
-            if params:
-                self.log_params(params, run_id=tracked.run_id)
+            self.log_params({**code, **(params or {})}, run_id=tracked.run_id)
             yield tracked
             status = "FINISHED"
         finally:

@@ -106,14 +106,48 @@ def recipe_params(recipe: BaseModel) -> dict[str, Any]:
     return {**{k: v for k, v in dumped.items() if k != "device"}, "device_requested": dumped.get("device")}
 
 
+class PaddingMeter:
+    """Wraps a trainer's data collator and counts real vs padded positions in every `*attention_mask`
+    of the batches it builds, so each logged step can report the padding fraction of what the model
+    actually saw (the loader's length grouping is what keeps it low)."""
+
+    def __init__(self, collate: Callable[[list[Any]], Any]) -> None:
+        self.collate, self.real, self.total = collate, 0, 0
+
+    @classmethod
+    def install(cls, trainer: Any) -> PaddingMeter:
+        meter = cls(trainer.data_collator)
+        trainer.data_collator = meter
+        return meter
+
+    def __call__(self, features: list[Any]) -> Any:
+        batch = self.collate(features)
+        for key, value in batch.items() if isinstance(batch, Mapping) else ():  # GRPO passes rows through
+            if key.endswith("attention_mask") and hasattr(value, "numel"):
+                self.real, self.total = self.real + int(value.sum()), self.total + value.numel()
+        return batch
+
+    def take(self) -> float | None:
+        """Padding fraction since the last call (None when no masked batch was built: packing, GRPO)."""
+        frac = 1.0 - self.real / self.total if self.total else None
+        self.real = self.total = 0
+        return frac
+
+
 def _make_callback(tracker: Any, run_id: str | None, sink: dict[str, list[float]]):
     """Collects per-step loss/grad_norm for the result and forwards every numeric log to MLflow
-    (buffered, so a sqlite store is not written once per step)."""
+    (buffered, so a sqlite store is not written once per step), adding per logged step the tokens/s
+    over the window since the previous log and, once `meter` is set, the batches' padding fraction."""
     from transformers import TrainerCallback
 
     class StepLogger(TrainerCallback):
         def __init__(self) -> None:
             self.buffer: list[tuple[dict[str, float], int]] = []
+            self.meter: PaddingMeter | None = None
+            self.window = (time.perf_counter(), 0.0)  # (when, tokens seen) at the previous log
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.window = (time.perf_counter(), 0.0)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
@@ -124,6 +158,13 @@ def _make_callback(tracker: Any, run_id: str | None, sink: dict[str, list[float]
                 sink["grad_norm"].append(logs["grad_norm"])
             if "num_tokens" in logs:
                 sink["num_tokens"] = [logs["num_tokens"]]
+                now, (then, seen) = time.perf_counter(), self.window
+                if now > then and logs["num_tokens"] >= seen:
+                    logs["tokens_per_second"] = (logs["num_tokens"] - seen) / (now - then)
+                self.window = (now, logs["num_tokens"])
+            padding = self.meter.take() if self.meter is not None and "loss" in logs else None
+            if padding is not None:
+                logs["padding_fraction"] = padding
             if tracker is not None and run_id and logs:
                 self.buffer.append((logs, state.global_step))
                 if len(self.buffer) >= 50:
@@ -276,7 +317,9 @@ def _fit(make_dataset: Callable[[], Any], stats: Mapping[str, Any], recipe: SFTR
                    if tracker is not None else contextlib.nullcontext(None))
         with run_ctx as run:
             run_id = run.run_id if run is not None else None
-            trainer = sft_trainer(make_dataset(), recipe, [_make_callback(tracker, run_id, sink), *callbacks])
+            step_logger = _make_callback(tracker, run_id, sink)
+            trainer = sft_trainer(make_dataset(), recipe, [step_logger, *callbacks])
+            step_logger.meter = PaddingMeter.install(trainer)
             if tracker is not None:
                 tracker.log_params(trainer_params(trainer), run_id=run_id)
             start = time.perf_counter()
@@ -296,7 +339,7 @@ def _fit(make_dataset: Callable[[], Any], stats: Mapping[str, Any], recipe: SFTR
             if tracker is not None:
                 tracker.log_params({"parameters": sum(p.numel() for p in trainer.model.parameters())}, run_id=run_id)
                 tracker.log_metrics({"final_loss": result.final_loss, "train_seconds": seconds,
-                                     "tokens_per_second": result.tokens_per_second,
+                                     "mean_tokens_per_second": result.tokens_per_second,
                                      "steps_per_second": result.steps_per_second}, step=result.steps, run_id=run_id)
                 tracker.set_tags({"checkpoint_dir": str(out)}, run_id=run_id)
                 tracker.log_artifact(recipe_path, run_id=run_id)

@@ -27,7 +27,14 @@ from pydantic import BaseModel, Field
 
 from pipeline.chat_format import ASSISTANT, END, render_prompt, render_segments
 from pipeline.devices import is_main_process, load_causal_lm, settings_for, trainer_params
-from pipeline.training import RecipeBase, TrainResult, _make_callback, quiet_progress, recipe_params
+from pipeline.training import (
+    PaddingMeter,
+    RecipeBase,
+    TrainResult,
+    _make_callback,
+    quiet_progress,
+    recipe_params,
+)
 
 
 class LoraFields(BaseModel):
@@ -191,7 +198,9 @@ def run_tracked(kind: str, recipe: Any, build: Callable[[list], Any], params: Ma
                if tracker is not None else contextlib.nullcontext(None))
     with quiet_progress(), run_ctx as run:
         run_id = run.run_id if run is not None else None
-        trainer = build([_make_callback(tracker, run_id, sink), *callbacks])
+        step_logger = _make_callback(tracker, run_id, sink)
+        trainer = build([step_logger, *callbacks])
+        step_logger.meter = PaddingMeter.install(trainer)
         trainer.remove_callback(PrinterCallback)
         if tracker is not None:
             tracker.log_params(trainer_params(trainer), run_id=run_id)
@@ -214,7 +223,7 @@ def run_tracked(kind: str, recipe: Any, build: Callable[[list], Any], params: Ma
         if tracker is not None:
             tracker.log_params({"parameters": sum(p.numel() for p in model.parameters())}, run_id=run_id)
             tracker.log_metrics({"final_loss": result.final_loss, "train_seconds": seconds,
-                                 "tokens_per_second": result.tokens_per_second,
+                                 "mean_tokens_per_second": result.tokens_per_second,
                                  "steps_per_second": result.steps_per_second}, step=result.steps, run_id=run_id)
             tracker.set_tags({"checkpoint_dir": str(out)}, run_id=run_id)
             tracker.log_artifact(recipe_path, run_id=run_id)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from pipeline.chat_format import tokenize_conversation
 from pipeline.training import SFTRecipe, build_trainer, prepare_rows, train_sft, train_sft_corpus
 from tests.conftest_model import TOOLS, make_conversations
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +96,15 @@ def test_train_sft_learns_saves_and_tracks(tiny_model_dir, rows, tracker, tmp_pa
     assert res.world_size == 1
     history = tracker.client.get_metric_history(res.mlflow_run_id, "loss")
     assert sorted(m.step for m in history) == list(range(1, 31))
-    assert {"grad_norm", "learning_rate", "final_loss", "tokens_per_second"} <= set(run.data.metrics)
+    assert {"grad_norm", "learning_rate", "final_loss", "mean_tokens_per_second"} <= set(run.data.metrics)
+    # per step: throughput over the logging window and the padding fraction of the batches built
+    speed = tracker.client.get_metric_history(res.mlflow_run_id, "tokens_per_second")
+    padding = tracker.client.get_metric_history(res.mlflow_run_id, "padding_fraction")
+    assert sorted(m.step for m in speed) == sorted(m.step for m in padding) == list(range(1, 31))
+    assert all(m.value > 0 for m in speed) and all(0 <= m.value < 1 for m in padding)
+    assert run.data.params["git_commit"] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
+                                                           capture_output=True).stdout.strip()
+    assert run.data.tags["mlflow.source.git.commit"] == run.data.params["git_commit"]
     artifacts = [a.path for a in tracker.client.list_artifacts(res.mlflow_run_id)]
     assert "tracemill_recipe.json" in artifacts
 

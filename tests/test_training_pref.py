@@ -143,6 +143,7 @@ def test_dpo_separable_pair_widens_margin(tiny_model_dir, tracker, tmp_path):
                                        key=lambda m: m.step)]
     assert len(margins) == 30 and margins[-1] > margins[0] + 1
     assert run.data.metrics["rewards/accuracies"] == 1.0 and "tokens_per_second" in run.data.metrics
+    assert 0 <= run.data.metrics["padding_fraction"] < 1  # prompt/chosen/rejected masks of the DPO batches
     print(f"\nDPO tiny model on CPU: {res.steps_per_second:.1f} steps/s, margin {before:.1f} -> {after:.1f}")
 
 
