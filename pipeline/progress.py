@@ -19,6 +19,17 @@ def report(done: int, total: int | None = None, loss: float | None = None) -> No
 
 
 @contextmanager
+def reporting_to(sink: Callable[[int, int | None, float | None], None] | None) -> Iterator[None]:
+    """Send `report(done, total, loss)` calls made in the block to `sink`: a terminal bar, or a
+    launched training worker's pipe to its parent process (None: report nowhere)."""
+    token = _current.set(sink)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+@contextmanager
 def progress_bar(description: str) -> Iterator[None]:
     """A rich bar with step count, last loss and time left, for the duration of the block."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -31,8 +42,5 @@ def progress_bar(description: str) -> Iterator[None]:
         def sink(done: int, total: int | None, loss: float | None) -> None:
             bar.update(task, completed=done, total=total, loss="–" if loss is None else f"{loss:.3f}")
 
-        token = _current.set(sink)
-        try:
+        with reporting_to(sink):
             yield
-        finally:
-            _current.reset(token)

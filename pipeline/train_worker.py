@@ -97,17 +97,19 @@ def main(argv: list[str]) -> None:
 
 def _main(spec: dict[str, Any], argv: list[str]) -> None:
     payload = orjson.loads(Path(argv[1]).read_bytes())
-    tracker = None
+    tracker, to_parent = None, None
     if is_main_process():
-        progress._current.set(lambda done, total, loss: print(
-            f"{PROGRESS}{done} {total or 0} {'nan' if loss is None else loss}", flush=True))
+        def to_parent(done: int, total: int | None, loss: float | None) -> None:  # the parent's bar reads these
+            print(f"{PROGRESS}{done} {total or 0} {'nan' if loss is None else loss}", flush=True)
+
         if (t := spec["tracking"]) is not None:
             from pipeline.tracking import MlflowTracker
 
             tracker = AttachedTracker(MlflowTracker(t["tracking_uri"], t["experiment"], t["artifact_root"]),
                                       t["run_id"])
-    result = _fit(spec["kind"], payload, spec["recipe"], tracker, spec["run_tags"],
-                  [_rank_report(Path(spec["ranks_dir"]))])
+    with progress.reporting_to(to_parent):
+        result = _fit(spec["kind"], payload, spec["recipe"], tracker, spec["run_tags"],
+                      [_rank_report(Path(spec["ranks_dir"]))])
     if is_main_process():
         data = dataclasses.asdict(result) | {"checkpoint_dir": str(result.checkpoint_dir)}
         Path(spec["result_path"]).write_bytes(orjson.dumps(data))
