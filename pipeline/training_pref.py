@@ -27,14 +27,8 @@ from pydantic import BaseModel, Field
 
 from pipeline.chat_format import ASSISTANT, END, render_prompt, render_segments
 from pipeline.devices import is_main_process, load_causal_lm, settings_for, trainer_params
-from pipeline.training import (
-    PaddingMeter,
-    RecipeBase,
-    TrainResult,
-    _make_callback,
-    quiet_progress,
-    recipe_params,
-)
+from pipeline.step_metrics import PaddingMeter, step_logger_for
+from pipeline.training import RecipeBase, TrainResult, quiet_progress, recipe_params
 
 
 class LoraFields(BaseModel):
@@ -198,7 +192,7 @@ def run_tracked(kind: str, recipe: Any, build: Callable[[list], Any], params: Ma
                if tracker is not None else contextlib.nullcontext(None))
     with quiet_progress(), run_ctx as run:
         run_id = run.run_id if run is not None else None
-        step_logger = _make_callback(tracker, run_id, sink)
+        step_logger = step_logger_for(tracker, run_id, sink)
         trainer = build([step_logger, *callbacks])
         step_logger.meter = PaddingMeter.install(trainer)
         trainer.remove_callback(PrinterCallback)

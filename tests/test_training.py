@@ -123,7 +123,8 @@ def test_tracker_ends_failed_runs(tracker):
         tracker.log_metrics({"x": 1.0, "skipped": "n/a"}, step=2)
         raise RuntimeError("training crashed")
     got = tracker.get_run(run.run_id)
-    assert got.info.status == "FAILED" and got.data.params == {"a.b": "1"} and got.data.metrics == {"x": 1.0}
+    assert got.info.status == "FAILED" and got.data.params["a.b"] == "1" and got.data.metrics == {"x": 1.0}
+    assert set(got.data.params) == {"a.b", "git_commit", "git_dirty"}  # every run names its code
     tracker.log_metrics_to_run(run.run_id, {"eval_loss": 2.5})
     assert tracker.get_run(run.run_id).data.metrics["eval_loss"] == 2.5
     with pytest.raises(RuntimeError, match="no active run"):
