@@ -121,7 +121,7 @@ def _print_summary(s: dict) -> None:
                   + ("" if same else f", after {v1.get('version')} ({v1.get('dagster/row_count')} rows) before late rewards"))
         t.add_row("training", f"{ck.get('steps')} steps from {Path(str(ck.get('start_model'))).name}, loss "
                   f"{_fmt(ck.get('first_loss'))} → {_fmt(ck.get('final_loss'))}" + (" (reused)" if ck.get("reused") else ""))
-        t.add_row("MLflow run", str(ck.get("mlflow_run_id")))
+        t.add_row("MLflow run / model", f"{ck.get('mlflow_run_id')} / {ck.get('model_uri') or '–'}")
         for k in ("loss", "tool_call_accuracy", "final_answer_accuracy", "preference_accuracy"):
             if k in ev:
                 t.add_row(f"offline {k}", _fmt(ev[k]))
