@@ -128,7 +128,7 @@ for _fmt in ("sft", "dpo", "kto", "grpo"):
 def eval_report(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (evaluated by eval_<corpus>).")],
                 json: Annotated[bool, typer.Option("--json")] = False):
     """The checkpoint's eval report in the terminal: slices × metrics vs base and previous."""
-    from pipeline.eval_report import rich_table
+    from pipeline.eval_render import rich_table
 
     path = checkpoint / "eval" / "report.json"
     if not path.exists():

@@ -106,7 +106,8 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
                     ws: Workspace | None = None, tracker: Any = None) -> dict[str, Any]:
     """Evaluate the newest checkpoint of a corpus; returns metrics, the report and the gate verdict."""
     from pipeline.corpus import resolve_corpus_url
-    from pipeline.eval_report import build_report, gate, log_report, markdown_report, offline_section, plots
+    from pipeline.eval_render import markdown_report
+    from pipeline.eval_report import build_report, gate, log_report, offline_section, plots
 
     done = finished_checkpoints(checkpoints)
     if not done:

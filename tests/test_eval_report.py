@@ -7,16 +7,8 @@ import math
 import pytest
 
 from pipeline.demo_world import policy_for
-from pipeline.eval_report import (
-    bootstrap_ci,
-    build_report,
-    compare,
-    gate,
-    log_report,
-    markdown_report,
-    plots,
-    rich_table,
-)
+from pipeline.eval_render import markdown_report, rich_table
+from pipeline.eval_report import bootstrap_ci, build_report, compare, gate, log_report, plots
 from pipeline.online_eval import online_eval
 
 
