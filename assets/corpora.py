@@ -86,6 +86,7 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
             "tokens_per_second": res["tokens_per_second"], "train_seconds": res["train_seconds"],
             "mlflow_run_id": res["mlflow_run_id"] or "", "size_mb": res["size_mb"],
             "model_uri": res.get("model_uri", ""),  # the registered MLflow model version
+            **({"registration_error": res["registration_error"]} if res.get("registration_error") else {}),
             "start_model": res["base_model"], "train_rows": res["train_rows"],
         })
 

@@ -8,6 +8,7 @@ conversational columns. A spec with `init_from` starts from another corpus's pro
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ from typing import Any
 import orjson
 
 from pipeline.config import CorpusSpec
+from pipeline.logs import event, get_logger
 
 TRAIN_QUERY = "SELECT * WHERE \"split\" = 'train'"
+log = get_logger("train")
 
 
 def starting_model(spec: CorpusSpec, base_model_path: str, checkpoints_root: Path) -> str:
@@ -104,7 +107,12 @@ def train_corpus(spec: CorpusSpec, corpus_root: str, base_model_path: str, check
                "size_mb": round(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6, 2),
                "finished_at": time.time()}
     if tracker is not None and res.mlflow_run_id:
-        summary |= tracker.register_checkpoint(res.mlflow_run_id, out, registered_name(spec.name),
-                                               tags={"corpus": ref, "format": spec.format})
+        try:
+            summary |= tracker.register_checkpoint(res.mlflow_run_id, out, registered_name(spec.name),
+                                                   tags={"corpus": ref, "format": spec.format})
+        except Exception as exc:  # noqa: BLE001 - an hour of training must not be lost to the registry
+            summary["registration_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            event(log, "model registration failed", logging.WARNING, corpus=spec.name, checkpoint=str(out),
+                  mlflow_run_id=res.mlflow_run_id, error=summary["registration_error"])
     summary_path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return summary | {"reused": False}

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-__all__ = ["TOOLS", "make_conversation", "make_conversations", "tool_conversations", "tiny_model_dir"]
+__all__ = ["TOOLS", "make_conversation", "make_conversations", "tool_conversations", "tiny_model_dir", "sft_rows",
+           "sft_corpus"]
 
 TOOLS: list[dict[str, Any]] = [
     {"type": "function", "function": {
@@ -81,3 +82,32 @@ def tiny_model_dir(tmp_path_factory, tool_conversations):
     texts = [render_text(c, TOOLS) for c in tool_conversations] + _demo_world_texts(tool_conversations)
     return build_tiny_model(texts, tmp_path_factory.mktemp("tiny_model"), vocab_size=512, hidden_size=64,
                             num_layers=2, num_heads=4, max_position=1024, seed=0)
+
+
+@pytest.fixture(scope="session")
+def sft_rows(tiny_model_dir) -> list[dict[str, Any]]:
+    """Eight tokenized tool-use conversations: input ids and assistant-only loss masks."""
+    from transformers import AutoTokenizer
+
+    from pipeline.chat_format import tokenize_conversation
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    return [dict(zip(("input_ids", "loss_mask"), tokenize_conversation(tok, c, TOOLS), strict=True))
+            for c in make_conversations(8, seed=1)]
+
+
+@pytest.fixture(scope="session")
+def sft_corpus(sft_rows, tmp_path_factory) -> tuple[str, str]:
+    """The same rows as a Deeplake corpus, plus two eval rows the train query must leave out."""
+    import polars as pl
+
+    from pipeline.corpus import snapshot
+
+    root = f"file://{tmp_path_factory.mktemp('corpora')}"
+    n = len(sft_rows) + 2
+    snapshot(pl.DataFrame({
+        "trajectory_id": [f"t{i}" for i in range(n)], "split": ["train"] * len(sft_rows) + ["eval"] * 2,
+        "input_ids": pl.Series([list(map(int, r["input_ids"])) for r in sft_rows + sft_rows[:2]], dtype=pl.List(pl.Int32)),
+        "loss_mask": pl.Series([list(map(int, r["loss_mask"])) for r in sft_rows + sft_rows[:2]], dtype=pl.List(pl.UInt8)),
+    }), "org/sft", root=root)
+    return "org/sft@v1", root

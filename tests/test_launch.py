@@ -10,35 +10,7 @@ import orjson
 import pytest
 
 from pipeline import launch
-from pipeline.chat_format import tokenize_conversation
 from pipeline.training import SFTRecipe, train_sft, train_sft_corpus
-from tests.conftest_model import TOOLS, make_conversations
-
-
-@pytest.fixture(scope="module")
-def rows(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    return [dict(zip(("input_ids", "loss_mask"), tokenize_conversation(tok, c, TOOLS), strict=True))
-            for c in make_conversations(8, seed=1)]
-
-
-@pytest.fixture(scope="module")
-def corpus(rows, tmp_path_factory) -> tuple[str, str]:
-    """The same rows as a Deeplake corpus, plus two eval rows the train query must leave out."""
-    import polars as pl
-
-    from pipeline.corpus import snapshot
-
-    root = f"file://{tmp_path_factory.mktemp('corpora')}"
-    n = len(rows) + 2
-    snapshot(pl.DataFrame({
-        "trajectory_id": [f"t{i}" for i in range(n)], "split": ["train"] * len(rows) + ["eval"] * 2,
-        "input_ids": pl.Series([list(map(int, r["input_ids"])) for r in rows + rows[:2]], dtype=pl.List(pl.Int32)),
-        "loss_mask": pl.Series([list(map(int, r["loss_mask"])) for r in rows + rows[:2]], dtype=pl.List(pl.UInt8)),
-    }), "org/sft", root=root)
-    return "org/sft@v1", root
 
 
 @pytest.fixture
@@ -73,7 +45,7 @@ def test_stream_echoes_forwards_progress_and_keeps_the_tail(tmp_path):
 
 
 @pytest.mark.parametrize("source", ["rows", "corpus"])
-def test_two_processes_train_one_checkpoint_and_one_mlflow_run(source, tiny_model_dir, rows, corpus, tracker,
+def test_two_processes_train_one_checkpoint_and_one_mlflow_run(source, tiny_model_dir, sft_rows, sft_corpus, tracker,
                                                                tmp_path):
     """Both ranks train (DDP keeps their weights equal), rank 0 saves a loadable checkpoint and logs into the
     one MLflow run the parent opened; step reports reach the parent's progress bar."""
@@ -87,9 +59,9 @@ def test_two_processes_train_one_checkpoint_and_one_mlflow_run(source, tiny_mode
     token = progress._current.set(lambda done, total, loss: seen.append((done, total)))
     try:
         if source == "rows":
-            res = train_sft(rows, recipe, tracker=tracker, run_tags={"corpus": "test@v1"})
+            res = train_sft(sft_rows, recipe, tracker=tracker, run_tags={"corpus": "test@v1"})
         else:
-            res = train_sft_corpus(corpus[0], recipe, root=corpus[1], query="SELECT * WHERE \"split\" = 'train'",
+            res = train_sft_corpus(sft_corpus[0], recipe, root=sft_corpus[1], query="SELECT * WHERE \"split\" = 'train'",
                                    tracker=tracker, run_tags={"corpus": "test@v1"})
     finally:
         progress._current.reset(token)
