@@ -205,3 +205,20 @@ def test_days_with_only_fragments_reach_the_cli_refresh_and_midnight_splits_a_tr
     assert ws.days() == [DAY, late]  # the documented limit: a trace straddling midnight is assembled per day
     assert refresh_lake(ws)["trajectories"] == 2  # the CLI path ingests days that hold only fragments
     assert [m["content"] for m in messages(ingest_trajectories(ws, late)[0], f"otlp-{'44' * 16}")][-1] == "Shipped."
+
+
+def test_a_judge_on_its_own_span_scores_the_trajectory_its_trace_becomes(server, ws):
+    """An LLM judge that runs after the agent reports on a span of its own, in a later request: the
+    outcome lands at capture and joins the trajectory assembled from the earlier requests."""
+    for body in agent_run()[::2]:  # the run without the span that carried the `helpful` verdict
+        send(server, ws, body)
+    verdict = {"name": "gen_ai.evaluation.result", "timeUnixNano": ns(DAY, 9),
+               "attributes": attrs({"gen_ai.evaluation.name": "correct", "gen_ai.evaluation.score.value": 0,
+                                    "gen_ai.evaluation.score.label": "wrong"})}
+    send(server, ws, export(span(T, "0e" * 8, "evaluate", DAY, 8, {"gen_ai.operation.name": "evaluate"},
+                                 "aa" * 8, events=[verdict])))
+    outcomes = [line.record for line in read_landed(ws.landing, "outcome")]
+    assert [(o["trajectory_id"], o["name"], o["value"], o["label"]) for o in outcomes] == \
+        [(f"otlp-{T}", "correct", 0.0, "wrong")]
+    df, _ = ingest_trajectories(ws, DAY)
+    assert df["trajectory_id"].to_list() == [f"otlp-{T}"]  # the outcome's trajectory exists

@@ -191,7 +191,11 @@ def _group(ctx: Context, gkey: str, spans: list[Span]) -> Iterator[Item]:
         steps = [st for st in (step_of(s, notes) for s in spans if kinds[id(s)] == "agent") if st.input or st.output]
     runs = [tool_run_of(s) for s in spans if kinds[id(s)] == "tool"]
     if not steps and not runs:
-        raise FieldError("", "no GenAI / OpenInference model or tool spans: nothing to import")
+        judged = list(_evaluations_alone(gkey, spans))
+        if not judged:
+            raise FieldError("", "no GenAI / OpenInference model or tool spans: nothing to import")
+        yield from judged
+        return
     threads = merge(steps) if steps else merge([tool_messages(runs)])
     agent_span = next((s for s in spans if kinds[id(s)] == "agent"), None)
     agent = next((s.attrs.get("gen_ai.agent.name") for s in spans if s.attrs.get("gen_ai.agent.name")), None)
@@ -238,6 +242,27 @@ def _group(ctx: Context, gkey: str, spans: list[Span]) -> Iterator[Item]:
                 explanation=a.get("gen_ai.evaluation.explanation"), span_id=s.span_id,
                 response_id=a.get("gen_ai.response.id"))
 
+
+
+def _evaluations_alone(gkey: str, spans: list[Span]) -> Iterator[Outcome]:
+    """`gen_ai.evaluation.result` events on spans without the model calls they judge: a judge that
+    runs later usually reports on its own span (often in its own export request). They score the
+    trajectory the trace (or its conversation) becomes, whose id is known from the ids alone."""
+    conv = gkey.removeprefix("conversation:") if gkey.startswith("conversation:") else None
+    target = trajectory_id(conv, spans[0].trace_id)
+    for s in spans:
+        for e in s.events:
+            if e["name"] != "gen_ai.evaluation.result":
+                continue
+            a = e["attributes"]
+            value = a.get("gen_ai.evaluation.score.value")
+            yield Outcome(trajectory_id=target, name=str(a.get("gen_ai.evaluation.name") or "evaluation"),
+                          value=float(value) if isinstance(value, bool) else value, label=a.get("gen_ai.evaluation.score.label"),
+                          source="judge", recorded_at=e["time"] or s.end or s.start or DEFAULT_TIME,
+                          metadata={k: v for k, v in {"explanation": a.get("gen_ai.evaluation.explanation"),
+                                                      "span_id": s.span_id,
+                                                      "response_id": a.get("gen_ai.response.id")}.items()
+                                    if v is not None})
 
 
 def otlp_to_records(obj: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
