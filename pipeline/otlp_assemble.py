@@ -26,9 +26,9 @@ Limits:
   whether another fragment of its trace holds GenAI spans. Traces with none import nothing.
 * Evaluation results (`gen_ai.evaluation.result` events) become outcomes at capture, from the
   request's own mapping (their ids are content-derived, so a re-sent request does not duplicate
-  them); assembly maps them again but does not land them. An event in a request holding no model or
-  tool span of its trace therefore yields no outcome, and one sent before the fragment that carries
-  the trace's `gen_ai.conversation.id` points at `otlp-<trace id>`, not at the conversation.
+  them); assembly maps them again but does not land them. A verdict on a span of its own (a judge
+  that ran later) scores `otlp-<trace id>`, or the conversation its span names; one whose span does
+  not name the conversation that the trace's model spans name points at `otlp-<trace id>`.
 * A span without a span id is deduplicated only when re-sent byte for byte.
 * An unmappable trace is quarantined whole (all its spans for the day) with the mapper's reason.
 """
