@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pipeline.corpus import open_corpus, snapshot
-from pipeline.loader import CorpusLoader, packed_batches, to_iterable_dataset
+from pipeline.loader import CorpusLoader, to_iterable_dataset
+from pipeline.packing import packed_batches
 from pipeline.training import prepare_rows
 
 ML = 40  # max_length: some rows are longer, so truncation is exercised
