@@ -105,9 +105,9 @@ def _validated(ws: Workspace, kind: str, model: type, day: str | None, stats: In
     of the kind and day); collect the rest in `bad`."""
     for line in read_landed(ws.landing, kind, day) if lines is None else lines:
         stats.lines += 1
-        if line.error:
+        if line.error:  # unreadable (raw bytes kept), or read but refused upstream (record kept)
             reason = line.error
-            raw: Any = line.raw.decode(errors="replace")[:10_000]
+            raw: Any = line.raw.decode(errors="replace")[:10_000] if line.record is None else line.record
         else:
             try:
                 yield line.received_ns, model.model_validate(line.record)
@@ -128,8 +128,8 @@ def ingest_trajectories(ws: Workspace, day: str) -> tuple[pl.DataFrame, IngestSt
     """Validate one day's landed trajectories, and those assembled from its landed OTLP span
     fragments (`pipeline.otlp_assemble`), into `lake/trajectories/<day>.parquet`."""
     stats, bad, latest = IngestStats(), [], {}
-    landed = _validated(ws, "trajectory", Trajectory, day, stats, bad)
-    for received, traj in chain(landed, otlp_assemble.trajectories(ws, day, stats, bad)):
+    lines = chain(read_landed(ws.landing, "trajectory", day), otlp_assemble.landed_lines(ws, day))
+    for received, traj in _validated(ws, "trajectory", Trajectory, day, stats, bad, lines):
         prev = latest.get(traj.trajectory_id)
         if prev is not None:
             stats.duplicates += 1

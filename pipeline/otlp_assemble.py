@@ -36,21 +36,18 @@ Limits:
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
-from pipeline.landing import read_landed
-from pipeline.logs import event, get_logger
-from pipeline.schema import Trajectory, format_validation_error
+from pipeline.landing import LandedLine, read_landed
+from pipeline.schema import format_validation_error
 
 KIND = "otlp_span"
-log = get_logger("lake")
 _SCOPE_LISTS = ("scopeSpans", "scope_spans", "instrumentationLibrarySpans", "instrumentation_library_spans")
 
 
@@ -170,30 +167,22 @@ def _map(traces: dict[str, list[_Kept]]) -> tuple[list[dict[str, Any]], dict[str
         return [], {**failed, **dict.fromkeys(good, _reason(exc))}
 
 
-def trajectories(ws: Any, day: str, stats: Any, bad: list[dict[str, Any]]) -> Iterator[tuple[int, Trajectory]]:
-    """Yield (received_ns, Trajectory) assembled from the day's landed OTLP fragments; unreadable
-    fragments, unmappable traces and invalid trajectories go to `bad` (the day's quarantine) and
-    `stats` (lake.IngestStats) like any landed trajectory."""
-
-    def quarantine(source: str, line: int | None, reason: str, record: Any, record_id: str | None) -> None:
-        stats.quarantined += 1
-        stats.reasons[reason.split(":")[0]] += 1
-        bad.append({"source": source, "line": line, "reason": reason, "record": record})
-        event(log, "quarantined", logging.WARNING, workspace=ws.name, kind=KIND, day=day, record_id=record_id,
-              source=source, line=line, reason=reason)
-
+def landed_lines(ws: Any, day: str) -> Iterator[LandedLine]:
+    """The day's trajectories assembled from its landed OTLP fragments, as landed lines for the lake's
+    one validation/quarantine path (`lake._validated`): an assembled trajectory is a line whose
+    `received_ns` is its newest span's, and an unreadable fragment or an unmappable trace is a line
+    with its `error`, so both are counted, quarantined and logged like any landed trajectory."""
     latest: dict[tuple[str, str], _Kept] = {}
     for line in read_landed(ws.landing, KIND, day):
-        stats.lines += 1
         if line.error:
-            quarantine(line.source, line.line_no, line.error, line.raw.decode(errors="replace")[:10_000], None)
+            yield line
             continue
         try:
             spans = [(_ids(span), rmeta, smeta, span) for _, _, rmeta, smeta, span in _walk(line.record)]
             if not spans:
                 raise ValueError("not an OTLP span fragment (no spans)")
         except (ValueError, TypeError) as exc:
-            quarantine(line.source, line.line_no, _reason(exc), line.record, None)
+            yield replace(line, error=_reason(exc))
             continue
         for key, rmeta, smeta, span in spans:
             prev = latest.get(key)
@@ -208,14 +197,8 @@ def trajectories(ws: Any, day: str, stats: Any, bad: list[dict[str, Any]]) -> It
     mapped, failed = _map(traces)
     for tid, reason in failed.items():
         last = max(traces[tid], key=lambda k: k.received)
-        quarantine(last.source, last.line, reason, {"trace_id": tid, **_export(traces[tid])}, f"otlp-{tid}")
+        record = {"trajectory_id": f"otlp-{tid}", "trace_id": tid, **_export(traces[tid])}
+        yield LandedLine(last.source, last.line, last.received, record, error=reason)
     for rec in mapped:
-        rec = {**rec, "workspace": ws.name}
         tids = [t for t in (rec.get("metadata") or {}).get("trace_ids") or [] if t in received] or list(received)
-        try:
-            traj = Trajectory.model_validate(rec)
-        except ValidationError as exc:
-            quarantine(f"{KIND}/{day}", None, format_validation_error(exc), rec, rec.get("trajectory_id"))
-            continue
-        stats.valid += 1
-        yield max(received[t] for t in tids), traj
+        yield LandedLine(f"{KIND}/{day}", 0, max(received[t] for t in tids), {**rec, "workspace": ws.name})
