@@ -67,11 +67,13 @@ def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: in
     console.print(f"saved [bold]{res.checkpoint_dir}[/]: {res.steps} steps, loss {res.losses[0]:.3f} → "
                   f"{res.final_loss:.3f}, {res.tokens_per_second:,.0f} tokens/s, MLflow run {res.mlflow_run_id}")
     if tracker is not None and res.mlflow_run_id:
-        from pipeline.stage_train import registered_name
+        from pipeline.stage_train import register
 
-        reg = tracker.register_checkpoint(res.mlflow_run_id, res.checkpoint_dir,
-                                          registered_name(c.url.rstrip("/").rsplit("/", 1)[-1]), tags=tags)
-        console.print(f"registered as [bold]{reg['model_uri']}[/]")
+        reg = register(tracker, res.mlflow_run_id, res.checkpoint_dir, c.url.rstrip("/").rsplit("/", 1)[-1], tags)
+        if "model_uri" in reg:
+            console.print(f"registered as [bold]{reg['model_uri']}[/]")
+        else:
+            err.print(f"[yellow]checkpoint kept, but not registered in MLflow:[/] {reg['registration_error']}")
 
 
 def _fit(fmt: str, rows: list, common: dict, learning_rate: float | None, batch_size: int, lora: bool,

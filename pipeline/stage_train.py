@@ -84,6 +84,18 @@ def registered_name(corpus: str) -> str:
     return f"tracemill-{corpus}"
 
 
+def register(tracker: Any, run_id: str, checkpoint_dir: Path, corpus: str, tags: dict[str, str]) -> dict[str, Any]:
+    """Register a trained checkpoint as the next version of `tracemill-<corpus>`: `model_uri` etc., or
+    `registration_error` when the registry refuses, since the training it follows must not be lost."""
+    try:
+        return tracker.register_checkpoint(run_id, checkpoint_dir, registered_name(corpus), tags=tags)
+    except Exception as exc:  # noqa: BLE001 - an hour of training must not be lost to the registry
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        event(log, "model registration failed", logging.WARNING, corpus=corpus, checkpoint=str(checkpoint_dir),
+              mlflow_run_id=run_id, error=error)
+        return {"registration_error": error}
+
+
 def train_corpus(spec: CorpusSpec, corpus_root: str, base_model_path: str, checkpoints_root: Path,
                  tracker: Any, tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train on the train split of the corpus's latest version; returns the checkpoint summary."""
@@ -107,12 +119,6 @@ def train_corpus(spec: CorpusSpec, corpus_root: str, base_model_path: str, check
                "size_mb": round(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6, 2),
                "finished_at": time.time()}
     if tracker is not None and res.mlflow_run_id:
-        try:
-            summary |= tracker.register_checkpoint(res.mlflow_run_id, out, registered_name(spec.name),
-                                                   tags={"corpus": ref, "format": spec.format})
-        except Exception as exc:  # noqa: BLE001 - an hour of training must not be lost to the registry
-            summary["registration_error"] = f"{type(exc).__name__}: {exc}"[:500]
-            event(log, "model registration failed", logging.WARNING, corpus=spec.name, checkpoint=str(out),
-                  mlflow_run_id=res.mlflow_run_id, error=summary["registration_error"])
+        summary |= register(tracker, res.mlflow_run_id, out, spec.name, {"corpus": ref, "format": spec.format})
     summary_path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return summary | {"reused": False}
