@@ -6,9 +6,11 @@ from pathlib import Path
 import dagster as dg
 
 from assets.resources import MlflowResource, TracemillResource
-from pipeline import stage_eval, stage_train, stages
 from pipeline.config import CorpusSpec, TracemillConfig
-from pipeline.report import counts_table, markdown_table
+from pipeline.corpus import stages
+from pipeline.evaluate import stage as stage_eval
+from pipeline.previews import counts_table, markdown_table
+from pipeline.train import stage as stage_train
 
 
 def gpu_tags(devices: int = 1) -> dict:

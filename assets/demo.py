@@ -40,10 +40,10 @@ def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None) 
     import dagster as dg
 
     from assets.definitions import build_definitions
+    from pipeline.capture.workspace import Workspace
     from pipeline.config import load_config
-    from pipeline.demo_world import deliver_late, populate
-    from pipeline.lake import workspace_counts
-    from pipeline.workspace import Workspace
+    from pipeline.demo.world import deliver_late, populate
+    from pipeline.lake.ingest import workspace_counts
 
     cfg = load_config()
     if train_steps is not None:

@@ -7,8 +7,9 @@ import dagster as dg
 import polars as pl
 
 from assets.resources import TracemillResource
-from pipeline import join, lake
-from pipeline.report import counts_table, markdown_table
+from pipeline.lake import ingest as lake
+from pipeline.lake import join
+from pipeline.previews import counts_table, markdown_table
 
 PREVIEW = ["trajectory_id", "agent", "task_id", "n_messages", "n_tool_calls", "final_answer"]
 

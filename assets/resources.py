@@ -11,8 +11,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from pipeline.capture.workspace import Workspace, home_dir
 from pipeline.config import Profile
-from pipeline.workspace import Workspace, home_dir
 
 
 class TracemillResource(dg.ConfigurableResource):
@@ -44,7 +44,7 @@ class TracemillResource(dg.ConfigurableResource):
         return self.checkpoints_root() / corpus
 
     def base_model_path(self) -> str:
-        from pipeline.stages import resolve_model
+        from pipeline.corpus.stages import resolve_model
 
         return resolve_model(self.base_model, self.models_dir())
 

@@ -7,7 +7,7 @@ import dagster as dg
 import orjson
 
 from assets.resources import TracemillResource
-from pipeline.late import scan_new_outcomes
+from pipeline.lake.late import scan_new_outcomes
 
 
 def build_late_outcome_sensor(rejoin_job) -> dg.SensorDefinition:

@@ -29,8 +29,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.backfill import REPO_ROOT, ensure_dagster_home
-from pipeline.workspace import home_dir
+from pipeline.capture.workspace import home_dir
+from pipeline.lake.backfill import REPO_ROOT, ensure_dagster_home
 
 HOST = "127.0.0.1"
 

@@ -26,10 +26,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import fastschema  # noqa: E402
-from pipeline.auth import create_token  # noqa: E402
+from pipeline.capture import fast_validate as fastschema  # noqa: E402
+from pipeline.capture.workspace import Workspace  # noqa: E402
 from pipeline.schema import Trajectory  # noqa: E402
-from pipeline.workspace import Workspace  # noqa: E402
+from pipeline.server.auth import create_token  # noqa: E402
 
 
 def record(i: int, run: str = "") -> dict[str, Any]:
@@ -114,7 +114,7 @@ def free_port() -> int:
 
 
 def start_server(home: str, port: int) -> subprocess.Popen:
-    code = f"from pipeline.server import serve; serve(port={port}, home={home!r})"
+    code = f"from pipeline.server.app import serve; serve(port={port}, home={home!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
     for _ in range(300):
         try:
@@ -164,7 +164,7 @@ def bench_server(url: str, token: str, seconds: float, clients: int, batch: int)
 
 
 def bench_remote_sdk(url: str, token: str, n: int) -> dict[str, float]:
-    from pipeline.remote import RemoteWorkspace
+    from pipeline.capture.remote_sdk import RemoteWorkspace
 
     recs = [record(i, "sdk-") for i in range(n)]
     ws = RemoteWorkspace(url, "bench", token, batch_size=100, max_queue=n + 1)
@@ -202,7 +202,7 @@ def otlp_body(traces: int, spans: int) -> bytes:
 
 
 def bench_otlp(url: str, token: str, requests: int) -> dict[str, Any]:
-    from pipeline.otlp_capture import mapper
+    from pipeline.server.otlp_http import mapper
 
     body = otlp_body(20, 5)
     headers = {"authorization": f"Bearer {token}", "content-type": "application/x-protobuf"}

@@ -33,10 +33,10 @@ import pyarrow as pa  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.corpus import snapshot  # noqa: E402
-from pipeline.corpus_io import content_hash, hashed_columns, row_hashes  # noqa: E402
-from pipeline.filters import apply_filter  # noqa: E402
-from pipeline.join import column_name, join_outcomes  # noqa: E402
+from pipeline.corpus.columns import content_hash, hashed_columns, row_hashes  # noqa: E402
+from pipeline.corpus.store import snapshot  # noqa: E402
+from pipeline.lake.filters import apply_filter  # noqa: E402
+from pipeline.lake.join import column_name, join_outcomes  # noqa: E402
 
 FILTER = "reward > 0 and n_tool_calls <= 20"
 ITEMS = ["apples", "rice", "coffee", "milk", "nails", "paint", "rope", "glue"]
@@ -192,7 +192,7 @@ def token_rows(n: int, start: int = 0, seed: int = 2) -> pl.DataFrame:
 def bench_snapshot(n: int, root: str, repeat: int) -> dict[str, Any]:
     """Full snapshot into a fresh corpus, the same rows again (unchanged), then 1% new rows (a delta),
     `repeat` times on fresh corpora; each figure the best of its runs. The tokenizer named in the
-    lineage is what lets token columns go unhashed (see pipeline.corpus_io.token_columns)."""
+    lineage is what lets token columns go unhashed (see pipeline.corpus.columns.token_columns)."""
     base = token_rows(n)
     grown = pl.concat([base, token_rows(n // 100, start=n)])
     lineage = {"tokenizer": "bench-bpe512", "max_length": 256}

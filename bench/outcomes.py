@@ -26,9 +26,10 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import lake, storage  # noqa: E402
-from pipeline.late import trajectory_days  # noqa: E402
-from pipeline.workspace import Workspace  # noqa: E402
+from pipeline import storage
+from pipeline.capture.workspace import Workspace  # noqa: E402
+from pipeline.lake import ingest as lake  # noqa: E402
+from pipeline.lake.late import trajectory_days  # noqa: E402
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 

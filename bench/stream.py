@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.corpus import open_corpus, snapshot  # noqa: E402
-from pipeline.loader import IGNORE, CorpusLoader  # noqa: E402
+from pipeline.corpus.store import open_corpus, snapshot  # noqa: E402
+from pipeline.train.loader import IGNORE, CorpusLoader  # noqa: E402
 
 BATCH, MAX_LEN = 16, 512
 
@@ -43,9 +43,9 @@ def log(msg: str) -> None:
 def demo_lengths(n: int = 2000) -> np.ndarray:
     """Token counts of real demo trajectories (the four scripted agents, random tasks)."""
     from pipeline.chat_format import render_text
-    from pipeline.demo_agents import AGENTS, policy_for
-    from pipeline.demo_world import make_task, rollout
-    from pipeline.tiny_model import train_tokenizer
+    from pipeline.demo.agents import AGENTS, policy_for
+    from pipeline.demo.world import make_task, rollout
+    from pipeline.train.tiny_model import train_tokenizer
 
     rng, agents, texts = Random(0), list(AGENTS), []
     for i in range(n):

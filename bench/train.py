@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from pipeline.capture.landing import read_landed  # noqa: E402
+from pipeline.capture.workspace import Workspace  # noqa: E402
 from pipeline.chat_format import render_text, tokenize_conversation  # noqa: E402
-from pipeline.demo_world import populate  # noqa: E402
-from pipeline.landing import read_landed  # noqa: E402
-from pipeline.tiny_model import build_tiny_model  # noqa: E402
-from pipeline.workspace import Workspace  # noqa: E402
+from pipeline.demo.world import populate  # noqa: E402
+from pipeline.train.tiny_model import build_tiny_model  # noqa: E402
 
 
 def demo_trajectories(home: Path, per_day: int) -> list[dict[str, Any]]:
@@ -94,9 +94,9 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from pipeline.training import SFTRecipe, train_sft
-    from pipeline.training_pref import PrefRecipe, train_dpo, train_kto
-    from pipeline.training_rl import RLRecipe, train_grpo
+    from pipeline.train.grpo import RLRecipe, train_grpo
+    from pipeline.train.preference import PrefRecipe, train_dpo, train_kto
+    from pipeline.train.sft import SFTRecipe, train_sft
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -85,7 +85,7 @@ class MlflowTracker:
     def __init__(self, tracking_uri: str | None = None, experiment: str = "tracemill",
                  artifact_root: str | Path | None = None, home: str | Path | None = None):
         if tracking_uri is None:
-            from pipeline.workspace import home_dir
+            from pipeline.capture.workspace import home_dir
 
             home = home_dir(home)
             tracking_uri = local_tracking_uri(home)

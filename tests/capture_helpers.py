@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from pipeline.server import create_app
+from pipeline.server.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ class ThreadServer:
 
 
 class ProcessServer:
-    """The server in its own process (`pipeline.server.serve`), for SIGKILL tests."""
+    """The server in its own process (`pipeline.server.app.serve`), for SIGKILL tests."""
 
     def __init__(self, home: Path, port: int | None = None):
         self.home = home
@@ -79,7 +79,7 @@ class ProcessServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> ProcessServer:
-        code = f"from pipeline.server import serve; serve(port={self.port}, home={str(self.home)!r})"
+        code = f"from pipeline.server.app import serve; serve(port={self.port}, home={str(self.home)!r})"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
         wait_healthy(self.url, proc=self.proc)

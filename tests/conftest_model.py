@@ -64,8 +64,8 @@ def _demo_world_texts(conversations: list[list[dict[str, Any]]]) -> list[str]:
     from pipeline.chat_format import render_text
 
     try:
-        from pipeline.demo_world import SYSTEM_PROMPT
-        from pipeline.demo_world import TOOLS as DEMO_TOOLS
+        from pipeline.demo.world import SYSTEM_PROMPT
+        from pipeline.demo.world import TOOLS as DEMO_TOOLS
     except ImportError:
         return []
     swap = [[{**m, "content": SYSTEM_PROMPT} if m["role"] == "system" else m for m in c] for c in conversations]
@@ -77,7 +77,7 @@ def tiny_model_dir(tmp_path_factory, tool_conversations):
     """A ~0.3M-parameter Llama (hidden 64, 2 layers, vocab 512) with a BPE trained on the
     conversations; treat it as read-only."""
     from pipeline.chat_format import render_text
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.train.tiny_model import build_tiny_model
 
     texts = [render_text(c, TOOLS) for c in tool_conversations] + _demo_world_texts(tool_conversations)
     return build_tiny_model(texts, tmp_path_factory.mktemp("tiny_model"), vocab_size=512, hidden_size=64,
@@ -101,7 +101,7 @@ def sft_corpus(sft_rows, tmp_path_factory) -> tuple[str, str]:
     """The same rows as a Deeplake corpus, plus two eval rows the train query must leave out."""
     import polars as pl
 
-    from pipeline.corpus import snapshot
+    from pipeline.corpus.store import snapshot
 
     root = f"file://{tmp_path_factory.mktemp('corpora')}"
     n = len(sft_rows) + 2

@@ -7,11 +7,11 @@ from transformers import AutoModelForCausalLM
 
 from assets.definitions import build_assets, build_definitions
 from assets.resources import local_resources
+from pipeline.capture.landing import read_landed
+from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec, EvalSettings, OnlineEvalSettings, TracemillConfig, TrainSettings
-from pipeline.corpus import list_versions, open_corpus, resolve_corpus_url
-from pipeline.demo_world import deliver_late, populate
-from pipeline.landing import read_landed
-from pipeline.workspace import Workspace
+from pipeline.corpus.store import list_versions, open_corpus, resolve_corpus_url
+from pipeline.demo.world import deliver_late, populate
 
 DAYS = ["2026-11-16", "2026-11-17"]
 SLICES = {"careful": "SELECT * WHERE \"split\" = 'eval' AND agent = 'careful'",

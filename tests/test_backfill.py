@@ -11,10 +11,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.backfill import days_in_range, parse_line, plan_backfill
-from pipeline.cli_ops import backfill
-from pipeline.demo_world import populate
-from pipeline.workspace import Workspace
+from pipeline.capture.workspace import Workspace
+from pipeline.cli.ops import backfill
+from pipeline.demo.world import populate
+from pipeline.lake.backfill import days_in_range, parse_line, plan_backfill
 
 DAYS = ["2026-11-16", "2026-11-17", "2026-11-18"]
 PER_DAY = 10
@@ -102,5 +102,5 @@ def test_plan_and_parsing_without_dagster(home, instance_home):
                      "27d86862-8c68-4712-b01b-e7a71b7b5cbf - raw_trajectories - 2026-11-16: 20 valid - ok")
     assert (log.event, log.step, log.message) == ("LOG", "raw_trajectories", "2026-11-16: 20 valid - ok")
     # pipeline/ stays free of Dagster: importing the command must not import it
-    code = "import sys, pipeline.cli_ops, pipeline.backfill; assert 'dagster' not in sys.modules"
+    code = "import sys, pipeline.cli.ops, pipeline.lake.backfill; assert 'dagster' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -44,8 +44,8 @@ def test_import_then_show_counts(tmp_path):
 
 
 def test_snapshot_command_versions_and_waits(tmp_path):
-    from pipeline.demo_world import populate
-    from pipeline.workspace import Workspace
+    from pipeline.capture.workspace import Workspace
+    from pipeline.demo.world import populate
 
     populate(Workspace.open("ft-live", home=tmp_path), days=["2026-11-20"], per_day=12, seed=5)
     first = json.loads(tm("snapshot", "ft-live", "--filter", "reward>0", "--to", "deeplake://org/sft", "--json",
@@ -85,6 +85,6 @@ def test_import_without_timestamps_says_how_to_place_them_in_a_day(tmp_path):
     assert "landed on 1970-01-01" in out.stderr and "--default-time" in out.stderr
     placed = tm("import", str(src), "-w", "sg", "--default-time", "2026-11-20", home=tmp_path)
     assert placed.returncode == 0 and "landed on" not in placed.stderr
-    from pipeline.workspace import Workspace
+    from pipeline.capture.workspace import Workspace
 
     assert Workspace("sg", tmp_path).days("trajectory") == ["1970-01-01", "2026-11-20"]

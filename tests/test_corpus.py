@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.corpus import (
+from pipeline.corpus.store import (
     CorpusNotFound,
     CorpusVersionNotFound,
     diff_versions,

@@ -5,8 +5,10 @@ from datetime import date
 import orjson
 import pytest
 
-from pipeline.demo_agents import AGENTS, make_bad_records, policy_for
-from pipeline.demo_world import (
+from pipeline.capture.landing import read_landed
+from pipeline.capture.workspace import Workspace
+from pipeline.demo.agents import AGENTS, make_bad_records, policy_for
+from pipeline.demo.world import (
     TOOLS,
     Task,
     ToolError,
@@ -20,9 +22,7 @@ from pipeline.demo_world import (
     rollout,
     score_tool_call,
 )
-from pipeline.landing import read_landed
 from pipeline.schema import Message, Outcome, Preference, Trajectory
-from pipeline.workspace import Workspace
 
 DAYS = ["2026-11-16", "2026-11-17"]
 

@@ -14,10 +14,10 @@ import time
 import httpx
 import orjson
 
-from pipeline.auth import create_token
-from pipeline.lake import ingest_trajectories, read_quarantine
-from pipeline.landing import read_landed
-from pipeline.workspace import Workspace
+from pipeline.capture.landing import read_landed
+from pipeline.capture.workspace import Workspace
+from pipeline.lake.ingest import ingest_trajectories, read_quarantine
+from pipeline.server.auth import create_token
 from tests.capture_helpers import ROOT, ProcessServer
 
 DAY = "2026-11-20"
@@ -96,8 +96,8 @@ def test_acknowledged_records_survive_server_sigkill(tmp_path):
 
 WRITER = """
 import sys
-from pipeline import fastschema
-from pipeline.workspace import Workspace
+from pipeline.capture import fast_validate as fastschema
+from pipeline.capture.workspace import Workspace
 ws = Workspace.open("local", home=sys.argv[1])
 fast = fastschema.LandingWriter(ws.landing)
 prefix, seq = sys.argv[2], 0

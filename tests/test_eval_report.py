@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from pipeline.demo_world import policy_for
-from pipeline.eval_render import markdown_report, rich_table
-from pipeline.eval_report import bootstrap_ci, build_report, compare, gate, log_report, plots
-from pipeline.online_eval import online_eval
+from pipeline.demo.world import policy_for
+from pipeline.evaluate.compare import bootstrap_ci, build_report, compare, gate, log_report, plots
+from pipeline.evaluate.online import online_eval
+from pipeline.evaluate.render import markdown_report, rich_table
 
 
 def test_bootstrap_ci_identical_and_clearly_better():
@@ -123,7 +123,7 @@ def test_results_on_different_tasks_are_not_compared():
 
 def test_mlflow_round_trip(report, tmp_path):
     """Loss curve read back from a real (sqlite) MLflow run; metrics and artifacts land on that run."""
-    from pipeline.eval_report import loss_curve_from_mlflow
+    from pipeline.evaluate.compare import loss_curve_from_mlflow
     from pipeline.tracking import MlflowTracker
 
     tracker = MlflowTracker(home=tmp_path, experiment="eval-report-test")

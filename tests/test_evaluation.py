@@ -8,8 +8,8 @@ import math
 import pytest
 
 from pipeline.chat_format import tokenize_conversation, tokenize_prompt
-from pipeline.evaluation import answers_match, evaluate_checkpoint, generate_turns, generation_tasks
-from pipeline.training import SFTRecipe, train_sft
+from pipeline.evaluate.offline import answers_match, evaluate_checkpoint, generate_turns, generation_tasks
+from pipeline.train.sft import SFTRecipe, train_sft
 from tests.conftest_model import TOOLS, make_conversations
 
 
@@ -82,8 +82,8 @@ def test_rows_without_tokens_are_tokenized(tiny_model_dir, eval_rows):
 
 
 def test_arguments_are_checked_against_the_tool_schema():
-    from pipeline.demo_world import TOOLS
-    from pipeline.evaluation import arguments_valid
+    from pipeline.demo.world import TOOLS
+    from pipeline.evaluate.offline import arguments_valid
 
     assert arguments_valid("lookup_price", {"item": "apples"}, TOOLS)
     assert not arguments_valid("lookup_price", {}, TOOLS)                      # required missing

@@ -9,10 +9,10 @@ import polars as pl
 import pytest
 
 from pipeline.chat_format import render_text
-from pipeline.corpus import open_corpus, snapshot
-from pipeline.demo_world import Task
-from pipeline.export import export_corpus, openai_arguments, to_hf_dataset, trl_rows
-from pipeline.formats import FORMATS, build_rows, tokenize_format_rows, with_row_key
+from pipeline.corpus.export import export_corpus, openai_arguments, to_hf_dataset, trl_rows
+from pipeline.corpus.rows import FORMATS, build_rows, tokenize_format_rows, with_row_key
+from pipeline.corpus.store import open_corpus, snapshot
+from pipeline.demo.world import Task
 from tests.test_formats import joined_world
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipeline import fastschema
+from pipeline.capture import fast_validate as fastschema
 from pipeline.schema import Trajectory
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
@@ -72,8 +72,8 @@ def test_fast_path_is_taken_for_canonical_records():
 
 
 def test_local_fast_write_is_all_or_nothing(tmp_path):
-    from pipeline.landing import read_landed
-    from pipeline.workspace import Workspace
+    from pipeline.capture.landing import read_landed
+    from pipeline.capture.workspace import Workspace
 
     ws = Workspace.create("w", tmp_path)
     writer = fastschema.LandingWriter(ws.landing)

@@ -1,4 +1,4 @@
-"""Behaviour of the filter language against real polars frames with nulls (see pipeline/filters.py)."""
+"""Behaviour of the filter language against real polars frames with nulls (see pipeline/lake/filters.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.filters import FilterError, apply_filter, compile_filter, describe
+from pipeline.lake.filters import FilterError, apply_filter, compile_filter, describe
 
 NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
 

@@ -6,11 +6,10 @@ import orjson
 import polars as pl
 import pytest
 
-from pipeline import lake
+from pipeline.capture.workspace import Workspace
 from pipeline.chat_format import ASSISTANT, render_assistant_body, tokenize_conversation, tokenize_prompt
-from pipeline.curate import curate, split_of
-from pipeline.demo_world import Task, populate
-from pipeline.formats import (
+from pipeline.corpus.curate import curate, split_of
+from pipeline.corpus.rows import (
     FORMATS,
     build_rows,
     dpo_pairs,
@@ -19,10 +18,11 @@ from pipeline.formats import (
     rl_rows,
     tokenize_format_rows,
 )
-from pipeline.join import join_outcomes
-from pipeline.lake import PREFERENCE_SCHEMA
-from pipeline.rewards import parse_ground_truth
-from pipeline.workspace import Workspace
+from pipeline.demo.rewards import parse_ground_truth
+from pipeline.demo.world import Task, populate
+from pipeline.lake import ingest as lake
+from pipeline.lake.ingest import PREFERENCE_SCHEMA
+from pipeline.lake.join import join_outcomes
 
 
 def joined_world(home) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -4,10 +4,10 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from pipeline import lake
-from pipeline.grading import grade_workspace
-from pipeline.join import join_outcomes
-from pipeline.workspace import Workspace
+from pipeline.capture.workspace import Workspace
+from pipeline.lake import ingest as lake
+from pipeline.lake.grading import grade_workspace
+from pipeline.lake.join import join_outcomes
 
 DAY = "2026-11-20"
 
@@ -70,7 +70,7 @@ def test_grade_cli_lands_outcomes_and_reports_failures(home):
     import orjson
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.cli.main import app
 
     ws = _cli_workspace(home)
     out = CliRunner().invoke(app, ["grade", "g", "--fn", "tests.test_grading:exact_four", "--from", DAY,
@@ -103,7 +103,7 @@ def test_grade_cli_lands_outcomes_and_reports_failures(home):
 def test_grade_cli_errors_are_clear(home):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.cli.main import app
 
     _cli_workspace(home)
     cases = [(["nope", "--fn", "tests.test_grading:exact_four"], "does not exist"),

@@ -16,14 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.importers import FORMATS, UnknownFormatError, detect_format, import_file, import_paths
-from pipeline.importers.base import Context
-from pipeline.importers.calls import decode_arguments
-from pipeline.importers.openai import convert_chat
-from pipeline.importers.source import Source
-from pipeline.landing import read_landed
+from pipeline.capture.importers import FORMATS, UnknownFormatError, detect_format, import_file, import_paths
+from pipeline.capture.importers.base import Context
+from pipeline.capture.importers.calls import decode_arguments
+from pipeline.capture.importers.openai import convert_chat
+from pipeline.capture.importers.source import Source
+from pipeline.capture.landing import read_landed
+from pipeline.capture.workspace import Workspace
 from pipeline.schema import Outcome, Preference, Trajectory
-from pipeline.workspace import Workspace
 
 FIX = Path(os.environ.get("TRACEMILL_FIXTURES") or Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "realworld")
 pytestmark = pytest.mark.skipif(not FIX.exists(), reason="real-world fixtures not available")
@@ -490,7 +490,7 @@ def test_otlp_json_from_sdk_spans(tmp_path):
     reasons = sorted(e.reason for e in r.errors)
     assert len(reasons) == 2 and "invalid JSON" in reasons[0] and "nothing to import" in reasons[1]
     # the live capture endpoint's hook: one export request → validated dicts with the same ids
-    from pipeline.importers.otlp import otlp_to_records
+    from pipeline.capture.importers.otlp import otlp_to_records
 
     lines = [json.loads(line) for line in path.read_text().splitlines()[:-1]]
     trajs, outs = otlp_to_records({"resourceSpans": [rs for x in lines for rs in x["resourceSpans"]]})

@@ -7,9 +7,11 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import polars as pl
 
-from pipeline import incremental, lake, storage
-from pipeline.landing import LandingWriter
-from pipeline.workspace import Workspace
+from pipeline import storage
+from pipeline.capture.landing import LandingWriter
+from pipeline.capture.workspace import Workspace
+from pipeline.lake import incremental
+from pipeline.lake import ingest as lake
 
 T0 = datetime(2026, 11, 16, 9, tzinfo=UTC)
 

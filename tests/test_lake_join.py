@@ -5,8 +5,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import polars as pl
 
-from pipeline import join, lake
-from pipeline.workspace import Workspace
+from pipeline.capture.workspace import Workspace
+from pipeline.lake import ingest as lake
+from pipeline.lake import join
 
 DAY = "2026-11-20"
 T0 = datetime(2026, 11, 20, 9, tzinfo=UTC)

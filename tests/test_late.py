@@ -8,11 +8,11 @@ import pytest
 
 from assets.definitions import build_definitions
 from assets.resources import TracemillResource
-from pipeline import lake
+from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec, TracemillConfig
-from pipeline.join import join_day, join_outcomes
-from pipeline.late import parse_duration, scan_new_outcomes, wait_decision
-from pipeline.workspace import Workspace
+from pipeline.lake import ingest as lake
+from pipeline.lake.join import join_day, join_outcomes
+from pipeline.lake.late import parse_duration, scan_new_outcomes, wait_decision
 
 DAYS = ["2026-11-16", "2026-11-17", "2026-11-18"]
 

@@ -9,8 +9,8 @@ import sys
 import orjson
 import pytest
 
-from pipeline import launch
-from pipeline.training import SFTRecipe, train_sft, train_sft_corpus
+from pipeline.train import launch
+from pipeline.train.sft import SFTRecipe, train_sft, train_sft_corpus
 
 
 @pytest.fixture

@@ -25,10 +25,10 @@ import psutil
 import pytest
 import yaml
 
-from pipeline.backfill import REPO_ROOT, plan_backfill, run_backfill
-from pipeline.demo_world import DemoStats, populate
-from pipeline.late import trajectory_days
-from pipeline.workspace import Workspace
+from pipeline.capture.workspace import Workspace
+from pipeline.demo.world import DemoStats, populate
+from pipeline.lake.backfill import REPO_ROOT, plan_backfill, run_backfill
+from pipeline.lake.late import trajectory_days
 
 pytestmark = pytest.mark.live
 

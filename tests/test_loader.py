@@ -9,10 +9,10 @@ import polars as pl
 import pytest
 import torch
 
-from pipeline.corpus import open_corpus, snapshot
-from pipeline.loader import CorpusLoader, to_iterable_dataset
-from pipeline.packing import packed_batches
-from pipeline.training import prepare_rows
+from pipeline.corpus.store import open_corpus, snapshot
+from pipeline.train.loader import CorpusLoader, to_iterable_dataset
+from pipeline.train.packing import packed_batches
+from pipeline.train.sft import prepare_rows
 
 ML = 40  # max_length: some rows are longer, so truncation is exercised
 EVAL = 'SELECT * WHERE "split" = \'eval\''
@@ -169,7 +169,7 @@ def test_trl_trains_from_the_iterable_dataset(corpus, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from pipeline.training import SFTRecipe, quiet_progress, sft_config
+    from pipeline.train.sft import SFTRecipe, quiet_progress, sft_config
 
     recipe = SFTRecipe(base_model=str(tiny_model_dir), output_dir=str(tmp_path), max_steps=2,
                        per_device_batch_size=4, max_length=ML, device="cpu")

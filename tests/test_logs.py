@@ -11,10 +11,10 @@ import pytest
 from assets.definitions import build_assets
 from assets.resources import local_resources
 from pipeline import logs
-from pipeline.auth import create_token
+from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec, TracemillConfig
-from pipeline.demo_world import populate
-from pipeline.workspace import Workspace
+from pipeline.demo.world import populate
+from pipeline.server.auth import create_token
 from tests.capture_helpers import ThreadServer
 
 DAY = "2026-11-16"

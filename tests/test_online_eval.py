@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from pipeline.demo_world import eval_tasks, policy_for
-from pipeline.online_eval import model_policy, online_eval, per_task, summarize
+from pipeline.demo.world import eval_tasks, policy_for
+from pipeline.evaluate.online import model_policy, online_eval, per_task, summarize
 
 N_TASKS, MAX_STEPS, MAX_NEW = 4, 3, 24
 
@@ -47,8 +47,8 @@ def test_model_policy_writes_a_parsed_assistant_turn(tiny_model_dir):
 
 
 def test_rollouts_are_captured_into_a_workspace(tiny_model_dir, tmp_path):
-    from pipeline.lake import ingest_outcomes, ingest_trajectories
-    from pipeline.workspace import Workspace
+    from pipeline.capture.workspace import Workspace
+    from pipeline.lake.ingest import ingest_outcomes, ingest_trajectories
 
     ws = Workspace.open("eval-capture", home=tmp_path)
     report = online_eval(tiny_model_dir, seed=3, n_tasks=N_TASKS, max_steps=MAX_STEPS, max_new_tokens=MAX_NEW,
@@ -76,8 +76,8 @@ def test_rollouts_are_captured_into_a_workspace(tiny_model_dir, tmp_path):
 
 
 def test_harness_scores_a_known_correct_policy_as_perfect(tmp_path):
-    from pipeline.lake import ingest_outcomes, ingest_trajectories
-    from pipeline.workspace import Workspace
+    from pipeline.capture.workspace import Workspace
+    from pipeline.lake.ingest import ingest_outcomes, ingest_trajectories
 
     ws = Workspace.open("eval-scripted", home=tmp_path)
     report = online_eval(None, seed=5, n_tasks=6, policy_factory=lambda task: policy_for("careful", task),

@@ -11,10 +11,10 @@ import orjson
 import polars as pl
 import pytest
 
-from pipeline.lake import ingest_trajectories, read_quarantine, workspace_counts
-from pipeline.landing import read_landed
-from pipeline.stages import refresh_lake
-from pipeline.workspace import Workspace
+from pipeline.capture.landing import read_landed
+from pipeline.capture.workspace import Workspace
+from pipeline.corpus.stages import refresh_lake
+from pipeline.lake.ingest import ingest_trajectories, read_quarantine, workspace_counts
 from tests.capture_helpers import ThreadServer
 
 

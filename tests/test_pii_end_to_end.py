@@ -5,10 +5,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from pipeline import stages
+from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec
-from pipeline.corpus import open_corpus
-from pipeline.workspace import Workspace
+from pipeline.corpus import stages
+from pipeline.corpus.store import open_corpus
 
 PLANTED = {
     "email": "jane.doe@example.com",

@@ -13,13 +13,13 @@ import pytest
 from assets.definitions import build_assets, build_definitions
 from assets.resources import executor_for, resources_for_env
 from pipeline import storage
-from pipeline.auth import create_token
+from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec, Profile, TracemillConfig
-from pipeline.corpus import list_versions, open_corpus, resolve_corpus_url
-from pipeline.demo_world import deliver_late, populate
-from pipeline.lake import ingest_trajectories
-from pipeline.late import scan_new_outcomes
-from pipeline.workspace import Workspace
+from pipeline.corpus.store import list_versions, open_corpus, resolve_corpus_url
+from pipeline.demo.world import deliver_late, populate
+from pipeline.lake.ingest import ingest_trajectories
+from pipeline.lake.late import scan_new_outcomes
+from pipeline.server.auth import create_token
 from tests.capture_helpers import ThreadServer
 
 BUCKET = "tracemill-data"
@@ -158,7 +158,7 @@ def test_profiles_select_executor_and_fail_clearly(monkeypatch, tiny_model_dir):
 
 
 def test_sdk_cli_and_server_follow_the_selected_profile(tmp_path, monkeypatch, home):
-    from pipeline.corpus import default_corpus_root
+    from pipeline.corpus.store import default_corpus_root
 
     cfg = tmp_path / "tracemill.yaml"
     cfg.write_text("profiles:\n  team: {data_root: 's3://b/data', corpus_root: 's3://b/corpora'}\n")

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from pipeline.landing import read_landed
+from pipeline.capture.landing import read_landed
+from pipeline.capture.workspace import Workspace, WorkspaceNotFound
 from pipeline.schema import Trajectory
-from pipeline.workspace import Workspace, WorkspaceNotFound
 
 
 def test_workspace_lifecycle(tmp_path):

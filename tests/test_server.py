@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.auth import create_token, revoke
-from pipeline.lake import ingest_outcomes, ingest_trajectories, read_quarantine
-from pipeline.remote import RemoteWorkspace
-from pipeline.workspace import Workspace
+from pipeline.capture.remote_sdk import RemoteWorkspace
+from pipeline.capture.workspace import Workspace
+from pipeline.lake.ingest import ingest_outcomes, ingest_trajectories, read_quarantine
+from pipeline.server.auth import create_token, revoke
 from tests.capture_helpers import ThreadServer
 
 MAX_BODY = 256 * 1024
@@ -347,7 +347,7 @@ def test_remote_sdk_records_flushes_and_closes(live):
 
 
 def test_remote_sdk_streams_an_open_trajectory(live, monkeypatch):
-    from pipeline.remote import connect
+    from pipeline.capture.remote_sdk import connect
 
     monkeypatch.setenv("TRACEMILL_TOKEN", live.alpha_w)
     with connect(live.url, "alpha") as ws:
@@ -384,7 +384,7 @@ def test_remote_sdk_close_gives_up_at_its_timeout_and_says_what_was_lost():
 
 
 def test_remote_sdk_bounded_queue_drops_or_raises_when_full():
-    from pipeline.remote import QueueFull
+    from pipeline.capture.remote_sdk import QueueFull
     from tests.capture_helpers import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"

@@ -3,8 +3,8 @@
 import orjson
 
 from pipeline.config import CorpusSpec, OnlineEvalSettings
-from pipeline.eval_report import gate
-from pipeline.stage_eval import previous_online
+from pipeline.evaluate.compare import gate
+from pipeline.evaluate.stage import previous_online
 
 
 def _online(path, success):

@@ -5,8 +5,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipeline.config import CorpusSpec, TrainSettings
-from pipeline.stage_train import train_corpus
 from pipeline.tracking import MlflowTracker
+from pipeline.train.stage import train_corpus
 
 
 class RegistryDown(MlflowTracker):

@@ -2,12 +2,12 @@
 
 from transformers import AutoTokenizer
 
-from pipeline import stages
+from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec
-from pipeline.corpus import open_corpus
-from pipeline.demo_world import populate
-from pipeline.formats import tokenize_format_rows
-from pipeline.workspace import Workspace
+from pipeline.corpus import stages
+from pipeline.corpus.rows import tokenize_format_rows
+from pipeline.corpus.store import open_corpus
+from pipeline.demo.world import populate
 
 
 def _snapshot(ws, spec, root, model, models):

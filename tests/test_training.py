@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.chat_format import tokenize_conversation
-from pipeline.training import SFTRecipe, build_trainer, prepare_rows, train_sft, train_sft_corpus
+from pipeline.train.sft import SFTRecipe, build_trainer, prepare_rows, train_sft, train_sft_corpus
 from tests.conftest_model import TOOLS, make_conversations
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +160,7 @@ def test_training_reports_each_step_to_an_open_progress_bar(tiny_model_dir, rows
 
 # ---- device settings: the decision, with the machine's facts injected ----------------------------
 def test_device_settings_follow_the_machine():
-    from pipeline.devices import DeviceFacts, choose_settings
+    from pipeline.train.devices import DeviceFacts, choose_settings
 
     cpu = choose_settings("auto", DeviceFacts())
     assert (cpu.device, cpu.bf16, cpu.fp16, cpu.attn_implementation, cpu.mixed_precision) == (
@@ -186,7 +186,7 @@ def test_probe_and_attention_fallback(tiny_model_dir):
     config (which `trainer_params` logs) says so."""
     import torch
 
-    from pipeline.devices import DeviceFacts, DeviceSettings, load_causal_lm
+    from pipeline.train.devices import DeviceFacts, DeviceSettings, load_causal_lm
 
     assert DeviceFacts.probe().cuda == torch.cuda.is_available()
     if torch.cuda.is_available():
@@ -200,7 +200,7 @@ def test_train_sft_streams_a_corpus_slice(tiny_model_dir, rows, tracker, tmp_pat
     rows only and counts what it dropped like `prepare_rows` does."""
     import polars as pl
 
-    from pipeline.corpus import snapshot
+    from pipeline.corpus.store import snapshot
 
     root = f"file://{tmp_path / 'corpora'}"
     data = rows + [{"input_ids": [1, 2, 3], "loss_mask": [0, 0, 0]}] + rows[:2]  # untrainable, then 2 eval rows
@@ -227,7 +227,7 @@ def test_train_sft_streams_rows_of_equal_length(tiny_model_dir, rows, tmp_path):
     """Corpora truncated at snapshot time have many rows exactly max_length long (the demo world at 384)."""
     import polars as pl
 
-    from pipeline.corpus import snapshot
+    from pipeline.corpus.store import snapshot
 
     root = f"file://{tmp_path / 'corpora'}"
     cut = min(len(r["input_ids"]) for r in rows)

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from pipeline.chat_format import tokenize_conversation
-from pipeline.training_pref import (
+from pipeline.train.preference import (
     PrefRecipe,
     _build_pref,
     assistant_only,

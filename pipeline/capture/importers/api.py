@@ -1,0 +1,168 @@
+"""Public entry points: `import_file` (into memory) and `import_paths` (durably into a Workspace).
+
+`import_paths` streams: items are written in batches (one fsync per batch and day, through
+`Workspace.write_*`), so a large JSON Lines export never sits in memory as models, and a rich
+progress bar follows the bytes read. Files that are not trajectories (a LICENSE next to the data, a
+JSON Schema) are skipped with their reason in the summary; bad records are listed with their
+position and field path and never stop the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pipeline.capture.importers.base import DEFAULT_TIME, Context, ImportResult, Item, RecordError
+from pipeline.capture.importers.detect import UnknownFormatError, detect_format
+from pipeline.capture.importers.registry import FORMATS
+from pipeline.capture.importers.source import Source
+from pipeline.schema import Outcome, Preference, Trajectory
+
+if TYPE_CHECKING:
+    from pipeline.capture.workspace import Workspace
+
+
+def _resolve(src: Source, fmt: str | None) -> str:
+    if fmt is None:
+        return detect_format(src)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    return fmt
+
+
+def iter_file(path: str | os.PathLike, format: str | None = None, *, agent: str | None = None,
+              default_time: datetime = DEFAULT_TIME) -> tuple[str, Source, Iterator[Item]]:
+    """Open, detect and start converting one file; items are produced lazily."""
+    src = Source.open(path)
+    fmt = _resolve(src, format)
+    ctx = Context(fmt=fmt, file=src.name, default_time=default_time, agent=agent)
+    return fmt, src, FORMATS[fmt].convert(src, ctx)
+
+
+def import_file(path: str | os.PathLike, format: str | None = None, *, agent: str | None = None,
+                default_time: datetime = DEFAULT_TIME) -> ImportResult:
+    """Convert one file. Raises `UnknownFormatError` only when the file as a whole is not a known
+    format; individual bad records are returned in `errors`."""
+    fmt, src, items = iter_file(path, format, agent=agent, default_time=default_time)
+    result = ImportResult(format=fmt, path=str(path))
+    for item in items:
+        result.add(item)
+    return result
+
+
+@dataclass
+class FileSummary:
+    path: str
+    format: str | None = None
+    trajectories: int = 0
+    outcomes: int = 0
+    preferences: int = 0
+    errors: list[RecordError] = field(default_factory=list)
+    skipped: str | None = None  # why the file was not imported at all
+
+
+@dataclass
+class ImportSummary:
+    files: list[FileSummary] = field(default_factory=list)
+
+    @property
+    def trajectories(self) -> int:
+        return sum(f.trajectories for f in self.files)
+
+    @property
+    def outcomes(self) -> int:
+        return sum(f.outcomes for f in self.files)
+
+    @property
+    def preferences(self) -> int:
+        return sum(f.preferences for f in self.files)
+
+    @property
+    def errors(self) -> list[tuple[str, RecordError]]:
+        return [(f.path, e) for f in self.files for e in f.errors]
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return [(f.path, f.skipped) for f in self.files if f.skipped]
+
+
+def expand(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given, directories walked recursively (sorted; hidden files skipped)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and not any(
+                part.startswith(".") for part in f.relative_to(p).parts)))
+        else:
+            out.append(p)
+    return out
+
+
+class _Batches:
+    """Buffers items per kind and flushes them durably through the workspace."""
+
+    def __init__(self, ws: Workspace, size: int, fs: FileSummary):
+        self.ws, self.size, self.fs = ws, size, fs
+        self.buf: dict[type, list[Item]] = {Trajectory: [], Outcome: [], Preference: []}
+
+    def add(self, item: Item) -> None:
+        if isinstance(item, RecordError):
+            self.fs.errors.append(item)
+            return
+        self.buf[type(item)].append(item)
+        if len(self.buf[type(item)]) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        t, o, p = self.buf[Trajectory], self.buf[Outcome], self.buf[Preference]
+        if t:
+            self.fs.trajectories += self.ws.write_trajectories(t)  # type: ignore[arg-type]
+        if o:
+            self.fs.outcomes += self.ws.write_outcomes(o)  # type: ignore[arg-type]
+        if p:
+            self.fs.preferences += self.ws.write_preferences(p)  # type: ignore[arg-type]
+        for v in self.buf.values():
+            v.clear()
+
+
+def import_paths(paths: Iterable[str | os.PathLike], workspace: Workspace, format: str | None = None,
+                 progress: bool = True, *, batch_size: int = 500, agent: str | None = None,
+                 default_time: datetime = DEFAULT_TIME, console: Console | None = None) -> ImportSummary:
+    """Import files and directories into `workspace` (durable, append-only landing)."""
+    files = expand(paths)
+    summary = ImportSummary()
+    total = sum(f.stat().st_size for f in files if f.exists())
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                   TextColumn("{task.fields[items]} trajectories"), TimeRemainingColumn(),
+                   console=console, disable=not progress, transient=False)
+    done = 0
+    with bar:
+        task = bar.add_task("importing", total=total or 1, items=0)
+        for path in files:
+            fs = FileSummary(path=str(path))
+            summary.files.append(fs)
+            bar.update(task, description=path.name)
+            try:
+                fs.format, src, items = iter_file(path, format, agent=agent, default_time=default_time)
+            except (UnknownFormatError, ValueError, OSError) as exc:
+                fs.skipped = str(exc)
+                done += path.stat().st_size if path.exists() else 0
+                bar.update(task, completed=done)
+                continue
+            batches = _Batches(workspace, batch_size, fs)
+            for n, item in enumerate(items, start=1):
+                batches.add(item)
+                if n % 200 == 0:
+                    bar.update(task, completed=done + src.bytes_read,
+                               items=summary.trajectories + fs.trajectories)
+            batches.flush()
+            done += src.total_bytes
+            bar.update(task, completed=done, items=summary.trajectories)
+    return summary

@@ -1,0 +1,150 @@
+"""`tracemill snapshot` and `tracemill corpus …`: versioned corpora from the terminal, no orchestrator needed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+corpus_app = typer.Typer(help="Inspect, compare and export versioned corpora.", no_args_is_help=True)
+
+HomeOpt = Annotated[str | None, typer.Option("--home", envvar="TRACEMILL_HOME", help="tracemill home folder.")]
+RootOpt = Annotated[str | None, typer.Option("--root", envvar="TRACEMILL_CORPUS_ROOT",
+                                             help="Corpus root (default file://<home>/corpora).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def _root(root: str | None, home: str | None) -> str:
+    from pipeline.capture.workspace import home_dir
+
+    return root or f"file://{home_dir(home) / 'corpora'}"
+
+
+def snapshot(
+    workspace: Annotated[str, typer.Argument(help="Workspace to snapshot.")],
+    to: Annotated[str, typer.Option("--to", help="Target corpus, e.g. deeplake://org/sft.")],
+    filter: Annotated[str, typer.Option("--filter", help="Filter expression, e.g. 'reward>0'.")] = "",
+    format: Annotated[str, typer.Option("--format", help="sft | dpo | kto | rl")] = "sft",
+    wait: Annotated[str, typer.Option("--wait", help="Wait policy 'coverage=0.95,max=6h'.")] = "",
+    base_model: Annotated[str, typer.Option("--base-model", help="Tokenizer: HF id/path, or 'tiny'.")] = "tiny",
+    eval_fraction: Annotated[float, typer.Option(help="Share of task ids held out as eval.")] = 0.2,
+    no_redact: Annotated[bool, typer.Option("--no-redact", help="Skip PII/secret redaction.")] = False,
+    home: HomeOpt = None, root: RootOpt = None, json: JsonOpt = False,
+):
+    """Freeze a filtered, curated, tokenized view of a workspace as a new corpus version (vN)."""
+    from pydantic import ValidationError
+
+    from pipeline.capture.workspace import Workspace, WorkspaceNotFound
+    from pipeline.config import CorpusSpec, WaitPolicy
+    from pipeline.corpus import stages
+    from pipeline.lake.filters import FilterError, compile_filter
+    from pipeline.schema import format_validation_error
+
+    try:
+        compile_filter(filter)
+        ws = Workspace.open(workspace, home=home, create=False)
+        waits = dict(part.split("=", 1) for part in wait.split(",") if part.strip()) if wait else {}
+        spec = CorpusSpec(name="cli", format=format, filter=filter, target=to, eval_fraction=eval_fraction,
+                          redact=not no_redact, wait=WaitPolicy(**waits))
+    except FilterError as exc:
+        _fail(f"--filter: {exc}")
+    except ValidationError as exc:
+        _fail(f"invalid option: {format_validation_error(exc)}")
+    except (WorkspaceNotFound, ValueError) as exc:
+        _fail(str(exc))
+    with console.status("ingesting landed records and joining outcomes…"):
+        lake_counts = stages.refresh_lake(ws)
+    with console.status("curating…"):
+        _, cstats = stages.curate_corpus(ws, spec)
+    models = Path(stages.resolve_model("tiny", (Path(home) if home else ws.home) / "models")).parent
+    if base_model == "tiny":
+        stages.prepare_base_model(ws, "tiny", models)
+    with console.status("tokenizing and writing the snapshot…"):
+        info = stages.snapshot_corpus(ws, spec, _root(root, home), base_model, models)
+    result = {"ref": info.ref, "version": info.version, "created": info.created, "mode": info.mode,
+              "rows": info.row_count, "appended": info.appended, "content_hash": info.content_hash,
+              "lake": lake_counts, "curation": cstats.as_dict(), "wait": info.lineage.get("wait")}
+    if json:
+        sys.stdout.write(orjson.dumps(result, default=str).decode() + "\n")
+        return
+    verb = {"waiting": "waiting for outcomes", "unchanged": "unchanged"}.get(info.mode, "new version")
+    console.print(f"[bold]{info.ref}[/]  {verb}: {info.row_count} rows ({info.mode}, +{info.appended})")
+    console.print(f"kept {cstats.kept} of {cstats.input_rows} trajectories ({cstats.after_filter} passed the filter); dropped {dict(cstats.dropped)}; "
+                  f"redacted {dict(cstats.redactions)}")
+    if info.mode == "waiting":
+        console.print(f"[yellow]{info.lineage['wait']['reason']}[/]")
+
+
+@corpus_app.command("list")
+def corpus_list(ref: Annotated[str, typer.Argument(help="Corpus, e.g. org/sft.")], home: HomeOpt = None,
+                root: RootOpt = None, json: JsonOpt = False):
+    """Versions of a corpus with their row counts, filters and hashes."""
+    from pipeline.corpus.store import CorpusNotFound, list_versions
+
+    try:
+        versions = list_versions(ref, root=_root(root, home))
+    except CorpusNotFound as exc:
+        _fail(str(exc))
+    if json:
+        sys.stdout.write(orjson.dumps(versions, default=str).decode() + "\n")
+        return
+    table = Table("version", "rows", "mode", "filter", "content hash", "created")
+    for v in versions:
+        table.add_row(v["version"], str(v.get("row_count")), str(v.get("mode", "")), str(v.get("filter", "")),
+                      str(v.get("content_hash", ""))[:12], str(v.get("created_at", ""))[:19])
+    console.print(table)
+
+
+@corpus_app.command("show")
+def corpus_show(ref: Annotated[str, typer.Argument(help="org/sft@v3 (latest when no @).")], home: HomeOpt = None,
+                root: RootOpt = None, json: JsonOpt = False, rows: int = 5):
+    """Lineage, split counts and a preview of one version."""
+    from pipeline.corpus.store import open_corpus
+
+    try:
+        c = open_corpus(ref, root=_root(root, home))
+    except LookupError as exc:
+        _fail(str(exc))
+    df = c.to_polars()
+    splits = dict(df["split"].value_counts().iter_rows()) if "split" in df.columns else {}
+    out = {"ref": f"{c.url}@{c.version}", "rows": len(c), "splits": splits, "lineage": c.lineage}
+    if json:
+        sys.stdout.write(orjson.dumps(out, default=str).decode() + "\n")
+        return
+    console.print(f"[bold]{out['ref']}[/]  {len(c)} rows  splits {splits}")
+    for k in ("filter", "format", "content_hash", "parent", "tokenizer", "source_partitions", "created_at"):
+        if k in c.lineage:
+            console.print(f"  {k}: {c.lineage[k]}")
+    cols = [x for x in ("trajectory_id", "task_id", "agent", "reward", "split", "n_tokens") if x in df.columns]
+    table = Table(*cols)
+    for r in df.head(rows).iter_rows(named=True):
+        table.add_row(*[str(r[x]) for x in cols])
+    console.print(table)
+
+
+@corpus_app.command("diff")
+def corpus_diff(a: str, b: str, home: HomeOpt = None, root: RootOpt = None, json: JsonOpt = False):
+    """What changed between two versions (rows added and removed)."""
+    from pipeline.corpus.store import diff_versions
+
+    try:
+        d = diff_versions(a, b, root=_root(root, home))
+    except LookupError as exc:
+        _fail(str(exc))
+    if json:
+        sys.stdout.write(orjson.dumps(d, default=str).decode() + "\n")
+        return
+    for k, v in d.items():
+        console.print(f"{k}: {v}")

@@ -1,0 +1,105 @@
+"""`tracemill backfill`: operations commands that drive Dagster from the outside.
+
+Mounted on the main app with `app.command("backfill")(backfill)`. Nothing here imports Dagster: the
+work is done by Dagster's CLI in a subprocess (see pipeline/lake/backfill.py for why), and this module
+only turns its event stream into progress lines and a summary.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.capture.workspace import Workspace, WorkspaceNotFound
+from pipeline.lake.backfill import (
+    BackfillResult,
+    DagsterEvent,
+    daemon_backfill_command,
+    plan_backfill,
+    run_backfill,
+)
+
+console = Console()
+err = Console(stderr=True)
+
+HomeOpt = Annotated[str | None, typer.Option("--home", envvar="TRACEMILL_HOME", help="tracemill home folder.")]
+
+
+def _progress(ev: DagsterEvent) -> None:
+    """One line per step boundary, user log line and check: enough to follow a long backfill."""
+    if ev.event == "RUN_START":
+        console.print(f"[dim]run {ev.run_id[:8]} started[/]")
+    elif ev.event == "STEP_START":
+        console.print(f"  ▶ {ev.step}")
+    elif ev.event == "LOG" and ev.step:
+        console.print(f"    {ev.message}")
+    elif ev.event == "STEP_SUCCESS":
+        console.print(f"  [green]✓[/] {ev.step} {ev.message.rsplit(' in ', 1)[-1].rstrip('.')}")
+    elif ev.event == "ASSET_CHECK_EVALUATION":
+        console.print(f"    check: {ev.message}")
+    elif ev.event in {"STEP_FAILURE", "RUN_FAILURE"}:
+        console.print(f"  [bold red]✗ {ev.step or 'run'}[/]: {ev.message}")
+
+
+def _summary(result: BackfillResult) -> None:
+    table = Table("day", "landed", "joined rows", title="backfill", title_style="bold")
+    for day in result.days:
+        table.add_row(day, "yes" if day in result.landed_days else "[yellow]no data[/]",
+                      str(result.rows.get(day, "-")))
+    console.print(table)
+    mats = ", ".join(f"{k} ×{v}" for k, v in sorted(result.materializations.items()))
+    console.print(f"{len(result.run_ids)} Dagster runs ({', '.join(r[:8] for r in result.run_ids)}); "
+                  f"materialized {mats or 'nothing'}; {result.seconds} s")
+
+
+def backfill(
+    start: Annotated[str, typer.Option("--from", help="First day, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option("--to", help="Last day (inclusive), YYYY-MM-DD.")],
+    workspace: Annotated[str | None, typer.Option(help="Workspace (default: tracemill.yaml's).")] = None,
+    home: HomeOpt = None,
+    dagster_home: Annotated[str | None, typer.Option(envvar="DAGSTER_HOME",
+                                                     help="Dagster instance (default: <home>/dagster).")] = None,
+    multiprocess: Annotated[bool, typer.Option("--multiprocess",
+                                               help="One process per step instead of in-process.")] = False,
+    daemon: Annotated[bool, typer.Option("--daemon", help="Queue one run per day for the running daemon "
+                                                          "(`make ui`) and return, instead of running here.")] = False,
+    json: Annotated[bool, typer.Option("--json", help="Machine-readable summary.")] = False,
+) -> None:
+    """Re-ingest and re-join a range of days (raw_trajectories, outcomes, joined_trajectories),
+    recorded in the Dagster instance so the UI and the sensors see it."""
+    try:
+        plan = plan_backfill(start, end, workspace=workspace, home=home, dagster_home=dagster_home,
+                             in_process=not multiprocess)
+        Workspace.open(plan.workspace, home=plan.home, create=False)
+    except (ValueError, WorkspaceNotFound) as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    if daemon:
+        if plan.config_override:
+            err.print(f"[bold red]error:[/] the daemon runs the workspace its code location was started with; "
+                      f"start `make ui` with a config for {plan.workspace!r}, or drop --daemon")
+            raise typer.Exit(1)
+        cmd = daemon_backfill_command(start, end)
+        raise typer.Exit(subprocess.call(cmd, env=plan.env))
+    if not json:
+        console.print(f"backfilling [bold]{plan.workspace}[/] {plan.days[0]} … {plan.days[-1]} "
+                      f"({len(plan.days)} days) into the Dagster instance at {plan.dagster_home}")
+    result = run_backfill(plan, on_event=None if json else _progress)
+    if json:
+        sys.stdout.write(orjson.dumps({
+            "ok": result.ok, "workspace": plan.workspace, "days": result.days, "run_ids": result.run_ids,
+            "materializations": dict(result.materializations), "rows": result.rows,
+            "landed_days": result.landed_days, "failures": result.failures, "seconds": result.seconds,
+        }).decode() + "\n")
+    else:
+        _summary(result)
+    if not result.ok:
+        if not json:
+            err.print("[bold red]backfill failed[/]; last output:\n" + "\n".join(result.output_tail[-15:]))
+        raise typer.Exit(1)

@@ -1,0 +1,147 @@
+"""`tracemill train …` and `tracemill eval …`: train from a pinned corpus version, report on a checkpoint."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+
+from pipeline.progress import progress_bar
+
+console = Console()
+err = Console(stderr=True)
+train_app = typer.Typer(help="Fine-tune from a pinned corpus version (org/name@vN).", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate checkpoints and show their reports.", no_args_is_help=True)
+
+HomeOpt = Annotated[str | None, typer.Option("--home", envvar="TRACEMILL_HOME", help="tracemill home folder.")]
+RootOpt = Annotated[str | None, typer.Option("--root", envvar="TRACEMILL_CORPUS_ROOT", help="Corpus root.")]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: int, learning_rate: float | None,
+         batch_size: int, lora: bool, seed: int, tools_in_prompt: bool, home: str | None, root: str | None,
+         track: bool, devices: int = 1) -> None:
+    from pipeline.capture.workspace import home_dir
+    from pipeline.corpus.store import open_corpus
+    from pipeline.train.stage import TRAIN_QUERY
+
+    if devices < 1 or batch_size % devices:
+        _fail(f"--batch-size ({batch_size}, sequences per step) must be a multiple of --devices ({devices})")
+    hd = home_dir(home)
+    try:
+        c = open_corpus(corpus, root=root or f"file://{hd / 'corpora'}")
+    except LookupError as exc:
+        _fail(str(exc))
+    have = c.lineage.get("format", "sft")
+    if have != fmt:
+        _fail(f"{corpus} holds {have} rows, not {fmt}: use `tracemill train {have}` or snapshot with --format {fmt}")
+    if base_model == "tiny":
+        base_model = str(hd / "models" / "tiny")
+        if not (Path(base_model) / "config.json").exists():
+            _fail("no tiny model yet: run `make demo` or `tracemill snapshot` first, or pass --base-model PATH_OR_ID")
+    view = c.query(TRAIN_QUERY)
+    rows = view.rows(["input_ids", "loss_mask"]) if fmt == "sft" else view.rows()
+    if not tools_in_prompt and fmt != "sft":
+        rows = [{**r, "tools": "[]"} for r in rows]
+    out = out or hd / "checkpoints" / "cli" / f"{fmt}-{c.version}"
+    tracker = None
+    if track:
+        from pipeline.tracking import MlflowTracker
+
+        tracker = MlflowTracker(home=hd)
+    common = {"base_model": base_model, "output_dir": str(out), "max_steps": max_steps, "seed": seed,
+              "devices": devices}
+    tags = {"corpus": f"{c.url}@{c.version}", "content_hash": c.lineage.get("content_hash", ""), "source": "cli"}
+    console.print(f"training {fmt} on [bold]{c.url}@{c.version}[/] ({len(rows)} train rows) from {base_model}"
+                  + (f" on {devices} devices" if devices > 1 else ""))
+    with progress_bar(f"{fmt} steps"):
+        res = _fit(fmt, rows, common, learning_rate, batch_size // devices, lora, tracker, tags)
+    console.print(f"saved [bold]{res.checkpoint_dir}[/]: {res.steps} steps, loss {res.losses[0]:.3f} → "
+                  f"{res.final_loss:.3f}, {res.tokens_per_second:,.0f} tokens/s, MLflow run {res.mlflow_run_id}")
+    if tracker is not None and res.mlflow_run_id:
+        from pipeline.train.stage import register
+
+        reg = register(tracker, res.mlflow_run_id, res.checkpoint_dir, c.url.rstrip("/").rsplit("/", 1)[-1], tags)
+        if "model_uri" in reg:
+            console.print(f"registered as [bold]{reg['model_uri']}[/]")
+        else:
+            err.print(f"[yellow]checkpoint kept, but not registered in MLflow:[/] {reg['registration_error']}")
+
+
+def _fit(fmt: str, rows: list, common: dict, learning_rate: float | None, batch_size: int, lora: bool,
+         tracker: object, tags: dict):
+    """Dispatch to the trainer of the corpus's format (imports are heavy: only the one needed);
+    `batch_size` is per device here."""
+    if fmt == "sft":
+        from pipeline.train.sft import SFTRecipe, train_sft
+
+        return train_sft(rows, SFTRecipe(**common, learning_rate=learning_rate or 2e-3, per_device_batch_size=batch_size),
+                        tracker=tracker, run_tags=tags)
+    if fmt in ("dpo", "kto"):
+        from pipeline.train.preference import PrefRecipe, train_pref
+
+        return train_pref(rows, PrefRecipe(**common, trainer=fmt, learning_rate=learning_rate or 1e-4,
+                                          per_device_batch_size=max(2, batch_size), lora=lora),
+                         tracker=tracker, run_tags=tags)
+    from pipeline.train.grpo import RLRecipe, train_grpo
+
+    return train_grpo(rows, RLRecipe(**common, learning_rate=learning_rate or 1e-5,
+                                     per_device_batch_size=max(4, batch_size - batch_size % 4), lora=lora),
+                      tracker=tracker, run_tags=tags)
+
+
+def _command(fmt: str):
+    def command(
+        corpus: Annotated[str, typer.Option("--corpus", help="Pinned corpus version, e.g. org/sft@v3.")],
+        base_model: Annotated[str, typer.Option("--base-model", help="HF model id or path ('tiny': the local one).")] = "tiny",
+        out: Annotated[Path | None, typer.Option("--out", help="Checkpoint folder.")] = None,
+        max_steps: Annotated[int, typer.Option("--max-steps")] = 100,
+        learning_rate: Annotated[float | None, typer.Option("--lr")] = None,
+        batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per optimizer step "
+                                                "(split across --devices).")] = 8,
+        lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters (merged on save).")] = False,
+        seed: int = 0,
+        tools_in_prompt: Annotated[bool, typer.Option(help="Render tool definitions into prompts.")] = False,
+        track: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = True,
+        devices: Annotated[int, typer.Option("--devices", min=1, help="GPUs (processes) to train on; > 1 "
+                                             "starts them with `accelerate launch` (DDP).")] = 1,
+        home: HomeOpt = None, root: RootOpt = None,
+    ):
+        _run(fmt, corpus, base_model, out, max_steps, learning_rate, batch_size, lora, seed, tools_in_prompt,
+             home, root, track, devices)
+
+    command.__doc__ = f"{fmt.upper()} fine-tune from a pinned corpus version, with a progress bar and MLflow tracking."
+    return command
+
+
+for _fmt in ("sft", "dpo", "kto", "grpo"):
+    train_app.command(_fmt)(_command("rl" if _fmt == "grpo" else _fmt))
+
+
+@eval_app.command("report")
+def eval_report(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (evaluated by eval_<corpus>).")],
+                json: Annotated[bool, typer.Option("--json")] = False):
+    """The checkpoint's eval report in the terminal: slices × metrics vs base and previous."""
+    from pipeline.evaluate.render import rich_table
+
+    path = checkpoint / "eval" / "report.json"
+    if not path.exists():
+        _fail(f"no report at {path}: materialize the eval_<corpus> asset (or run `make demo`) first")
+    report = orjson.loads(path.read_bytes())
+    if json:
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+        return
+    console.print(rich_table(report))
+    console.print(f"verdict vs {report.get('verdict_against')}: [bold]{report.get('verdict')}[/]")
+    offline = checkpoint / "eval" / "offline.json"
+    if offline.exists():
+        console.print("offline: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                              for k, v in orjson.loads(offline.read_bytes()).items()))

@@ -1,0 +1,310 @@
+"""The demo world: a small shop of priced items, three tools and tasks whose answers are checkable.
+
+Why it exists: tracemill needs traffic that looks like real agent runs (tool calls, tool errors, late
+rewards, good and bad attempts at the same task) *and* a verifiable reward, so that curation, DPO
+pairs, RL reward functions and evaluation can be exercised end to end with a tiny model on a CPU.
+Prices are drawn per task, so an answer is right only if numbers were copied from tool results, and
+arithmetic goes through the calculator because a tiny model cannot multiply (see ARCHITECTURE.md).
+Everything is a pure function of a seed: no wall clock, no global random state. The scripted
+agents and `populate` live in `pipeline.demo.agents` (re-exported here lazily).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from random import Random
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True)
+class Item:
+    """A product: task prices per `unit` are drawn uniformly from [low, high] in its base currency."""
+
+    name: str
+    unit: str
+    low: float
+    high: float
+    currency: str = "USD"  # lookup_price answers in USD, so every base price is kept in USD
+
+
+ITEMS: dict[str, Item] = {i.name: i for i in [
+    Item("apples", "kg", 1.5, 4.0), Item("bananas", "kg", 0.8, 2.5), Item("rice", "kg", 1.5, 4.5),
+    Item("potatoes", "kg", 0.7, 2.0), Item("tomatoes", "kg", 2.0, 5.0), Item("cheese", "kg", 8.0, 20.0),
+    Item("coffee", "kg", 10.0, 25.0), Item("milk", "l", 0.8, 2.0), Item("eggs", "pack", 2.0, 5.0),
+    Item("flour", "bag", 1.0, 3.0), Item("nails", "pack", 2.0, 6.0), Item("screws", "pack", 2.5, 7.0),
+    Item("batteries", "pack", 4.0, 12.0), Item("paint", "l", 8.0, 25.0), Item("tape", "roll", 1.5, 5.0),
+    Item("rope", "m", 0.5, 3.0), Item("wire", "m", 0.3, 2.0), Item("glue", "tube", 2.0, 6.0),
+    Item("cement", "bag", 6.0, 15.0), Item("sandpaper", "sheet", 0.4, 1.5),
+]}
+RATES: dict[str, float] = {"USD": 1.0, "EUR": 0.92, "GBP": 0.79, "CHF": 0.88, "CAD": 1.36}  # per 1 USD
+QUANTITIES = (2, 3, 4, 5, 6, 7, 8, 9, 1.5, 2.5)
+USD_SHARE = 0.3  # share of tasks asked in USD: their chain has no convert step
+SYSTEM_PROMPT = "Use the tools and copy numbers from their results. End with: The answer is <amount> <currency>."
+
+
+def _tool(name: str, description: str, **params: tuple[str, str]) -> dict[str, Any]:
+    props = {k: {"type": t, "description": d} for k, (t, d) in params.items()}
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": {
+        "type": "object", "properties": props, "required": list(params), "additionalProperties": False}}}
+
+
+TOOLS: list[dict[str, Any]] = [
+    _tool("lookup_price", "Price of one unit of an item in USD.", item=("string", "Item name, e.g. apples.")),
+    _tool("calculator", "Evaluate arithmetic with + - * / and parentheses.", expression=("string", "e.g. 3 * 2.35")),
+    _tool("convert", "Convert an amount between currencies.", amount=("number", "Amount to convert."),
+          from_currency=("string", "e.g. USD"), to_currency=("string", "e.g. EUR")),
+]
+_SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+
+
+def fmt(x: float) -> str:
+    """Quantities print without trailing zeros (`3`, `1.5`); money always has two decimals."""
+    return f"{x:g}"
+
+
+class ToolError(ValueError):
+    """A tool refused its input; the agent sees the message as a tool result with is_error=True."""
+
+
+# ---- tools ---------------------------------------------------------------------------------------
+_OPS: dict[type, Callable[[float, float], float]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _eval(node: ast.AST) -> float:
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd | ast.USub):
+        return -_eval(node.operand) if isinstance(node.op, ast.USub) else _eval(node.operand)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return _OPS[type(node.op)](_eval(node.left), _eval(node.right))
+    raise ToolError("invalid expression: only numbers, + - * / and parentheses are allowed")
+
+
+def calculate(expression: str) -> str:
+    """Safe arithmetic: the expression is parsed, and only number literals and + - * / are walked,
+    so names, calls, attributes and `**` never execute. Result rounded to 2 decimals."""
+    if not isinstance(expression, str) or not expression.strip() or len(expression) > 200:
+        raise ToolError("expression must be a non-empty string of at most 200 characters")
+    try:
+        value = _eval(ast.parse(expression.strip(), mode="eval").body)
+    except SyntaxError as exc:
+        raise ToolError("invalid expression: could not parse it") from exc
+    except ZeroDivisionError as exc:
+        raise ToolError("division by zero") from exc
+    if value != value or abs(value) > 1e12:
+        raise ToolError("result out of range")
+    return f"{round(value, 2):.2f}"
+
+
+def convert(amount: float, from_currency: str, to_currency: str) -> str:
+    """Fixed rates (RATES, per USD), so ground truth never drifts; returns e.g. `6.49 EUR`."""
+    src, dst = str(from_currency).upper(), str(to_currency).upper()
+    if unknown := [c for c in (src, dst) if c not in RATES]:
+        raise ToolError(f"unknown currency {unknown[0]!r}; known: {', '.join(RATES)}")
+    return f"{round(amount / RATES[src] * RATES[dst], 2):.2f} {dst}"
+
+
+def _check_args(name: str, arguments: Any) -> dict[str, Any]:
+    """Validate arguments against the tool's JSON schema: missing, extra and mistyped ones are errors."""
+    if isinstance(arguments, str):
+        try:
+            arguments = orjson.loads(arguments or "{}")
+        except orjson.JSONDecodeError as exc:
+            raise ToolError("arguments are not valid JSON") from exc
+    if not isinstance(arguments, dict):
+        raise ToolError("arguments must be a JSON object")
+    schema = _SCHEMAS[name]
+    if extra := [k for k in arguments if k not in schema["properties"]]:
+        raise ToolError(f"unexpected argument {extra[0]!r}")
+    for key in schema["required"]:
+        if key not in arguments:
+            raise ToolError(f"missing argument {key!r}")
+        want, value = schema["properties"][key]["type"], arguments[key]
+        ok = isinstance(value, str) if want == "string" else type(value) in (int, float)
+        if not ok:
+            raise ToolError(f"{key} must be a {want}, got {type(value).__name__}")
+    return arguments
+
+
+# ---- tasks ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Task:
+    """One question with its ground truth. `task_id` is derived from the content, so the same task
+    drawn by two runs (or two agents) groups together: DPO pairs and a stable eval split."""
+
+    task_id: str
+    question: str
+    item: str
+    quantity: float
+    unit: str
+    price: float
+    currency: str
+    total_usd: float
+    answer: float
+
+    @property
+    def expected_chain(self) -> list[tuple[str, dict[str, Any]]]:
+        """The tool calls a correct agent makes, in order (convert only when not asked in USD)."""
+        chain: list[tuple[str, dict[str, Any]]] = [
+            ("lookup_price", {"item": self.item}),
+            ("calculator", {"expression": f"{fmt(self.quantity)} * {self.price:.2f}"})]
+        if self.currency != "USD":
+            chain.append(("convert", {"amount": self.total_usd, "from_currency": "USD",
+                                      "to_currency": self.currency}))
+        return chain
+
+    def price_of(self, item: str) -> float:
+        """The task's own item has the drawn price; other items get a stable price of their own."""
+        if item == self.item:
+            return self.price
+        it = ITEMS[item]
+        return round(Random(f"{self.task_id}|{item}").uniform(it.low, it.high), 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Task:
+        """Rebuild a task from trajectory metadata, e.g. to roll a trained model out on an eval task."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def build_task(item: str, quantity: float, price: float, currency: str) -> Task:
+    it = ITEMS[item]
+    unit = it.unit if it.unit in ("kg", "l", "m") or quantity == 1 else f"{it.unit}s"
+    question = f"How much do {fmt(quantity)} {unit} of {item} cost in {currency}?"
+    total = float(calculate(f"{fmt(quantity)} * {price:.2f}"))
+    answer = total if currency == "USD" else float(convert(total, "USD", currency).split()[0])
+    key = f"{item}|{fmt(quantity)}|{price:.2f}|{currency}"
+    return Task(task_id="t-" + hashlib.sha1(key.encode()).hexdigest()[:12], question=question, item=item,
+                quantity=quantity, unit=it.unit, price=price, currency=currency, total_usd=total, answer=answer)
+
+
+def make_task(rng: Random) -> Task:
+    item = rng.choice(list(ITEMS))
+    quantity = rng.choice(QUANTITIES)
+    price = round(rng.uniform(ITEMS[item].low, ITEMS[item].high), 2)
+    currency = "USD" if rng.random() < USD_SHARE else rng.choice([c for c in RATES if c != "USD"])
+    return build_task(item, quantity, price, currency)
+
+
+def eval_tasks(seed: int, n: int) -> list[Task]:
+    """`n` fresh tasks from a random stream separate from `populate`'s, so they are not training tasks."""
+    rng = Random(f"eval-tasks|{seed}")
+    return [make_task(rng) for _ in range(n)]
+
+
+def call_tool(task: Task, name: str, arguments: Any) -> tuple[str, bool]:
+    """Run one tool against the task's world; returns (content, is_error) instead of raising,
+    because a failed call is an observation the agent must react to."""
+    try:
+        if name not in _SCHEMAS:
+            raise ToolError(f"unknown tool {name!r}; available: {', '.join(_SCHEMAS)}")
+        args = _check_args(name, arguments)
+        if name == "lookup_price":
+            item = args["item"].strip().lower()
+            if item not in ITEMS:
+                raise ToolError(f"unknown item {args['item']!r}")
+            return f"{task.price_of(item):.2f} USD/{ITEMS[item].unit}", False
+        if name == "calculator":
+            return calculate(args["expression"]), False
+        return convert(args["amount"], args["from_currency"], args["to_currency"]), False
+    except ToolError as exc:
+        return f"error: {exc}", True
+
+
+# ---- rewards -------------------------------------------------------------------------------------
+_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")
+
+
+def numbers_in(text: str | None) -> list[float]:
+    """Every number in a text, in order; thousands separators are understood (`1,065.42`)."""
+    return [float(m.replace(",", "")) for m in _NUMBER.findall(text or "")]
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 0.01 + 1e-9  # the epsilon keeps 6.50 vs 6.49 as close as 6.48 vs 6.49
+
+
+def grade(task: Task, final_answer: str | None, *, strict: bool = False) -> float:
+    """1.0 when the answer contains the right number (within 0.01), else 0.0. `strict` looks at the
+    last number only, which an RL policy cannot game by listing many candidate numbers."""
+    found = numbers_in(final_answer)[-1:] if strict else numbers_in(final_answer)
+    return 1.0 if any(_close(x, task.answer) for x in found) else 0.0
+
+
+def score_tool_call(task: Task, step_index: int, name: str, arguments: Any) -> float:
+    """Step-level reward for the `step_index`-th tool call (0-based): 1.0 for the expected tool with
+    the right arguments, 0.5 for the expected tool with wrong or invalid ones, 0.0 otherwise.
+    Arithmetic is judged by value, so `2.35 * 3` scores like `3 * 2.35`."""
+    chain = task.expected_chain
+    if not 0 <= step_index < len(chain) or name != chain[step_index][0]:
+        return 0.0
+    try:
+        args = _check_args(name, arguments)
+        if name == "calculator":
+            return 1.0 if _close(float(calculate(args["expression"])), task.total_usd) else 0.5
+    except ToolError:
+        return 0.5
+    for key, want in chain[step_index][1].items():
+        got = args[key]
+        same = _close(got, want) if isinstance(want, float) else got.strip().lower() == want.lower()
+        if not same:
+            return 0.5
+    return 1.0
+
+
+# ---- rollouts ------------------------------------------------------------------------------------
+Policy = Callable[[list[dict[str, Any]]], "dict[str, Any] | str"]
+
+
+def _assistant(reply: dict[str, Any] | str, calls_so_far: int) -> dict[str, Any]:
+    """Normalise a policy's reply: plain text, flat tool calls or OpenAI-style `function` calls."""
+    if not isinstance(reply, dict):
+        reply = {"content": str(reply or "")}
+    calls = []
+    for k, call in enumerate(reply.get("tool_calls") or [], start=calls_so_far + 1):
+        fn = call.get("function") or call
+        args = fn.get("arguments", "{}")
+        calls.append({"id": call.get("id") or f"call_{k}", "name": fn.get("name") or "?",
+                      "arguments": args if isinstance(args, str) else orjson.dumps(args).decode()})
+    return {"role": "assistant", "content": reply.get("content"), "tool_calls": calls}
+
+
+def rollout(policy: Policy, task: Task, *, max_steps: int = 8) -> tuple[list[dict[str, Any]], str, float]:
+    """Run a policy (messages so far → next assistant message) against the real tools until it answers
+    without tool calls or `max_steps` assistant turns pass (then the answer is empty, reward 0).
+    Messages come back in tracemill's schema shape, ready for `Message.model_validate`."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT},
+                                      {"role": "user", "content": task.question}]
+    calls = 0
+    for _ in range(max_steps):
+        msg = _assistant(policy(messages), calls)
+        messages.append(msg)
+        if not msg["tool_calls"]:
+            final = msg["content"] or ""
+            return messages, final, grade(task, final)
+        for call in msg["tool_calls"]:
+            calls += 1
+            content, is_error = call_tool(task, call["name"], call["arguments"])
+            messages.append({"role": "tool", "tool_call_id": call["id"], "name": call["name"],
+                             "content": content, "is_error": is_error})
+    return messages, "", 0.0
+
+
+def __getattr__(name: str) -> Any:
+    """`populate`, `deliver_late`, `DemoStats` and `AGENTS` live with the agents (which import this
+    module); resolving them lazily lets callers import everything from here without an import cycle."""
+    if name in {"populate", "deliver_late", "DemoStats", "AGENTS", "Agent", "policy_for"}:
+        from pipeline.demo import agents as demo_agents
+
+        return getattr(demo_agents, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

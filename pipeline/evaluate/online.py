@@ -1,0 +1,226 @@
+"""Online evaluation: put a checkpoint to work in the demo world and score what it *does*.
+
+Offline metrics (`pipeline.evaluate.offline`) replay reference conversations with a teacher-forced prefix;
+they cannot see a model drifting off the path, calling a tool wrongly and never recovering. Here the
+model acts on held-out tasks (`demo_world.eval_tasks`, deterministic per seed) through the same
+`rollout` loop the scripted agents use, and the world's own reward grades it. Every rollout can be
+captured into a Workspace through the SDK, so the next corpus snapshot can learn from the model's own
+attempts (failures included). Generation is greedy and torch is seeded: same checkpoint and seed, same
+numbers. The policy is injectable (`policy_factory`), which lets tests prove the harness on a scripted
+agent with a known answer before trusting it on a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.chat_format import END, parse_assistant_output, tokenize_prompt
+from pipeline.demo.world import TOOLS, Policy, Task, eval_tasks, rollout
+
+PolicyFactory = Callable[[Task], Policy]
+_MODEL_CACHE: dict[tuple[str, str, float], tuple[Any, Any]] = {}
+
+
+def _load(checkpoint_dir: str | Path, device: str) -> tuple[Any, Any]:
+    """(model, tokenizer), cached per path, device and weights mtime: a rollout calls the model once
+    per step, and reloading per task would cost more than generating. A rewritten checkpoint reloads."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(checkpoint_dir).resolve()
+    stamp = max((p.stat().st_mtime for p in path.glob("*.safetensors")), default=0.0)
+    key = (str(path), device, stamp)
+    if key not in _MODEL_CACHE:
+        if len(_MODEL_CACHE) >= 2:  # a base/previous/current comparison holds at most two at once
+            _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar per evaluation in pipeline logs
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        _MODEL_CACHE[key] = (model, tokenizer)
+    return _MODEL_CACHE[key]
+
+
+@dataclass
+class Turn:
+    """What the policy saw and wrote for one assistant turn (telemetry for the captured trajectory)."""
+
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+    finish_reason: str  # "stop" (end marker), "length" (ran out of tokens)
+    invalid: bool  # unparseable/unterminated tool call, or an empty turn
+    truncated_prompt: bool
+
+
+@dataclass
+class ModelPolicy:
+    """Greedy policy of a causal LM in tracemill's chat format. Stateless between calls (the model sees
+    only the messages), so one instance serves every task; `turns` logs each call for telemetry."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    max_new_tokens: int = 64
+    tools: list[dict[str, Any]] | None = None
+    turns: list[Turn] = field(default_factory=list)
+
+    def __call__(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        tok = self.tokenizer
+        prompt = tokenize_prompt(tok, messages, self.tools)
+        max_pos = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
+        keep = max_pos - self.max_new_tokens
+        truncated = len(prompt) > keep
+        prompt = prompt[-keep:] if truncated else prompt
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        stop = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids(END)} if t is not None and t != tok.unk_token_id]
+        device = next(self.model.parameters()).device
+        started = time.perf_counter()
+        with torch.no_grad():
+            out = self.model.generate(input_ids=torch.tensor([prompt], device=device),
+                                      attention_mask=torch.ones((1, len(prompt)), dtype=torch.long, device=device),
+                                      do_sample=False, max_new_tokens=self.max_new_tokens,
+                                      eos_token_id=stop, pad_token_id=pad)
+        new = out[0, len(prompt):].tolist()
+        text = tok.decode(new, skip_special_tokens=False)
+        parsed = parse_assistant_output(text)
+        ended = END in text or (bool(new) and new[-1] in stop)
+        invalid = bool(parsed["invalid_tool_calls"]) or not (parsed["content"] or parsed["tool_calls"])
+        self.turns.append(Turn(len(prompt), len(new), (time.perf_counter() - started) * 1000,
+                               "stop" if ended else "length", invalid or not ended, truncated))
+        return {"content": parsed["content"], "tool_calls": parsed["tool_calls"]}
+
+
+def model_policy(checkpoint_dir: str | Path, *, max_new_tokens: int = 64, tools_in_prompt: bool = False,
+                 device: str = "auto") -> ModelPolicy:
+    """A rollout policy backed by a saved HF checkpoint (loaded once, cached). `tools_in_prompt` must
+    match how the corpus rendered training sequences (`CorpusSpec.tools_in_prompt`), or the model sees
+    prompts unlike anything it was trained on."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = _load(checkpoint_dir, device)
+    return ModelPolicy(model, tokenizer, Path(checkpoint_dir).name, max_new_tokens,
+                       TOOLS if tools_in_prompt else None)
+
+
+def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Aggregate per-task results. Error and invalid rates are pooled over calls/turns (not averaged
+    per task), so a task with many calls weighs more; NaN when there is nothing to count."""
+    def ratio(num: str, den: str) -> float:
+        total = sum(r[den] for r in results)
+        return sum(r[num] for r in results) / total if total else float("nan")
+
+    n = len(results)
+    return {
+        "success_rate": sum(r["success"] for r in results) / n if n else float("nan"),
+        "mean_reward": sum(r["reward"] for r in results) / n if n else float("nan"),
+        "tool_call_error_rate": ratio("tool_errors", "tool_calls"),
+        "mean_steps": sum(r["steps"] for r in results) / n if n else float("nan"),
+        "invalid_output_rate": ratio("invalid_turns", "steps"),
+        "n_tasks": n,
+    }
+
+
+def _trajectory_id(checkpoint: str, tag: str | None, seed: int, index: int, task: Task) -> str:
+    """Deterministic, so re-running the same evaluation into a workspace replaces rather than duplicates."""
+    key = f"{checkpoint}|{tag}|{seed}|{index}|{task.task_id}"
+    return "oe-" + hashlib.sha1(key.encode()).hexdigest()[:20]
+
+
+def _capture(workspace: Any, trajectory_id: str, agent: str, model: str, task: Task, messages: list[dict[str, Any]],
+             turns: list[Turn] | None, reward: float, metadata: dict[str, Any]) -> None:
+    """Write one rollout through the capture SDK, with per-step telemetry when the policy logged it."""
+    from datetime import timedelta
+
+    from pipeline.schema import utcnow
+
+    clock = utcnow()
+    assistant_turns = iter(turns or [])
+    with workspace.trajectory(agent, trajectory_id=trajectory_id, task_id=task.task_id, model=model,
+                              tools=TOOLS, started_at=clock, metadata=metadata) as run:
+        for msg in messages:
+            if msg["role"] == "assistant" and (turn := next(assistant_turns, None)) is not None:
+                clock += timedelta(milliseconds=turn.latency_ms)
+                msg = {**msg, "meta": {"timestamp": clock, "model": model, "input_tokens": turn.input_tokens,
+                                       "output_tokens": turn.output_tokens, "latency_ms": turn.latency_ms,
+                                       "finish_reason": turn.finish_reason}}
+            run.record_message(msg)
+    for name, value in (("reward", reward), ("success", float(reward >= 1.0))):
+        workspace.record_outcome(trajectory_id, name, value, source="env")
+
+
+def _run_one(policy: Policy, task: Task, max_steps: int) -> tuple[dict[str, Any], list[dict[str, Any]], list[Turn] | None]:
+    """One rollout and its per-task numbers; turns come from the policy's log when it keeps one."""
+    log: list[Turn] | None = getattr(policy, "turns", None)
+    first = len(log) if log is not None else 0
+    t0 = time.perf_counter()
+    messages, final, reward = rollout(policy, task, max_steps=max_steps)
+    seconds = time.perf_counter() - t0
+    turns = log[first:] if log is not None else None
+    assistants = [m for m in messages if m["role"] == "assistant"]
+    tools = [m for m in messages if m["role"] == "tool"]
+    invalid = (sum(t.invalid for t in turns) if turns is not None
+               else sum(not (m["content"] or m["tool_calls"]) for m in assistants))
+    result = {"task_id": task.task_id, "task": task.to_dict(), "final_answer": final, "reward": reward,
+              "success": reward >= 1.0, "steps": len(assistants), "tool_calls": len(tools),
+              "tool_errors": sum(bool(m.get("is_error")) for m in tools), "invalid_turns": int(invalid),
+              "finished": bool(assistants) and not assistants[-1]["tool_calls"], "seconds": seconds}
+    return result, messages, turns
+
+
+def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: int = 30, max_steps: int = 8,
+                workspace: Any = None, tag: str | None = None, policy_factory: PolicyFactory | None = None,
+                agent: str | None = None, max_new_tokens: int = 64, tools_in_prompt: bool = False,
+                device: str = "auto") -> dict[str, Any]:
+    """Roll the checkpoint (or `policy_factory(task)`'s policy) out on `eval_tasks(seed, n_tasks)` and
+    score each rollout with the world's reward. With a `workspace`, every rollout is captured as a
+    trajectory of agent `ckpt:<name>` with `reward`/`success` outcomes (source `env`)."""
+    import torch
+
+    if checkpoint_dir is None and policy_factory is None:
+        raise ValueError("give a checkpoint_dir, a policy_factory, or both")
+    name = Path(checkpoint_dir).name if checkpoint_dir is not None else "policy"
+    agent = agent or f"ckpt:{name}"
+    if policy_factory is None:
+        shared = model_policy(checkpoint_dir, max_new_tokens=max_new_tokens, tools_in_prompt=tools_in_prompt,
+                              device=device)
+        policy_factory = lambda task: shared  # noqa: E731  (stateless: one policy serves every task)
+    ckpt = str(Path(checkpoint_dir).resolve()) if checkpoint_dir is not None else None
+    results: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):  # seeded, without disturbing the caller's RNG state
+        torch.manual_seed(seed)
+        for i, task in enumerate(eval_tasks(seed, n_tasks)):
+            result, messages, turns = _run_one(policy_factory(task), task, max_steps)
+            tid = _trajectory_id(ckpt or agent, tag, seed, i, task)
+            results.append({"index": i, "trajectory_id": tid, **result})
+            if workspace is not None:
+                meta = {"checkpoint": ckpt, "eval_tag": tag, "task": task.to_dict(), "eval_seed": seed,
+                        "world": "demo", "eval_index": i}
+                _capture(workspace, tid, agent, name, task, messages, turns, result["reward"], meta)
+    elapsed = time.perf_counter() - started
+    return {"checkpoint": ckpt, "agent": agent, "eval_tag": tag, "seed": seed, "max_steps": max_steps,
+            **summarize(results), "seconds": elapsed,
+            "seconds_per_rollout": elapsed / len(results) if results else math.nan, "tasks": results}
+
+
+def per_task(report: Mapping[str, Any], key: str = "reward") -> list[float]:
+    """A per-task value (reward, success, steps …) in task order. Two reports on the same seed list
+    the same tasks in the same order, which is what makes their per-task values pairable."""
+    return [float(r[key]) for r in report["tasks"]]

@@ -1,0 +1,226 @@
+"""The evaluation stage: offline metrics on an eval slice of the same Deeplake store, online eval in the
+demo world, comparison with the base model and the previous checkpoint, reports, and the promotion gate.
+
+A checkpoint becomes the corpus's `LATEST` only when the gate passes, so a worse model never
+silently replaces a better one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.capture.workspace import Workspace
+from pipeline.config import CorpusSpec
+
+
+def finished_checkpoints(checkpoints: Path) -> list[dict[str, Any]]:
+    """Summaries of finished trainings under a corpus's checkpoint folder, oldest first."""
+    done = [orjson.loads(p.read_bytes()) for p in checkpoints.glob("*/tracemill_train.json")]
+    return sorted(done, key=lambda s: s["finished_at"])
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return orjson.loads(path.read_bytes()) if path.exists() else None
+
+
+def _write(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_INDENT_2))
+
+
+def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
+    """NaN means 'not applicable' (e.g. no tool-call turns): drop it from metadata rather than lie."""
+    return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def offline_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str, query: str | None = None) -> dict[str, Any]:
+    """Teacher-forced and generation metrics on one slice (a TQL query) of the trained version."""
+    from pipeline.train.sft import quiet_progress
+
+    with quiet_progress():  # no 'Loading weights' bar per model and slice in the run log
+        return _offline_metrics(spec, corpus_url, checkpoint_dir, query)
+
+
+def _offline_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str, query: str | None) -> dict[str, Any]:
+    from pipeline.corpus.store import open_corpus
+
+    corpus = open_corpus(corpus_url)
+    rows = corpus.query(query or spec.eval.query).rows()
+    if not rows:
+        return {"n_rows": 0}
+    if spec.format == "sft":
+        from pipeline.evaluate.offline import evaluate_checkpoint
+
+        # prompts look like the training sequences did; the tool schemas still check the generated arguments
+        return evaluate_checkpoint(checkpoint_dir, rows, max_examples=spec.eval.max_examples,
+                                   max_new_tokens=spec.eval.max_new_tokens,
+                                   tools_in_prompt=spec.tools_in_prompt) | {"n_rows": len(rows)}
+    if spec.format in ("dpo", "kto"):
+        from pipeline.evaluate.offline import preference_accuracy
+
+        return preference_accuracy(checkpoint_dir, rows, tools_in_prompt=spec.tools_in_prompt) | {"n_rows": len(rows)}
+    return {"n_rows": len(rows)}
+
+
+def slice_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str) -> dict[str, dict[str, Any]]:
+    """Every named slice of the spec, each with the exact version and query it ran on."""
+    out = {}
+    for name, query in spec.eval.slices.items():
+        out[name] = {"query": query, "version": corpus_url.rsplit("@", 1)[-1],
+                     **_clean(offline_metrics(spec, corpus_url, checkpoint_dir, query))}
+    return out
+
+
+def slices_markdown(primary: dict[str, Any], slices: dict[str, dict[str, Any]], query: str) -> str:
+    keys = [k for k in ("n_rows", "loss", "perplexity", "tool_name_accuracy", "tool_call_accuracy",
+                        "final_answer_accuracy", "preference_accuracy", "logprob_margin") if k in primary]
+    rows = [("eval", query, primary)] + [(n, v["query"], v) for n, v in slices.items()]
+    head = "| slice | query | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 2) + "\n"
+    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
+    return "### Offline metrics per slice\n\n" + head + "".join(
+        f"| {n} | `{q}` | " + " | ".join(cell(m.get(k)) for k in keys) + " |\n" for n, q, m in rows)
+
+
+def _online(spec: CorpusSpec, checkpoint_dir: str | None, ws: Workspace | None, tag: str,
+            cache: Path) -> dict[str, Any] | None:
+    from pipeline.evaluate.online import online_eval
+
+    if spec.online.n_tasks == 0:
+        return None
+    cached = _read(cache)
+    if cached is not None:
+        return cached
+    rep = online_eval(checkpoint_dir, seed=spec.online.seed, n_tasks=spec.online.n_tasks,
+                      max_steps=spec.online.max_steps, workspace=ws, tag=tag,
+                      tools_in_prompt=spec.tools_in_prompt)
+    _write(cache, rep)
+    return rep
+
+
+def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_model_path: str,
+                    ws: Workspace | None = None, tracker: Any = None) -> dict[str, Any]:
+    """Evaluate the newest checkpoint of a corpus; returns metrics, the report and the gate verdict."""
+    from pipeline.corpus.store import resolve_corpus_url
+    from pipeline.evaluate.compare import build_report, gate, log_report, offline_section, plots
+    from pipeline.evaluate.render import markdown_report
+
+    done = finished_checkpoints(checkpoints)
+    if not done:
+        raise FileNotFoundError(f"no finished checkpoint under {checkpoints}: materialize checkpoint_{spec.name} first")
+    ckpt, prev = done[-1], (done[-2] if len(done) > 1 else None)
+    ckpt_dir = Path(ckpt["checkpoint_dir"])
+    version = ckpt["corpus_ref"].rsplit("@", 1)[1]
+    url = f"{resolve_corpus_url(spec.target, corpus_root)}@{version}"
+    offline = offline_metrics(spec, url, str(ckpt_dir))
+    slices = slice_metrics(spec, url, str(ckpt_dir))
+    examples = {"checkpoint": pop_examples({"eval": offline, **slices})}
+    _write(ckpt_dir / "eval" / "offline.json", offline)
+    _write(ckpt_dir / "eval" / "offline_slices.json", slices)
+
+    capture = ws if spec.online.capture else None
+    n, seed = spec.online.n_tasks, spec.online.seed
+    current = _online(spec, str(ckpt_dir), capture, f"{spec.name}@{version}", ckpt_dir / "eval" / f"online-{seed}-{n}.json")
+    base = _online(spec, base_model_path, None, "base", Path(base_model_path) / f"online-{seed}-{n}.json") \
+        if Path(base_model_path).exists() else None
+    previous = previous_online(spec, ckpt, prev)
+
+    report_md, files, verdict, gate_ok, gate_msg = "", [], None, True, "online eval off"
+    prev_dir = previous_model(spec, ckpt, prev)
+    offline_tables = {"checkpoint": {"eval": offline, **slices},
+                      "base": offline_on_same_rows(spec, url, base_model_path) if Path(base_model_path).exists() else None,
+                      "previous": offline_on_same_rows(spec, url, prev_dir) if prev_dir else None}
+    examples |= {m: pop_examples(t) for m in ("base", "previous") if (t := offline_tables[m])}
+    if current is None:  # offline numbers are then the whole evaluation: still draw them
+        files = plots({"offline": offline_section(offline_tables, examples)}, ckpt_dir / "eval")
+    else:
+        curve = [(i + 1, v) for i, v in enumerate(ckpt.get("losses") or [])]
+        report = build_report(current, base=base, previous=previous, loss_curve=curve, offline=offline_tables,
+                              offline_per_example=examples)
+        report_md, verdict = markdown_report(report, title=f"eval_{spec.name} — {spec.target}@{version}"), report["verdict"]
+        out = ckpt_dir / "eval"
+        if tracker is not None and ckpt.get("mlflow_run_id"):
+            files = log_report(tracker, ckpt["mlflow_run_id"], report, out)
+        else:
+            files = plots(report, out)
+        gate_ok, gate_msg = gate(current, previous, spec.gate.metric, spec.gate.margin)
+    if tracker is not None and ckpt.get("mlflow_run_id"):
+        tracker.log_metrics_to_run(ckpt["mlflow_run_id"], {f"eval_{k}": v for k, v in _clean(offline).items()
+                                                           if isinstance(v, int | float)})
+    report_md = slices_markdown(_clean(offline), slices, spec.eval.query) + "\n" + report_md
+    result = {"checkpoint": str(ckpt_dir), "corpus_ref": ckpt["corpus_ref"], "query": spec.eval.query,
+              "offline": _clean(offline), "slices": slices, "online": _summary(current), "base_online": _summary(base),
+              "previous_online": _summary(previous), "verdict": verdict, "gate_passed": gate_ok,
+              "gate_message": gate_msg, "report_markdown": report_md, "plots": [str(f) for f in files if str(f).endswith(".png")],
+              "mlflow_run_id": ckpt.get("mlflow_run_id")}
+    _write(ckpt_dir / "eval" / "gate.json", {"passed": gate_ok, "message": gate_msg})
+    if gate_ok:
+        (checkpoints / "LATEST").write_text(str(ckpt_dir))
+        if tracker is not None and ckpt.get("model_version"):
+            tracker.promote(ckpt["registered_model"], ckpt["model_version"])  # models:/tracemill-<corpus>@champion
+    return result
+
+
+def previous_online(spec: CorpusSpec, ckpt: dict[str, Any], prev: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a new checkpoint must not be worse than: the previous checkpoint of the same corpus, or — for
+    the first DPO/RL checkpoint — the checkpoint it started from (e.g. SFT), on the same held-out tasks."""
+    name = f"online-{spec.online.seed}-{spec.online.n_tasks}.json"
+    if prev is not None:
+        return _read(Path(prev["checkpoint_dir"]) / "eval" / name)
+    if spec.init_from:
+        return _read(Path(ckpt["base_model"]) / "eval" / name)
+    return None
+
+
+def pop_examples(tables: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Take the per-example 0/1 lists out of {slice: metrics} (they feed the bootstrap, not metadata)."""
+    return {name: ex for name, m in tables.items() if (ex := m.pop("per_example", None))}
+
+
+def previous_model(spec: CorpusSpec, ckpt: dict[str, Any], prev: dict[str, Any] | None) -> str | None:
+    """The model a new checkpoint is compared with: the previous checkpoint of the corpus, else the
+    checkpoint it started from (init_from), else none."""
+    if prev is not None:
+        return str(prev["checkpoint_dir"])
+    return str(ckpt["base_model"]) if spec.init_from and Path(ckpt["base_model"]).exists() else None
+
+
+def offline_on_same_rows(spec: CorpusSpec, corpus_url: str, model_dir: str) -> dict[str, Any]:
+    """Another model's offline metrics on exactly the rows the checkpoint was measured on (the same
+    version and the same queries), so deltas compare models, not data. Cached in the model's folder
+    by version + query + settings: the base model is measured once per corpus version, not per run."""
+    out: dict[str, Any] = {}
+    for name, query in {"eval": spec.eval.query, **spec.eval.slices}.items():
+        key = hashlib.sha1(orjson.dumps([corpus_url, query, spec.format, spec.eval.max_examples,
+                                         spec.eval.max_new_tokens, spec.tools_in_prompt])).hexdigest()[:12]
+        cache = Path(model_dir) / "eval" / f"offline-{key}.json"
+        metrics = _read(cache)
+        if metrics is None:
+            metrics = _clean(offline_metrics(spec, corpus_url, model_dir, query))
+            _write(cache, metrics)
+        out[name] = metrics if name == "eval" else {"query": query, "version": corpus_url.rsplit("@", 1)[-1], **metrics}
+    return out
+
+
+def _summary(rep: dict[str, Any] | None) -> dict[str, Any]:
+    if not rep:
+        return {}
+    keys = ("success_rate", "mean_reward", "tool_call_error_rate", "mean_steps", "invalid_output_rate", "n_tasks")
+    return _clean({k: rep.get(k) for k in keys})
+
+
+def promoted_checkpoint(checkpoints: Path) -> str | None:
+    """The checkpoint that passed its gate most recently (what downstream consumers should use)."""
+    latest = checkpoints / "LATEST"
+    return latest.read_text().strip() if latest.exists() else None
+
+
+def last_gate(checkpoints: Path) -> dict[str, Any]:
+    """The gate verdict of the newest evaluated checkpoint."""
+    done = finished_checkpoints(checkpoints)
+    gate = _read(Path(done[-1]["checkpoint_dir"]) / "eval" / "gate.json") if done else None
+    return gate or {"passed": False, "message": "no evaluated checkpoint yet"}
