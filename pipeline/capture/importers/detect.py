@@ -21,6 +21,8 @@ class UnknownFormatError(ValueError):
 
 def _why_not(value: Any) -> str:
     sample = value[0] if isinstance(value, list) and value else value
+    if isinstance(value, str):
+        return "text that is not JSON, JSON Lines or a known text format (aider chat history)"
     if isinstance(value, dict) and ("$schema" in value or "$defs" in value):
         return "a JSON Schema document, not trajectories"
     if isinstance(sample, dict) and "api_list" in sample and "query" in sample:

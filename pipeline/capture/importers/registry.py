@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline.capture.importers import (
     anthropic,
+    claude_code,
     langfuse,
     openai,
     otlp,
@@ -35,6 +36,8 @@ class Format:
 
 
 _ALL = [
+    Format("claude_code", "Claude Code session JSONL (~/.claude/projects); subagents and sidechains linked",
+           claude_code.sniff, claude_code.convert),
     Format("otlp_json", "OTLP JSON traces (resourceSpans/scopeSpans/spans): GenAI semconv, OpenInference",
            otlp.sniff, otlp.convert),
     Format("langfuse", "Langfuse trace export {trace, observations}; scores become outcomes",

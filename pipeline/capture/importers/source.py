@@ -1,6 +1,8 @@
 """Reading an input file as a sequence of JSON records, whatever its layout.
 
-A file is either one JSON document (an object, or an array of records) or JSON Lines. JSON Lines are
+A file is either one JSON document (an object, or an array of records), JSON Lines, or - for the few
+formats that are not JSON at all (aider's Markdown chat history) - UTF-8 text, seen as ONE record
+holding the whole text so that a text format's `sniff` can recognise it by content. JSON Lines are
 read lazily, line by line, so a multi-gigabyte export streams; `bytes_read` lets a progress bar follow.
 A line that is not valid JSON becomes a record with `error` set (reported with its line number), so
 one bad line never hides the others. The layout is decided from the content, never the extension.
@@ -32,7 +34,7 @@ class Source:
 
     def __init__(self, path: str | os.PathLike | None = None, value: Any = None, *, kind: str = "json"):
         self.path = Path(path) if path is not None else None
-        self.kind = kind  # "json" (one document) or "jsonl"
+        self.kind = kind  # "json" (one document), "jsonl" or "text" (one str record)
         self.value = value
         self.bytes_read = 0
         self.total_bytes = self.path.stat().st_size if self.path is not None else 0
@@ -58,7 +60,7 @@ class Source:
             rest = fh.read(4096).strip()
         head = first.lstrip()
         if head[:1] not in (b"{", b"["):
-            raise ValueError(f"{path.name}: not JSON or JSON Lines (starts with {head[:20]!r})")
+            return cls._text(path, head)
         if rest and _parses(first):
             return cls(path, kind="jsonl")
         try:
@@ -69,8 +71,22 @@ class Source:
         src.bytes_read = src.total_bytes
         return src
 
+    @classmethod
+    def _text(cls, path: Path, head: bytes) -> Source:
+        """Not JSON: UTF-8 text becomes one str record (text formats sniff it); binary is refused."""
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path.name}: not JSON, JSON Lines or text (starts with {head[:20]!r})") from None
+        src = cls(path, text, kind="text")
+        src.bytes_read = src.total_bytes
+        return src
+
     def records(self) -> Iterator[Record]:
-        """JSON array: its items; JSON object: itself; JSON Lines: one record per non-blank line."""
+        """JSON array: its items; JSON object or text: itself; JSON Lines: one record per non-blank line."""
+        if self.kind == "text":
+            yield Record(0, None, self.value)
+            return
         if self.kind == "json":
             items = self.value if isinstance(self.value, list) else [self.value]
             for i, item in enumerate(items):
@@ -92,7 +108,7 @@ class Source:
 
     def first_value(self) -> Any:
         """What detection looks at: the whole document, or the first parsable line of JSON Lines."""
-        if self.kind == "json":
+        if self.kind in ("json", "text"):
             return self.value
         for rec in self.records():
             if rec.error is None:
