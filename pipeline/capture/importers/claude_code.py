@@ -31,7 +31,7 @@ from pipeline.capture.importers.base import Context, Item, as_text, at, build_tr
 from pipeline.capture.importers.calls import CallLinker
 from pipeline.capture.importers.chat import make_meta
 from pipeline.capture.importers.parts import Assembler
-from pipeline.capture.importers.sessions import first_time, image_placeholder, mark_unanswered, whole_file
+from pipeline.capture.importers.sessions import first_time, image_placeholder, last_time, mark_unanswered, whole_file
 from pipeline.capture.importers.source import Source
 from pipeline.schema import Message
 
@@ -260,7 +260,7 @@ def _trajectory(ctx: Context, tid: str, sid: str | None, messages: list[Message]
         ctx, trajectory_id=tid, messages=messages, original=original, agent="claude-code",
         agent_version=last.get("version"), model=models.most_common(1)[0][0] if models else None,
         session_id=sid, started_at=first_time([r.get("timestamp") for r in recs]),
-        ended_at=first_time([r.get("timestamp") for r in reversed(recs)]), notes=notes,
+        ended_at=last_time([r.get("timestamp") for r in recs]), notes=notes,
         cwd=last.get("cwd"), git_branch=last.get("gitBranch") or None, cli_version=last.get("version"),
         slug=last.get("slug"), parent_trajectory_id=parent, unanswered_tool_calls=pending or None,
         usage=dict(usage) or None, **meta)

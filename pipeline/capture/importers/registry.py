@@ -14,6 +14,7 @@ from typing import Any
 from pipeline.capture.importers import (
     anthropic,
     claude_code,
+    codex,
     langfuse,
     openai,
     otlp,
@@ -38,6 +39,8 @@ class Format:
 _ALL = [
     Format("claude_code", "Claude Code session JSONL (~/.claude/projects); subagents and sidechains linked",
            claude_code.sniff, claude_code.convert),
+    Format("codex", "Codex CLI rollout JSONL (~/.codex/sessions), enveloped and pre-Aug-2025 layouts",
+           codex.sniff, codex.convert),
     Format("otlp_json", "OTLP JSON traces (resourceSpans/scopeSpans/spans): GenAI semconv, OpenInference",
            otlp.sniff, otlp.convert),
     Format("langfuse", "Langfuse trace export {trace, observations}; scores become outcomes",
