@@ -1,8 +1,10 @@
 """The format registry: name → how to recognise a record and how to convert a file.
 
 Order matters: detection tries formats top to bottom and the first `sniff` that accepts the file's
-first record wins, so container formats with unmistakable keys come first and the permissive
-OpenAI chat shape (a `messages` list) comes last.
+first record wins, so container formats with unmistakable keys come first (the coding-agent session
+formats, whose records carry tool-specific keys, lead), message lists that need a telling detail
+(mini-swe-agent's action block, an Agents SDK list's typed function calls) come before the formats
+they resemble, and the permissive OpenAI chat shape (a `messages` list) comes last.
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.capture.importers import (
+    agents_sdk,
+    aider,
     anthropic,
     claude_code,
+    claude_managed,
     codex,
+    gemini_cli,
+    inspect_ai,
+    langsmith,
+    mini_swe_agent,
+    openhands,
     langfuse,
     openai,
     otlp,
@@ -41,6 +51,18 @@ _ALL = [
            claude_code.sniff, claude_code.convert),
     Format("codex", "Codex CLI rollout JSONL (~/.codex/sessions), enveloped and pre-Aug-2025 layouts",
            codex.sniff, codex.convert),
+    Format("gemini_cli", "Gemini CLI chat recordings {sessionId, projectHash, messages} incl. toolCalls",
+           gemini_cli.sniff, gemini_cli.convert),
+    Format("openhands", "OpenHands event-stream trajectories (actions, observations, finish)", openhands.sniff,
+           openhands.convert),
+    Format("inspect_ai", "Inspect AI eval logs (JSON, v2): each sample a trajectory, scores as outcomes",
+           inspect_ai.sniff, inspect_ai.convert),
+    Format("langsmith", "LangSmith run payloads {post, patch} or run lists; feedback as outcomes",
+           langsmith.sniff, langsmith.convert),
+    Format("claude_managed_agents", "Claude Managed Agents session recordings [sdk method, payload] JSONL",
+           claude_managed.sniff, claude_managed.convert),
+    Format("aider", "aider .aider.chat.history.md (Markdown): sessions of user and assistant turns",
+           aider.sniff, aider.convert),
     Format("otlp_json", "OTLP JSON traces (resourceSpans/scopeSpans/spans): GenAI semconv, OpenInference",
            otlp.sniff, otlp.convert),
     Format("langfuse", "Langfuse trace export {trace, observations}; scores become outcomes",
@@ -62,6 +84,10 @@ _ALL = [
            parts.convert_otel_messages),
     Format("anthropic_messages", "Anthropic Messages {system, messages[{role, content blocks}], tools}",
            anthropic.sniff, anthropic.convert),
+    Format("mini_swe_agent", "mini-swe-agent trajectories (message lists with mswea_bash_command actions)",
+           mini_swe_agent.sniff, mini_swe_agent.convert),
+    Format("openai_agents_input", "OpenAI Agents SDK input lists (to_input_list: untyped first message, "
+           "then Responses items)", agents_sdk.sniff, agents_sdk.convert),
     Format("openai_responses", "OpenAI Responses API items (message, function_call, function_call_output, "
            "reasoning) or Response objects", openai.sniff_responses, openai.convert_responses),
     Format("openai_chat", "OpenAI chat / fine-tuning JSONL {messages, tools} incl. preference fine-tuning",
