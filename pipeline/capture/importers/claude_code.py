@@ -31,7 +31,13 @@ from pipeline.capture.importers.base import Context, Item, as_text, at, build_tr
 from pipeline.capture.importers.calls import CallLinker
 from pipeline.capture.importers.chat import make_meta
 from pipeline.capture.importers.parts import Assembler
-from pipeline.capture.importers.sessions import first_time, image_placeholder, last_time, mark_unanswered, whole_file
+from pipeline.capture.importers.sessions import (
+    first_time,
+    image_placeholder,
+    last_time,
+    mark_unanswered,
+    whole_file,
+)
 from pipeline.capture.importers.source import Source
 from pipeline.schema import Message
 

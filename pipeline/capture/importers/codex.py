@@ -24,9 +24,22 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.capture.importers.base import Context, Item, build_trajectory, content_hash, loads_layers, stable_id
+from pipeline.capture.importers.base import (
+    Context,
+    Item,
+    build_trajectory,
+    content_hash,
+    loads_layers,
+    stable_id,
+)
 from pipeline.capture.importers.openai import RESPONSE_ITEM_TYPES, responses_messages
-from pipeline.capture.importers.sessions import first_time, image_placeholder, last_time, mark_unanswered, whole_file
+from pipeline.capture.importers.sessions import (
+    first_time,
+    image_placeholder,
+    last_time,
+    mark_unanswered,
+    whole_file,
+)
 from pipeline.capture.importers.source import Source
 from pipeline.schema import Message, StepMeta
 

@@ -16,13 +16,20 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.capture.importers.base import Context, Item, as_text, at, build_trajectory, per_record, stable_id
+from pipeline.capture.importers.base import (
+    Context,
+    Item,
+    as_text,
+    at,
+    build_trajectory,
+    per_record,
+    stable_id,
+)
 from pipeline.capture.importers.calls import CallLinker
 from pipeline.capture.importers.chat import make_meta
 from pipeline.capture.importers.parts import Assembler
 from pipeline.capture.importers.sessions import image_placeholder, mark_unanswered
 from pipeline.capture.importers.source import Record, Source
-
 
 
 def sniff(value: Any) -> bool:

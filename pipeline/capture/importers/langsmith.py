@@ -15,7 +15,14 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.capture.importers.base import Context, Item, build_outcome, build_trajectory, per_record, stable_id
+from pipeline.capture.importers.base import (
+    Context,
+    Item,
+    build_outcome,
+    build_trajectory,
+    per_record,
+    stable_id,
+)
 from pipeline.capture.importers.calls import CallLinker
 from pipeline.capture.importers.chat import chat_messages, make_meta
 from pipeline.capture.importers.source import Record, Source
