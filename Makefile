@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
-	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+setup: $(STAMP)        # the Dagster instance settings (assets/dagster.yaml) into $(DAGSTER_HOME), if missing
+	@$(PY) -m assets.instance >/dev/null
 
 demo: setup
-	$(PY) -m assets.demo
+	$(PY) -m assets.dev.demo
 
 test: setup chromium
 	$(PY) -m pytest
@@ -40,7 +40,7 @@ chromium:
 	  || echo "chromium could not be installed: the browser test will skip"; }
 
 ui: setup               # Dagster webserver + daemon (:3000) and MLflow UI (:5000); Ctrl-C stops both
-	$(PY) -m assets.ui
+	$(PY) -m assets.dev.ui
 
 backfill: setup         # make backfill FROM=2026-11-16 TO=2026-11-18
 	$(VENV)/bin/tracemill backfill --from $(FROM) --to $(TO)

@@ -1,4 +1,4 @@
-"""`tracemill backfill`: a real three-day backfill through Dagster's CLI on a temp home, checked in
+"""`tracemill backfill`: a real three-day backfill through Dagster's Python API on a temp home, checked in
 the Parquet lake and in the Dagster event log of the instance at that DAGSTER_HOME."""
 
 import subprocess
@@ -11,10 +11,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from assets.backfill import run_config
+from assets.instance import ensure_dagster_home
 from pipeline.capture.workspace import Workspace
 from pipeline.cli.ops import backfill
 from pipeline.demo.world import populate
-from pipeline.lake.backfill import days_in_range, parse_line, plan_backfill
+from pipeline.lake.backfill import BackfillEvent, days_in_range, event_line, parse_line, plan_backfill
 
 DAYS = ["2026-11-16", "2026-11-17", "2026-11-18"]
 PER_DAY = 10
@@ -90,17 +92,19 @@ def test_plan_and_parsing_without_dagster(home, instance_home):
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         days_in_range("2026-13-01", "2026-13-02")
     plan = plan_backfill(DAYS[0], DAYS[-1], workspace="other")
-    assert (instance_home / "dagster.yaml").exists()  # created for the instance
-    assert plan.env["TRACEMILL_CONFIG"] == plan.config_override  # --workspace reaches the Definitions
-    assert "workspace: other" in open(plan.config_override).read()
-    assert plan.commands[1][-4:-2] == ["--partition-range", f"{DAYS[0]}...{DAYS[-1]}"]
-    ev = parse_line("2026-11-24 14:50:05 +0000 - dagster - DEBUG - __ASSET_JOB - "
-                    "27d86862-8c68-4712-b01b-e7a71b7b5cbf - 7068 - raw_trajectories - ASSET_MATERIALIZATION - "
-                    "Materialized value raw_trajectories.")
-    assert (ev.event, ev.step) == ("ASSET_MATERIALIZATION", "raw_trajectories")
-    log = parse_line("2026-11-24 14:50:05 +0000 - dagster - INFO - __ASSET_JOB - "
-                     "27d86862-8c68-4712-b01b-e7a71b7b5cbf - raw_trajectories - 2026-11-16: 20 valid - ok")
-    assert (log.event, log.step, log.message) == ("LOG", "raw_trajectories", "2026-11-16: 20 valid - ok")
+    assert plan.overrides_workspace and plan.command[-2:] == ["--workspace", "other"]
+    assert plan.command[1:3] == ["-m", "assets.backfill"] and plan.command[3:7] == ["--from", DAYS[0], "--to", DAYS[-1]]
+    ensure_dagster_home(instance_home)
+    assert (instance_home / "dagster.yaml").exists()  # created for the instance, from the shipped settings
+    # --workspace reaches the Definitions as run config on the resource, its other settings kept
+    config = run_config("other")["resources"]["tracemill"]["config"]
+    assert config["workspace"] == "other" and config["base_model"] == "tiny"
+    ev = BackfillEvent("27d86862-8c68-4712-b01b-e7a71b7b5cbf", "ASSET_MATERIALIZATION", "raw_trajectories",
+                       "Materialized value raw_trajectories.")
+    assert parse_line(event_line(ev)) == ev
+    log = parse_line(event_line(BackfillEvent("27d86862", "LOG", "raw_trajectories", "2026-11-16: 20 valid", "INFO")))
+    assert (log.event, log.step, log.message) == ("LOG", "raw_trajectories", "2026-11-16: 20 valid")
+    assert parse_line("2026-11-24 14:50:05 +0000 - dagster - WARNING - not ours") is None
     # pipeline/ stays free of Dagster: importing the command must not import it
     code = "import sys, pipeline.cli.ops, pipeline.lake.backfill; assert 'dagster' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

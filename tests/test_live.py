@@ -1,4 +1,4 @@
-"""The live daemon, for real: `python -m assets.ui` (dagster dev + mlflow ui) on free loopback ports and
+"""The live daemon, for real: `python -m assets.dev.ui` (dagster dev + mlflow ui) on free loopback ports and
 a temp home. Through the GraphQL API: the late-outcome sensor re-joins exactly the days whose rewards
 arrived late. In headless Chromium: the UI shows the tracemill asset graph. Then a stop by PID that
 leaves no process behind. Deselect with `-m "not live"`."""
@@ -27,10 +27,12 @@ import yaml
 
 from pipeline.capture.workspace import Workspace
 from pipeline.demo.world import DemoStats, populate
-from pipeline.lake.backfill import REPO_ROOT, plan_backfill, run_backfill
+from pipeline.lake.backfill import plan_backfill, run_backfill
 from pipeline.lake.late import trajectory_days
 
 pytestmark = pytest.mark.live
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DAYS = ["2026-11-16", "2026-11-17", "2026-11-18"]
 LATE_DAYS = [DAYS[0], DAYS[2]]  # late rewards arrive for these; DAYS[1] is the control
@@ -120,7 +122,7 @@ def live(tmp_path_factory):
         mp.setenv(k, v)  # the in-test backfill and workspace see the same home
     stats = populate(Workspace.open("demo", home=home), days=DAYS, per_day=12, seed=4)
     ports = free_port(), free_port()
-    cmd = [sys.executable, "-m", "assets.ui", "--home", str(home),
+    cmd = [sys.executable, "-m", "assets.dev.ui", "--home", str(home),
            "--dagster-port", str(ports[0]), "--mlflow-port", str(ports[1])]
     proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

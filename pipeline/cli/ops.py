@@ -1,8 +1,9 @@
 """`tracemill backfill`: operations commands that drive Dagster from the outside.
 
 Mounted on the main app with `app.command("backfill")(backfill)`. Nothing here imports Dagster: the
-work is done by Dagster's CLI in a subprocess (see pipeline/lake/backfill.py for why), and this module
-only turns its event stream into progress lines and a summary.
+work is done by `python -m assets.backfill` in a subprocess through Dagster's Python API (see
+pipeline/lake/backfill.py for why), and this module only turns its typed event stream into progress
+lines and a summary.
 """
 
 from __future__ import annotations
@@ -17,13 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.capture.workspace import Workspace, WorkspaceNotFound
-from pipeline.lake.backfill import (
-    BackfillResult,
-    DagsterEvent,
-    daemon_backfill_command,
-    plan_backfill,
-    run_backfill,
-)
+from pipeline.lake.backfill import BackfillEvent, BackfillResult, plan_backfill, run_backfill
 
 console = Console()
 err = Console(stderr=True)
@@ -31,7 +26,7 @@ err = Console(stderr=True)
 HomeOpt = Annotated[str | None, typer.Option("--home", envvar="TRACEMILL_HOME", help="tracemill home folder.")]
 
 
-def _progress(ev: DagsterEvent) -> None:
+def _progress(ev: BackfillEvent) -> None:
     """One line per step boundary, user log line and check: enough to follow a long backfill."""
     if ev.event == "RUN_START":
         console.print(f"[dim]run {ev.run_id[:8]} started[/]")
@@ -75,18 +70,17 @@ def backfill(
     recorded in the Dagster instance so the UI and the sensors see it."""
     try:
         plan = plan_backfill(start, end, workspace=workspace, home=home, dagster_home=dagster_home,
-                             in_process=not multiprocess)
+                             in_process=not multiprocess, daemon=daemon)
         Workspace.open(plan.workspace, home=plan.home, create=False)
     except (ValueError, WorkspaceNotFound) as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None
     if daemon:
-        if plan.config_override:
+        if plan.overrides_workspace:
             err.print(f"[bold red]error:[/] the daemon runs the workspace its code location was started with; "
                       f"start `make ui` with a config for {plan.workspace!r}, or drop --daemon")
             raise typer.Exit(1)
-        cmd = daemon_backfill_command(start, end)
-        raise typer.Exit(subprocess.call(cmd, env=plan.env))
+        raise typer.Exit(subprocess.call(plan.command, env=plan.env))
     if not json:
         console.print(f"backfilling [bold]{plan.workspace}[/] {plan.days[0]} … {plan.days[-1]} "
                       f"({len(plan.days)} days) into the Dagster instance at {plan.dagster_home}")

@@ -1,52 +1,44 @@
-"""Backfill the capture stage (raw → outcomes → joined) for a range of days through Dagster's own CLI.
+"""Backfill the capture stage (raw → outcomes → joined) for a range of days: the plan, the typed
+events and result, and the lake summary. Plain Python; the Dagster side is `assets/backfill.py`.
 
-Why a subprocess and not `dagster` imports: `pipeline/` is plain Python that runs without Dagster,
-and a run started by `dagster asset materialize` with `$DAGSTER_HOME` set is recorded in the same
-event log the UI and the daemon read, so a backfilled day shows as materialized there and the
-late-outcome sensor treats it like any other day.
+Why a subprocess (`python -m assets.backfill`) and not Dagster imports: `pipeline/` is plain Python
+that runs without Dagster, and must not import `assets/` (it sits above). The child runs the backfill
+through Dagster's Python API (`execute_job` on the `$DAGSTER_HOME` instance, so the runs are
+recorded in the same event log the UI and the daemon read, and the late-outcome sensor treats a
+backfilled day like any other) and writes one JSON object per line on stdout: an `event` per
+Dagster event-log record (for the progress lines), then one `result`. Those are the dataclasses
+below, so both sides share one typed contract instead of a regex over Dagster's console log.
 
-Two runs, not one: `dagster asset materialize --partition-range` needs
-`BackfillPolicy.single_run()` on every selected asset, and `outcomes` is one unpartitioned table
-("every outcome ever landed") without one. So `outcomes` is refreshed first, then
-`raw_trajectories,joined_trajectories` run for the whole range in one run (each asset loops over
-`context.partition_keys`). Both use the in-process executor by default: the capture steps are light
-and sequential, and a process per step costs ~3 s each on 2 cores.
-
-The daemon path (`dagster job backfill -j ingest_daily`, one run per day, executed by `make ui`'s
-daemon) is offered as `daemon_backfill_command` for ranges too big for one process.
+The workspace travels as run config on the `tracemill` resource (visible on the run in the UI),
+not as a rewritten tracemill.yaml: see `assets/backfill.py` for why two runs and not one.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
-import yaml
+import orjson
 
 from pipeline import storage
 from pipeline.capture.workspace import Workspace, WorkspaceNotFound, home_dir
+from pipeline.config import load_config
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFINITIONS_MODULE = "assets.definitions"
-PARTITIONED = ("raw_trajectories", "joined_trajectories")
-IN_PROCESS = '{"execution": {"config": {"in_process": {}}}}'
-_LINE = re.compile(r" - dagster - (?P<level>[A-Z]+) - (?P<job>\S+) - (?P<run_id>[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})"
-                   r" - (?P<rest>.*)$")
-_EVENT = re.compile(r"^[A-Z][A-Z_]+$")
+RUNNER_MODULE = "assets.backfill"  # the Dagster side, run as `python -m assets.backfill`
+FAILED = frozenset({"STEP_FAILURE", "RUN_FAILURE"})
 
 
 @dataclass
-class DagsterEvent:
-    """One line of Dagster's console log: a structured event (STEP_SUCCESS, …) or a user log (LOG)."""
+class BackfillEvent:
+    """One record of a run's Dagster event log: a structured event (STEP_START, ASSET_MATERIALIZATION,
+    …) or a user log line (event "LOG", e.g. `2026-11-17: 10 valid, 0 quarantined`)."""
 
     run_id: str
     event: str
@@ -55,107 +47,10 @@ class DagsterEvent:
     level: str = "DEBUG"
 
 
-def parse_line(line: str) -> DagsterEvent | None:
-    """`… - dagster - DEBUG - JOB - RUN_ID - PID - STEP - EVENT - message` (PID and STEP optional)."""
-    m = _LINE.search(line.rstrip("\n"))
-    if not m:
-        return None
-    parts = m["rest"].split(" - ")
-    if parts and parts[0].isdigit():
-        parts = parts[1:]
-    if parts and _EVENT.match(parts[0]):
-        return DagsterEvent(m["run_id"], parts[0], None, " - ".join(parts[1:]), m["level"])
-    if len(parts) >= 2 and _EVENT.match(parts[1]):
-        return DagsterEvent(m["run_id"], parts[1], parts[0], " - ".join(parts[2:]), m["level"])
-    step = parts[0] if len(parts) > 1 else None
-    return DagsterEvent(m["run_id"], "LOG", step, " - ".join(parts[1:] if step else parts), m["level"])
-
-
-def days_in_range(start: str, end: str) -> list[str]:
-    """Every ISO day from `start` to `end` inclusive; a clear error for bad or reversed dates."""
-    try:
-        a, b = date.fromisoformat(start), date.fromisoformat(end)
-    except ValueError as exc:
-        raise ValueError(f"dates must be YYYY-MM-DD: {exc}") from None
-    if b < a:
-        raise ValueError(f"--to {end} is before --from {start}")
-    return [(a + timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
-
-
-def ensure_dagster_home(dagster_home: Path) -> Path:
-    """A Dagster instance needs `$DAGSTER_HOME/dagster.yaml`: copy the repo's (pools, run limits)."""
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    target = dagster_home / "dagster.yaml"
-    if not target.exists():
-        source = REPO_ROOT / "dagster.yaml"
-        if source.exists():
-            shutil.copy(source, target)
-        else:
-            target.write_text("telemetry:\n  enabled: false\n")
-    return dagster_home
-
-
-def dagster_command(*args: str) -> list[str]:
-    """`python -m dagster …` with this interpreter, so the CLI and the code share one environment."""
-    return [sys.executable, "-m", "dagster", *args]
-
-
-@dataclass
-class BackfillPlan:
-    start: str
-    end: str
-    days: list[str]
-    workspace: str
-    home: Path
-    dagster_home: Path
-    env: dict[str, str]
-    commands: list[list[str]]
-    config_override: str | None = None  # set when --workspace differs from tracemill.yaml's
-
-
-def _config_for_workspace(workspace: str, dagster_home: Path) -> tuple[str, str | None]:
-    """The workspace to backfill, and a config file override when it differs from tracemill.yaml's
-    (the Definitions read the workspace from the config, so `--workspace` is passed that way)."""
-    from pipeline.config import load_config
-
-    cfg = load_config()
-    if not workspace or workspace == cfg.workspace:
-        return cfg.workspace, None
-    path = dagster_home / "backfill-configs" / f"{workspace}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.model_copy(update={"workspace": workspace}).model_dump(mode="json")))
-    return workspace, str(path)
-
-
-def plan_backfill(start: str, end: str, *, workspace: str | None = None, home: str | os.PathLike | None = None,
-                  dagster_home: str | os.PathLike | None = None, in_process: bool = True) -> BackfillPlan:
-    """The commands and environment of a backfill, without running anything."""
-    days = days_in_range(start, end)
-    hd = home_dir(home)
-    dh = ensure_dagster_home(Path(dagster_home or os.environ.get("DAGSTER_HOME") or hd / "dagster").resolve())
-    name, config = _config_for_workspace(workspace or "", dh)
-    env = {**os.environ, "TRACEMILL_HOME": str(hd), "DAGSTER_HOME": str(dh), "DAGSTER_DISABLE_TELEMETRY": "1"}
-    if config:
-        env["TRACEMILL_CONFIG"] = config
-    execution = ["--config-json", IN_PROCESS] if in_process else []
-    base = ["asset", "materialize", "-m", DEFINITIONS_MODULE]
-    commands = [
-        dagster_command(*base, "--select", "outcomes", *execution),
-        dagster_command(*base, "--select", ",".join(PARTITIONED), "--partition-range", f"{days[0]}...{days[-1]}",
-                        *execution),
-    ]
-    return BackfillPlan(start, end, days, name, hd, dh, env, commands, config)
-
-
-def daemon_backfill_command(start: str, end: str, workspace_yaml: Path = REPO_ROOT / "workspace.yaml") -> list[str]:
-    """Queue one `ingest_daily` run per day for the running daemon (`make ui`) instead of running here."""
-    days = days_in_range(start, end)
-    return dagster_command("job", "backfill", "-w", str(workspace_yaml), "-j", "ingest_daily",
-                           "--from", days[0], "--to", days[-1], "--noprompt")
-
-
 @dataclass
 class BackfillResult:
+    """What a backfill did: from the Dagster runs (filled by `record`) and from the lake (`summarise_lake`)."""
+
     days: list[str]
     run_ids: list[str] = field(default_factory=list)
     materializations: Counter[str] = field(default_factory=Counter)  # asset → partitions materialized
@@ -171,44 +66,115 @@ class BackfillResult:
     def ok(self) -> bool:
         return self.returncode == 0 and not self.failures
 
+    def record(self, ev: BackfillEvent) -> None:
+        """Fold one event into the run-side fields (runs, materializations per asset, checks, failures)."""
+        if ev.event == "RUN_START" and ev.run_id not in self.run_ids:
+            self.run_ids.append(ev.run_id)
+        elif ev.event == "ASSET_MATERIALIZATION" and ev.step:
+            self.materializations[ev.step] += 1
+        elif ev.event == "ASSET_CHECK_EVALUATION" and ev.step:
+            self.checks[ev.step] = ev.message
+        elif ev.event in FAILED:
+            self.failures.append(f"{ev.step or 'run'}: {ev.message}")
 
-def run_backfill(plan: BackfillPlan, on_event: Callable[[DagsterEvent], None] | None = None) -> BackfillResult:
-    """Run the plan's commands in order, streaming Dagster's events to `on_event`; stop at the first
-    failing command (joining against a stale outcome table would be silently wrong)."""
+
+def event_line(ev: BackfillEvent) -> str:
+    """The wire form of an event: `{"event": {...}}` on one line."""
+    return orjson.dumps({"event": asdict(ev)}).decode()
+
+
+def result_line(result: BackfillResult) -> str:
+    """The wire form of the run-side result: `{"result": {...}}` on one line, written last."""
+    return orjson.dumps({"result": {"run_ids": result.run_ids, "materializations": dict(result.materializations),
+                                    "checks": result.checks, "failures": result.failures}}).decode()
+
+
+def parse_line(line: str) -> BackfillEvent | dict | None:
+    """An event, the result's fields (a dict), or None for any other output (warnings, a traceback)."""
+    if not line.startswith("{"):
+        return None
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, dict) and isinstance(obj.get("event"), dict):
+        return BackfillEvent(**obj["event"])
+    if isinstance(obj, dict) and isinstance(obj.get("result"), dict):
+        return obj["result"]
+    return None
+
+
+def days_in_range(start: str, end: str) -> list[str]:
+    """Every ISO day from `start` to `end` inclusive; a clear error for bad or reversed dates."""
+    try:
+        a, b = date.fromisoformat(start), date.fromisoformat(end)
+    except ValueError as exc:
+        raise ValueError(f"dates must be YYYY-MM-DD: {exc}") from None
+    if b < a:
+        raise ValueError(f"--to {end} is before --from {start}")
+    return [(a + timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
+
+
+@dataclass
+class BackfillPlan:
+    start: str
+    end: str
+    days: list[str]
+    workspace: str
+    home: Path
+    dagster_home: Path
+    env: dict[str, str]
+    command: list[str]
+    overrides_workspace: bool = False  # --workspace differs from tracemill.yaml's (run config, not the default)
+
+
+def plan_backfill(start: str, end: str, *, workspace: str | None = None, home: str | os.PathLike | None = None,
+                  dagster_home: str | os.PathLike | None = None, in_process: bool = True,
+                  daemon: bool = False) -> BackfillPlan:
+    """The command and environment of a backfill, without running anything or touching the disk."""
+    days = days_in_range(start, end)
+    hd = home_dir(home)
+    dh = Path(dagster_home or os.environ.get("DAGSTER_HOME") or hd / "dagster").resolve()
+    configured = load_config().workspace
+    name = workspace or configured
+    env = {**os.environ, "TRACEMILL_HOME": str(hd), "DAGSTER_HOME": str(dh), "DAGSTER_DISABLE_TELEMETRY": "1"}
+    command = [sys.executable, "-m", RUNNER_MODULE, "--from", days[0], "--to", days[-1], "--workspace", name,
+               *([] if in_process else ["--multiprocess"]), *(["--daemon"] if daemon else [])]
+    return BackfillPlan(start, end, days, name, hd, dh, env, command, name != configured)
+
+
+def run_backfill(plan: BackfillPlan, on_event: Callable[[BackfillEvent], None] | None = None) -> BackfillResult:
+    """Run the plan's command, streaming its events to `on_event`; the child stops at the first failing
+    run (joining against a stale outcome table would be silently wrong)."""
     t0 = time.monotonic()
     result = BackfillResult(plan.days)
-    for cmd in plan.commands:
-        proc = subprocess.Popen(cmd, env=plan.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                cwd=os.getcwd())
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            result.output_tail = [*result.output_tail[-39:], line.rstrip("\n")]
-            ev = parse_line(line)
-            if ev is None:
-                continue
-            _record(result, ev)
+    proc = subprocess.Popen(plan.command, env=plan.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=os.getcwd())
+    assert proc.stdout is not None
+    final: dict | None = None
+    for line in proc.stdout:
+        item = parse_line(line.rstrip("\n"))
+        if isinstance(item, BackfillEvent):
+            result.output_tail = [*result.output_tail[-39:], f"{item.step or 'run'} {item.event}: {item.message}"]
             if on_event:
-                on_event(ev)
-        result.returncode = proc.wait()
-        if result.returncode != 0:
-            break
+                on_event(item)
+        elif isinstance(item, dict):
+            final = item
+        else:
+            result.output_tail = [*result.output_tail[-39:], line.rstrip("\n")]
+    result.returncode = proc.wait()
+    if final is None:  # the child died before its result line: a crash, not a run failure
+        result.returncode = result.returncode or 1
+    else:
+        result.run_ids, result.checks, result.failures = final["run_ids"], final["checks"], final["failures"]
+        result.materializations = Counter(final["materializations"])
     result.seconds = round(time.monotonic() - t0, 2)
-    _summarise_lake(plan, result)
+    summarise_lake(plan, result)
     return result
 
 
-def _record(result: BackfillResult, ev: DagsterEvent) -> None:
-    if ev.event == "RUN_START" and ev.run_id not in result.run_ids:
-        result.run_ids.append(ev.run_id)
-    elif ev.event == "ASSET_MATERIALIZATION" and ev.step:
-        result.materializations[ev.step] += 1
-    elif ev.event == "ASSET_CHECK_EVALUATION" and ev.step:
-        result.checks[ev.step] = ev.message
-    elif ev.event in {"STEP_FAILURE", "RUN_FAILURE"}:
-        result.failures.append(f"{ev.step or 'run'}: {ev.message}")
-
-
-def _summarise_lake(plan: BackfillPlan, result: BackfillResult) -> None:
+def summarise_lake(plan: BackfillPlan, result: BackfillResult) -> None:
+    """Which days had landed data, and how many joined rows each day has now."""
     import polars as pl
 
     try:

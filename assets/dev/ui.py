@@ -1,6 +1,6 @@
 """`make ui`: the Dagster webserver + daemon and the MLflow UI, started together and stopped together.
 
-    .venv/bin/python -m assets.ui [--home H] [--dagster-port 3000] [--mlflow-port 5000] [--no-mlflow]
+    python -m assets.dev.ui [--home H] [--dagster-port 3000] [--mlflow-port 5000] [--no-mlflow]
 
 Why a launcher instead of `dagster dev &` in the Makefile: a shell that starts `dagster dev` with `&`
 leaves SIGINT ignored in it (no job control), and `dagster dev` maps SIGTERM onto the SIGINT
@@ -29,8 +29,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from assets.instance import DEFINITIONS_MODULE, dagster_home_for, ensure_dagster_home
 from pipeline.capture.workspace import home_dir
-from pipeline.lake.backfill import REPO_ROOT, ensure_dagster_home
 
 HOST = "127.0.0.1"
 
@@ -74,8 +74,9 @@ class Service:
 
 
 def dagster_service(port: int, home: Path) -> Service:
-    cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
-           "-h", HOST, "-p", str(port)]
+    # `-m`, not `-w workspace.yaml`: the code location is the installed module (no source checkout
+    # needed), and its name is the module's, as the repository's workspace.yaml names it too
+    cmd = [sys.executable, "-m", "dagster", "dev", "-m", DEFINITIONS_MODULE, "-h", HOST, "-p", str(port)]
     return Service("dagster", cmd, port, "/server_info", home / "logs" / "dagster.log")
 
 
@@ -172,7 +173,7 @@ def wait_ready(services: list[Service], timeout: float, stop: threading.Event) -
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="python -m assets.ui", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m assets.dev.ui", description=__doc__.split("\n\n")[0])
     p.add_argument("--home", default=env("TRACEMILL_HOME"), help="tracemill home (default ./.tracemill)")
     p.add_argument("--dagster-port", type=int, default=int(env("TRACEMILL_DAGSTER_PORT", "3000")))
     p.add_argument("--mlflow-port", type=int, default=int(env("TRACEMILL_MLFLOW_PORT", "5000")))
@@ -185,7 +186,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     home = home_dir(args.home)
-    dagster_home = ensure_dagster_home(Path(os.environ.get("DAGSTER_HOME") or home / "dagster").resolve())
+    dagster_home = ensure_dagster_home(dagster_home_for(home))
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # its job runner: 8 processes, unused here
            **os.environ, "TRACEMILL_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
            "DAGSTER_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}

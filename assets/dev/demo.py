@@ -9,13 +9,14 @@ tiny model is fine-tuned on v2 and evaluated on its eval slice. Run it twice: sa
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import warnings
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from assets.instance import dagster_home_for, ensure_dagster_home
 
 DEMO_DAYS = ["2026-11-16", "2026-11-17", "2026-11-18"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the summary tells the story
@@ -24,10 +25,7 @@ console = Console()
 
 def _prepare_env() -> Path:
     home = Path(os.environ.setdefault("TRACEMILL_HOME", str(Path(".tracemill").resolve()))).resolve()
-    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home / "dagster")))
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    if not (dagster_home / "dagster.yaml").exists() and Path("dagster.yaml").exists():
-        shutil.copy("dagster.yaml", dagster_home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(ensure_dagster_home(dagster_home_for(home)))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return home
