@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from pipeline.capture.workspace import Workspace
 from pipeline.cli.ops import backfill
-from pipeline.demo.world import populate
+from pipeline.demo.agents import populate
 from pipeline.lake.backfill import days_in_range, parse_line, plan_backfill
 
 DAYS = ["2026-11-16", "2026-11-17", "2026-11-18"]

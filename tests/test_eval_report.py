@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipeline.demo.world import policy_for
+from pipeline.demo.agents import policy_for
 from pipeline.evaluate.compare import bootstrap_ci, build_report, compare, gate
 from pipeline.evaluate.online import online_eval
 from pipeline.evaluate.plots import plots

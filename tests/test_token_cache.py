@@ -7,7 +7,7 @@ from pipeline.config import CorpusSpec
 from pipeline.corpus import stages
 from pipeline.corpus.store import open_corpus
 from pipeline.corpus.tokenize import tokenize_format_rows
-from pipeline.demo.world import populate
+from pipeline.demo.agents import populate
 from pipeline.lake import stages as lake_stages
 
 

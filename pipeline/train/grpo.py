@@ -13,14 +13,13 @@ our tokenizer; a tokenizer that adds one gets it here as in `chat_format.encode_
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import Field, model_validator
 
-from pipeline.demo.rewards import final_answer_reward, format_reward, tool_call_reward
+from pipeline.environment import DEFAULT_ENVIRONMENT, RewardFunction, load_environment
 from pipeline.train.preference import (
     LoraFields,
     common_args,
@@ -80,9 +79,9 @@ def rl_dataset(rows: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, str]],
     return out, skipped
 
 
-def reward_functions(eos_token_id: int | None) -> list[Callable[..., list]]:
-    """The demo world's rewards; `format_reward` gets the EOS id because TRL decodes without special tokens."""
-    return [final_answer_reward, tool_call_reward, functools.partial(format_reward, eos_token_id=eos_token_id)]
+def reward_functions(eos_token_id: int | None, environment: str = DEFAULT_ENVIRONMENT) -> list[RewardFunction]:
+    """The environment's GRPO rewards (`pipeline.environment`; the demo world's by default)."""
+    return load_environment(environment).reward_functions(eos_token_id)
 
 
 def _build(data: list[dict[str, str]], recipe: RLRecipe) -> Callable[[list], Any]:
