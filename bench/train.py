@@ -3,7 +3,7 @@ Prints a table, then one line of JSON with every figure.
 
     .venv/bin/python bench/train.py [--quick] [--device cpu|cuda|auto]
 
-Data: `demo_world.populate` fills a temporary workspace; rows are built straight from the landed
+Data: `pipeline.demo.agents.populate` fills a temporary workspace; rows are built straight from the landed
 trajectories (no lake/corpus round trip). SFT learns from reward-1 attempts; DPO pairs a reward-1 and a
 reward-0 attempt at the same task; KTO labels every attempt by its reward; GRPO gets one prompt per task.
 DPO/KTO/GRPO start from the SFT checkpoint, as they would in the pipeline.
