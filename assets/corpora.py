@@ -11,6 +11,7 @@ from pipeline.corpus import stages
 from pipeline.evaluate import stage as stage_eval
 from pipeline.previews import counts_table, markdown_table
 from pipeline.train import stage as stage_train
+from pipeline.train.base_model import prepare_base_model
 
 
 def gpu_tags(devices: int = 1) -> dict:
@@ -23,10 +24,10 @@ def build_model_asset(joined: dg.AssetsDefinition) -> dg.AssetsDefinition:
               description="The base model: a Hugging Face id/path, or a tiny local Llama whose BPE "
                           "tokenizer is trained on the workspace's own text (built once, then reused).")
     def base_model(tracemill: TracemillResource) -> dg.MaterializeResult:
-        info = stages.prepare_base_model(tracemill.open_workspace(), tracemill.base_model, tracemill.models_dir())
+        info = prepare_base_model(tracemill.open_workspace(), tracemill.base_model, tracemill.models_dir())
         return dg.MaterializeResult(metadata={
-            "model": info["model"], "built_now": info["built"], "parameters": info.get("parameters", 0),
-            "vocab_size": info.get("vocab_size", 0), "path": dg.MetadataValue.path(info["model"]),
+            "model": info.model, "built_now": info.built, "parameters": info.parameters,
+            "vocab_size": info.vocab_size, "path": dg.MetadataValue.path(info.model),
         })
 
     return base_model
@@ -68,7 +69,7 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
                     description="Corpus is non-empty, every row has trainable tokens, and no task is in both splits.")
     def corpus_is_trainable(tracemill: TracemillResource) -> dg.AssetCheckResult:
         report = stages.check_corpus(spec, tracemill.corpus_root_url())
-        return dg.AssetCheckResult(passed=report["passed"], metadata=report)
+        return dg.AssetCheckResult(passed=report.passed, metadata=report.as_dict())
 
     @dg.asset(name=f"checkpoint_{name}", group_name="training", pool="gpu", op_tags=gpu_tags(spec.train.devices),
               deps=[corpus, base_model, *([dg.AssetKey(f"checkpoint_{spec.init_from}")] if spec.init_from else [])],

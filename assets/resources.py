@@ -13,6 +13,7 @@ import dagster as dg
 
 from pipeline.capture.workspace import Workspace, home_dir
 from pipeline.config import Profile
+from pipeline.models import resolve_model
 
 
 class TracemillResource(dg.ConfigurableResource):
@@ -44,8 +45,6 @@ class TracemillResource(dg.ConfigurableResource):
         return self.checkpoints_root() / corpus
 
     def base_model_path(self) -> str:
-        from pipeline.corpus.stages import resolve_model
-
         return resolve_model(self.base_model, self.models_dir())
 
 

@@ -44,7 +44,8 @@ def demo_lengths(n: int = 2000) -> np.ndarray:
     """Token counts of real demo trajectories (the four scripted agents, random tasks)."""
     from pipeline.chat_format import render_text
     from pipeline.demo.agents import AGENTS, policy_for
-    from pipeline.demo.world import make_task, rollout
+    from pipeline.demo.rollout import rollout
+    from pipeline.demo.world import make_task
     from pipeline.train.tiny_model import train_tokenizer
 
     rng, agents, texts = Random(0), list(AGENTS), []

@@ -3,7 +3,7 @@ Prints a table, then one line of JSON with every figure.
 
     .venv/bin/python bench/train.py [--quick] [--device cpu|cuda|auto]
 
-Data: `demo_world.populate` fills a temporary workspace; rows are built straight from the landed
+Data: `pipeline.demo.agents.populate` fills a temporary workspace; rows are built straight from the landed
 trajectories (no lake/corpus round trip). SFT learns from reward-1 attempts; DPO pairs a reward-1 and a
 reward-0 attempt at the same task; KTO labels every attempt by its reward; GRPO gets one prompt per task.
 DPO/KTO/GRPO start from the SFT checkpoint, as they would in the pipeline.
@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pipeline.capture.landing import read_landed  # noqa: E402
 from pipeline.capture.workspace import Workspace  # noqa: E402
 from pipeline.chat_format import render_text, tokenize_conversation  # noqa: E402
-from pipeline.demo.world import populate  # noqa: E402
+from pipeline.demo.agents import populate  # noqa: E402
 from pipeline.train.tiny_model import build_tiny_model  # noqa: E402
 
 

@@ -83,6 +83,8 @@ class CorpusSpec(_Cfg):
     gate: GateSettings = Field(default_factory=GateSettings)
     init_from: str = Field("", description="Start training from this corpus's latest checkpoint "
                                            "(e.g. DPO/RL after SFT) instead of the base model.")
+    environment: str = Field("pipeline.demo.environment:make_env", description="Where online eval acts and "
+                             "GRPO rewards come from: 'package.module:factory' (see pipeline.environment).")
 
     @field_validator("target")
     @classmethod

@@ -11,7 +11,7 @@ from pipeline.capture.landing import read_landed
 from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec, EvalSettings, OnlineEvalSettings, TracemillConfig, TrainSettings
 from pipeline.corpus.store import list_versions, open_corpus, resolve_corpus_url
-from pipeline.demo.world import deliver_late, populate
+from pipeline.demo.agents import deliver_late, populate
 
 DAYS = ["2026-11-16", "2026-11-17"]
 SLICES = {"careful": "SELECT * WHERE \"split\" = 'eval' AND agent = 'careful'",

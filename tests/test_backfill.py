@@ -15,7 +15,7 @@ from assets.backfill import run_config
 from assets.instance import ensure_dagster_home
 from pipeline.capture.workspace import Workspace
 from pipeline.cli.ops import backfill
-from pipeline.demo.world import populate
+from pipeline.demo.agents import populate
 from pipeline.lake.backfill import BackfillEvent, days_in_range, event_line, parse_line, plan_backfill
 
 DAYS = ["2026-11-16", "2026-11-17", "2026-11-18"]

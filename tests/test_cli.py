@@ -45,7 +45,7 @@ def test_import_then_show_counts(tmp_path):
 
 def test_snapshot_command_versions_and_waits(tmp_path):
     from pipeline.capture.workspace import Workspace
-    from pipeline.demo.world import populate
+    from pipeline.demo.agents import populate
 
     populate(Workspace.open("ft-live", home=tmp_path), days=["2026-11-20"], per_day=12, seed=5)
     first = json.loads(tm("snapshot", "ft-live", "--filter", "reward>0", "--to", "deeplake://org/sft", "--json",

@@ -7,21 +7,10 @@ import pytest
 
 from pipeline.capture.landing import read_landed
 from pipeline.capture.workspace import Workspace
-from pipeline.demo.agents import AGENTS, make_bad_records, policy_for
-from pipeline.demo.world import (
-    TOOLS,
-    Task,
-    ToolError,
-    build_task,
-    calculate,
-    call_tool,
-    deliver_late,
-    eval_tasks,
-    grade,
-    populate,
-    rollout,
-    score_tool_call,
-)
+from pipeline.demo.agents import AGENTS, deliver_late, make_bad_records, policy_for, populate
+from pipeline.demo.rollout import rollout
+from pipeline.demo.scoring import grade, score_tool_call
+from pipeline.demo.world import TOOLS, Task, ToolError, build_task, calculate, call_tool, eval_tasks
 from pipeline.schema import Message, Outcome, Preference, Trajectory
 
 DAYS = ["2026-11-16", "2026-11-17"]

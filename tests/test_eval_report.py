@@ -6,9 +6,11 @@ import math
 
 import pytest
 
-from pipeline.demo.world import policy_for
-from pipeline.evaluate.compare import bootstrap_ci, build_report, compare, gate, log_report, plots
+from pipeline.demo.agents import policy_for
+from pipeline.evaluate.compare import bootstrap_ci, build_report, compare, gate
 from pipeline.evaluate.online import online_eval
+from pipeline.evaluate.plots import plots
+from pipeline.evaluate.publish import log_report
 from pipeline.evaluate.render import markdown_report, rich_table
 
 

@@ -10,8 +10,10 @@ import pytest
 
 from pipeline.chat_format import render_text
 from pipeline.corpus.export import export_corpus, openai_arguments, to_hf_dataset, trl_rows
-from pipeline.corpus.rows import FORMATS, build_rows, tokenize_format_rows, with_row_key
+from pipeline.corpus.rows import TRAINING_FORMATS as FORMATS
+from pipeline.corpus.rows import build_rows, with_row_key
 from pipeline.corpus.store import open_corpus, snapshot
+from pipeline.corpus.tokenize import tokenize_format_rows
 from pipeline.demo.world import Task
 from tests.test_formats import joined_world
 

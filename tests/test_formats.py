@@ -9,17 +9,12 @@ import pytest
 from pipeline.capture.workspace import Workspace
 from pipeline.chat_format import ASSISTANT, render_assistant_body, tokenize_conversation, tokenize_prompt
 from pipeline.corpus.curate import curate, split_of
-from pipeline.corpus.rows import (
-    FORMATS,
-    build_rows,
-    dpo_pairs,
-    kto_rows,
-    prompt_and_completion,
-    rl_rows,
-    tokenize_format_rows,
-)
+from pipeline.corpus.rows import TRAINING_FORMATS as FORMATS
+from pipeline.corpus.rows import build_rows, dpo_pairs, kto_rows, prompt_and_completion, rl_rows
+from pipeline.corpus.tokenize import tokenize_format_rows
+from pipeline.demo.agents import populate
 from pipeline.demo.rewards import parse_ground_truth
-from pipeline.demo.world import Task, populate
+from pipeline.demo.world import Task
 from pipeline.lake import ingest as lake
 from pipeline.lake.ingest import PREFERENCE_SCHEMA
 from pipeline.lake.join import join_outcomes

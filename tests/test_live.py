@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from pipeline.capture.workspace import Workspace
-from pipeline.demo.world import DemoStats, populate
+from pipeline.demo.agents import DemoStats, populate
 from pipeline.lake.backfill import plan_backfill, run_backfill
 from pipeline.lake.late import trajectory_days
 

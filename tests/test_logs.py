@@ -13,7 +13,7 @@ from assets.resources import local_resources
 from pipeline import logs
 from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec, TracemillConfig
-from pipeline.demo.world import populate
+from pipeline.demo.agents import populate
 from pipeline.server.auth import create_token
 from tests.capture_helpers import ThreadServer
 

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from pipeline.demo.world import eval_tasks, policy_for
+from pipeline.demo.agents import policy_for
+from pipeline.demo.world import eval_tasks
 from pipeline.evaluate.online import model_policy, online_eval, per_task, summarize
 
 N_TASKS, MAX_STEPS, MAX_NEW = 4, 3, 24

@@ -13,8 +13,8 @@ import pytest
 
 from pipeline.capture.landing import read_landed
 from pipeline.capture.workspace import Workspace
-from pipeline.corpus.stages import refresh_lake
 from pipeline.lake.ingest import ingest_trajectories, read_quarantine, workspace_counts
+from pipeline.lake.stages import refresh_lake
 from tests.capture_helpers import ThreadServer
 
 

@@ -9,6 +9,7 @@ from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec
 from pipeline.corpus import stages
 from pipeline.corpus.store import open_corpus
+from pipeline.lake import stages as lake_stages
 
 PLANTED = {
     "email": "jane.doe@example.com",
@@ -37,7 +38,7 @@ def test_no_planted_secret_reaches_the_snapshot(tmp_path, tiny_model_dir, fmt):
     ws = Workspace.open("pii", home=tmp_path)
     for i in range(8):
         _record(ws, i, 1.0 if i % 2 == 0 else 0.0)
-    stages.refresh_lake(ws)
+    lake_stages.refresh_lake(ws)
     spec = CorpusSpec(name=fmt, format=fmt, target=f"deeplake://t/{fmt}", eval_fraction=0.0)
     rows, stats = stages.curate_corpus(ws, spec)
     assert rows.height > 0 and sum(stats.redactions.values()) > 0

@@ -16,7 +16,7 @@ from pipeline import storage
 from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec, Profile, TracemillConfig
 from pipeline.corpus.store import list_versions, open_corpus, resolve_corpus_url
-from pipeline.demo.world import deliver_late, populate
+from pipeline.demo.agents import deliver_late, populate
 from pipeline.lake.ingest import ingest_trajectories
 from pipeline.lake.late import scan_new_outcomes
 from pipeline.server.auth import create_token

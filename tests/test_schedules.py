@@ -10,7 +10,7 @@ from assets.definitions import build_definitions
 from assets.schedules import INGEST_CRON, RETRAIN_CRON, build_schedules, retrain_asset_keys
 from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec, TracemillConfig
-from pipeline.demo.world import populate
+from pipeline.demo.agents import populate
 
 CFG = TracemillConfig(workspace="demo", partitions_start="2026-11-01", corpora=[
     CorpusSpec(name="sft", filter="reward > 0", target="deeplake://local/sft"),

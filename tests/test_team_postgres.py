@@ -14,7 +14,7 @@ from assets.definitions import build_assets, build_definitions
 from assets.resources import resources_for_env
 from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec, Profile, TracemillConfig, TrainSettings
-from pipeline.demo.world import deliver_late, populate
+from pipeline.demo.agents import deliver_late, populate
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = "2026-11-16"

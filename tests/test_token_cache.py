@@ -5,13 +5,14 @@ from transformers import AutoTokenizer
 from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec
 from pipeline.corpus import stages
-from pipeline.corpus.rows import tokenize_format_rows
 from pipeline.corpus.store import open_corpus
-from pipeline.demo.world import populate
+from pipeline.corpus.tokenize import tokenize_format_rows
+from pipeline.demo.agents import populate
+from pipeline.lake import stages as lake_stages
 
 
 def _snapshot(ws, spec, root, model, models):
-    stages.refresh_lake(ws)
+    lake_stages.refresh_lake(ws)
     curated, _ = stages.curate_corpus(ws, spec)
     return curated, stages.snapshot_corpus(ws, spec, root, model, models)
 

@@ -40,7 +40,7 @@ def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None) 
     from assets.definitions import build_definitions
     from pipeline.capture.workspace import Workspace
     from pipeline.config import load_config
-    from pipeline.demo.world import deliver_late, populate
+    from pipeline.demo.agents import deliver_late, populate
     from pipeline.lake.ingest import workspace_counts
 
     cfg = load_config()

@@ -15,17 +15,30 @@ from __future__ import annotations
 
 import traceback
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import orjson
 
 from pipeline.schema import AgentInfo, Message, Outcome, Preference, StepMeta, ToolCall, Trajectory, utcnow
 
-if TYPE_CHECKING:
-    from pipeline.capture.workspace import Workspace
+
+class CaptureSink(Protocol):
+    """What a recorder writes to: the local `Workspace` and the remote SDK both are one. Declared here,
+    below both, so the recorder never needs to know which one it holds."""
+
+    name: str
+
+    def write_trajectories(self, trajectories: Iterable[Trajectory | dict[str, Any]]) -> int: ...
+
+    def write_outcomes(self, outcomes: Iterable[Outcome | dict[str, Any]]) -> int: ...
+
+    def write_preferences(self, preferences: Iterable[Preference | dict[str, Any]]) -> int: ...
 
 
 class TrajectoryRecorder:
-    def __init__(self, workspace: Workspace, agent: str, *, agent_version: str | None = None,
+    def __init__(self, workspace: CaptureSink, agent: str, *, agent_version: str | None = None,
                  trajectory_id: str | None = None, task_id: str | None = None, model: str | None = None,
                  session_id: str | None = None, tools: list[dict[str, Any]] | None = None,
                  started_at: datetime | None = None, metadata: dict[str, Any] | None = None):
@@ -129,8 +142,6 @@ class TrajectoryRecorder:
 
 
 def _to_json(value: Any) -> str:
-    import orjson
-
     return orjson.dumps(value, default=str).decode()
 
 

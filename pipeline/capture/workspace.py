@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from pipeline import storage
+from pipeline.capture import fast_validate
 from pipeline.capture.landing import LandingWriter, landed_days
 from pipeline.capture.recorder import CaptureMethods
 from pipeline.schema import Outcome, Preference, Trajectory, utcnow
@@ -167,9 +168,7 @@ class Workspace(CaptureMethods):
         """Validate and durably append trajectories, one fsync per day touched. All or nothing: a bad
         record raises ValueError naming its field path and nothing of the call is written. Dicts go
         through the msgspec fast path (pydantic as the fallback and the final word)."""
-        from pipeline.capture import fast_validate as fastschema
-
-        return fastschema.write_trajectories(self, trajectories)
+        return fast_validate.write_trajectories(self, trajectories)
 
     def write_outcomes(self, outcomes: Iterable[Outcome | dict[str, Any]]) -> int:
         """Outcomes land under the day they were *recorded*: that is what lets a sensor see late ones."""

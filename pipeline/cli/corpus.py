@@ -50,7 +50,10 @@ def snapshot(
     from pipeline.config import CorpusSpec, WaitPolicy
     from pipeline.corpus import stages
     from pipeline.lake.filters import FilterError, compile_filter
+    from pipeline.lake.stages import refresh_lake
+    from pipeline.models import resolve_model
     from pipeline.schema import format_validation_error
+    from pipeline.train.base_model import prepare_base_model
 
     try:
         compile_filter(filter)
@@ -65,12 +68,12 @@ def snapshot(
     except (WorkspaceNotFound, ValueError) as exc:
         _fail(str(exc))
     with console.status("ingesting landed records and joining outcomes…"):
-        lake_counts = stages.refresh_lake(ws)
+        lake_counts = refresh_lake(ws).as_dict()
     with console.status("curating…"):
         _, cstats = stages.curate_corpus(ws, spec)
-    models = Path(stages.resolve_model("tiny", (Path(home) if home else ws.home) / "models")).parent
+    models = Path(resolve_model("tiny", (Path(home) if home else ws.home) / "models")).parent
     if base_model == "tiny":
-        stages.prepare_base_model(ws, "tiny", models)
+        prepare_base_model(ws, "tiny", models)
     with console.status("tokenizing and writing the snapshot…"):
         info = stages.snapshot_corpus(ws, spec, _root(root, home), base_model, models)
     result = {"ref": info.ref, "version": info.version, "created": info.created, "mode": info.mode,

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import polars as pl
 
+from pipeline.corpus.redact import Redactor
 from pipeline.lake.filters import apply_filter
 
 CURATED_SCHEMA: dict[str, Any] = {
@@ -85,8 +86,6 @@ def curate(joined: pl.DataFrame, *, filter_expr: str = "", eval_fraction: float 
     stats.after_filter = df.height
     redactor = None
     if redact:
-        from pipeline.corpus.redact import Redactor
-
         redactor = Redactor()
     rows, seen = [], set()
     for r in df.sort("started_at", "trajectory_id").iter_rows(named=True):

@@ -23,7 +23,7 @@ from pipeline.corpus.redact import Redactor
 from pipeline.lake.filters import apply_filter
 from pipeline.lake.ingest import PREFERENCE_SCHEMA
 
-FORMATS = ("sft", "dpo", "kto", "rl")
+TRAINING_FORMATS = ("sft", "dpo", "kto", "rl")  # `format:` of a corpus spec; not import or chat formats
 ROW_KEY = {"sft": "trajectory_id", "dpo": "pair_id", "kto": "trajectory_id", "rl": "task_id"}
 DPO_SCHEMA: dict[str, Any] = {
     "pair_id": pl.String, "task_id": pl.String, "prompt": pl.String, "chosen": pl.String, "rejected": pl.String,
@@ -235,8 +235,8 @@ def build_rows(format: str, joined: pl.DataFrame, preferences: pl.DataFrame | No
     """Rows of one corpus format. `spec_options` is a CorpusSpec (its filter, eval_fraction, redact) or a
     mapping of those plus the format's own options (dpo: min_margin, max_pairs_per_task; kto/rl:
     threshold); an unknown key is an error, so a typo never silently falls back to a default."""
-    if format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    if format not in TRAINING_FORMATS:
+        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(TRAINING_FORMATS)}")
     allowed = {"filter", "eval_fraction", "redact", *_OPTIONS.get(format, ())}
     opts = dict(spec_options) if isinstance(spec_options, Mapping) else \
         {k: getattr(spec_options, k) for k in allowed if hasattr(spec_options, k)}
@@ -253,38 +253,3 @@ def with_row_key(format: str, df: pl.DataFrame) -> pl.DataFrame:
     """`pipeline.corpus.store.snapshot` keys rows by `trajectory_id`; a DPO row is keyed by its pair and an RL
     row by its task, so that key is copied into a `trajectory_id` column (export leaves it out)."""
     return df if "trajectory_id" in df.columns else df.with_columns(pl.col(ROW_KEY[format]).alias("trajectory_id"))
-
-
-def tokenize_format_rows(format: str, df: pl.DataFrame, tokenizer: Any, max_length: int,
-                         tools_in_prompt: bool = True) -> tuple[pl.DataFrame, int]:
-    """Rows plus token columns (dpo: prompt_ids, chosen_/rejected_ids and _mask; kto: prompt_ids, completion_ids
-    and _mask; rl: prompt_ids; all: n_tokens) and the count of rows dropped as untrainable (NaN losses). Masks
-    come from one `tokenize_conversation` of prompt + completion (truncated to max_length), exactly as SFT:
-    1 on assistant bodies, 0 on tool results and headers. The prompt ends on the assistant header."""
-    if format == "sft":
-        from pipeline.corpus.stages import tokenize_rows
-
-        return tokenize_rows(df, tokenizer, max_length, tools_in_prompt)
-    from pipeline.chat_format import tokenize_conversation, tokenize_prompt
-
-    sides = {"dpo": ("chosen", "rejected"), "kto": ("completion",), "rl": ()}[format]
-    cols: dict[str, list[Any]] = defaultdict(list)
-    for r in df.iter_rows(named=True):
-        prompt = orjson.loads(r["prompt"])
-        tools = orjson.loads(r["tools"] or "[]") if tools_in_prompt else None
-        p_ids = tokenize_prompt(tokenizer, prompt, tools)
-        ok, longest = len(p_ids) <= max_length, 0
-        for side in sides:
-            ids, mask = tokenize_conversation(tokenizer, prompt + orjson.loads(r[side]), tools, max_length)
-            cols[f"{side}_ids"].append(ids[len(p_ids):])
-            cols[f"{side}_mask"].append(mask[len(p_ids):])
-            ok = ok and sum(mask[len(p_ids):]) > 0
-            longest = max(longest, len(ids) - len(p_ids))
-        cols["prompt_ids"].append(p_ids)
-        cols["n_tokens"].append(len(p_ids) + longest)
-        cols["keep"].append(ok)
-    types = {name: pl.Int32 if name == "n_tokens" else pl.List(pl.UInt8 if name.endswith("_mask") else pl.Int32)
-             for name in ["prompt_ids", *(f"{s}_{k}" for s in sides for k in ("ids", "mask")), "n_tokens"]}
-    out = with_row_key(format, df).with_columns(pl.Series(n, cols[n], dtype=t) for n, t in types.items())
-    kept = out.filter(pl.Series(cols["keep"], dtype=pl.Boolean))
-    return kept, out.height - kept.height

@@ -21,7 +21,9 @@ import deeplake
 import numpy as np
 import polars as pl
 
+from pipeline.capture.workspace import home_dir  # the one place that knows where the home is
 from pipeline.corpus import columns as io
+from pipeline.storage import profile_setting
 
 HASH_COL = "row_hash"  # per-row content hash, stored so the next snapshot can compute a delta
 VERSION_RE = re.compile(r"^v([0-9]+)$")
@@ -42,9 +44,6 @@ class CorpusVersionNotFound(LookupError):
 def default_corpus_root() -> str:
     """`$TRACEMILL_CORPUS_ROOT`, else the active profile's `corpus_root`, else `<tracemill home>/corpora`
     as a file:// URL."""
-    from pipeline.capture.workspace import home_dir  # the one place that knows where the home is
-    from pipeline.storage import profile_setting
-
     return _as_url(profile_setting("corpus_root") or str(home_dir() / "corpora"), env="TRACEMILL_CORPUS_ROOT")
 
 

@@ -18,7 +18,9 @@ from typing import Any
 import orjson
 
 from pipeline.capture.workspace import Workspace
-from pipeline.demo.world import ITEMS, TOOLS, Task, fmt, make_task, numbers_in, rollout
+from pipeline.demo.rollout import rollout
+from pipeline.demo.scoring import numbers_in
+from pipeline.demo.world import ITEMS, TOOLS, Task, fmt, make_task
 from pipeline.schema import Outcome, Preference
 
 

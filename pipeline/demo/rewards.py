@@ -19,7 +19,8 @@ from functools import lru_cache
 from typing import Any
 
 from pipeline.chat_format import END, TOOL_CALL_OPEN, parse_assistant_output
-from pipeline.demo.world import Task, grade, numbers_in, score_tool_call
+from pipeline.demo.scoring import grade, numbers_in, score_tool_call
+from pipeline.demo.world import Task
 
 
 @lru_cache(maxsize=4096)
@@ -77,7 +78,7 @@ def final_answer_reward(completions: Sequence[Any], ground_truth: Sequence[Any],
 
 def tool_call_reward(completions: Sequence[Any], ground_truth: Sequence[Any], prompts: Sequence[Any] | None = None,
                      **kwargs: Any) -> list[float | None]:
-    """The turn's first tool call scored by `demo_world.score_tool_call` (1 right tool and arguments, 0.5 right
+    """The turn's first tool call scored by `pipeline.demo.scoring.score_tool_call` (1 right tool and arguments, 0.5 right
     tool, 0 otherwise) at the step the prompt has reached (0 for a system+user prompt). A turn without a call
     scores 0; None where the ground truth is a bare answer (no task to check the call against)."""
     rewards: list[float | None] = []

@@ -5,8 +5,10 @@ rewards, good and bad attempts at the same task) *and* a verifiable reward, so t
 pairs, RL reward functions and evaluation can be exercised end to end with a tiny model on a CPU.
 Prices are drawn per task, so an answer is right only if numbers were copied from tool results, and
 arithmetic goes through the calculator because a tiny model cannot multiply (see ARCHITECTURE.md).
-Everything is a pure function of a seed: no wall clock, no global random state. The scripted
-agents and `populate` live in `pipeline.demo.agents` (re-exported here lazily).
+Everything is a pure function of a seed: no wall clock, no global random state. Grading is in
+`pipeline.demo.scoring`, the rollout loop in `pipeline.demo.rollout`, the scripted agents and
+`populate` in `pipeline.demo.agents`, and the environment seam the pipeline sees in
+`pipeline.demo.environment`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import operator
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from random import Random
@@ -112,7 +113,7 @@ def convert(amount: float, from_currency: str, to_currency: str) -> str:
     return f"{round(amount / RATES[src] * RATES[dst], 2):.2f} {dst}"
 
 
-def _check_args(name: str, arguments: Any) -> dict[str, Any]:
+def check_args(name: str, arguments: Any) -> dict[str, Any]:
     """Validate arguments against the tool's JSON schema: missing, extra and mistyped ones are errors."""
     if isinstance(arguments, str):
         try:
@@ -208,7 +209,7 @@ def call_tool(task: Task, name: str, arguments: Any) -> tuple[str, bool]:
     try:
         if name not in _SCHEMAS:
             raise ToolError(f"unknown tool {name!r}; available: {', '.join(_SCHEMAS)}")
-        args = _check_args(name, arguments)
+        args = check_args(name, arguments)
         if name == "lookup_price":
             item = args["item"].strip().lower()
             if item not in ITEMS:
@@ -219,92 +220,3 @@ def call_tool(task: Task, name: str, arguments: Any) -> tuple[str, bool]:
         return convert(args["amount"], args["from_currency"], args["to_currency"]), False
     except ToolError as exc:
         return f"error: {exc}", True
-
-
-# ---- rewards -------------------------------------------------------------------------------------
-_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")
-
-
-def numbers_in(text: str | None) -> list[float]:
-    """Every number in a text, in order; thousands separators are understood (`1,065.42`)."""
-    return [float(m.replace(",", "")) for m in _NUMBER.findall(text or "")]
-
-
-def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= 0.01 + 1e-9  # the epsilon keeps 6.50 vs 6.49 as close as 6.48 vs 6.49
-
-
-def grade(task: Task, final_answer: str | None, *, strict: bool = False) -> float:
-    """1.0 when the answer contains the right number (within 0.01), else 0.0. `strict` looks at the
-    last number only, which an RL policy cannot game by listing many candidate numbers."""
-    found = numbers_in(final_answer)[-1:] if strict else numbers_in(final_answer)
-    return 1.0 if any(_close(x, task.answer) for x in found) else 0.0
-
-
-def score_tool_call(task: Task, step_index: int, name: str, arguments: Any) -> float:
-    """Step-level reward for the `step_index`-th tool call (0-based): 1.0 for the expected tool with
-    the right arguments, 0.5 for the expected tool with wrong or invalid ones, 0.0 otherwise.
-    Arithmetic is judged by value, so `2.35 * 3` scores like `3 * 2.35`."""
-    chain = task.expected_chain
-    if not 0 <= step_index < len(chain) or name != chain[step_index][0]:
-        return 0.0
-    try:
-        args = _check_args(name, arguments)
-        if name == "calculator":
-            return 1.0 if _close(float(calculate(args["expression"])), task.total_usd) else 0.5
-    except ToolError:
-        return 0.5
-    for key, want in chain[step_index][1].items():
-        got = args[key]
-        same = _close(got, want) if isinstance(want, float) else got.strip().lower() == want.lower()
-        if not same:
-            return 0.5
-    return 1.0
-
-
-# ---- rollouts ------------------------------------------------------------------------------------
-Policy = Callable[[list[dict[str, Any]]], "dict[str, Any] | str"]
-
-
-def _assistant(reply: dict[str, Any] | str, calls_so_far: int) -> dict[str, Any]:
-    """Normalise a policy's reply: plain text, flat tool calls or OpenAI-style `function` calls."""
-    if not isinstance(reply, dict):
-        reply = {"content": str(reply or "")}
-    calls = []
-    for k, call in enumerate(reply.get("tool_calls") or [], start=calls_so_far + 1):
-        fn = call.get("function") or call
-        args = fn.get("arguments", "{}")
-        calls.append({"id": call.get("id") or f"call_{k}", "name": fn.get("name") or "?",
-                      "arguments": args if isinstance(args, str) else orjson.dumps(args).decode()})
-    return {"role": "assistant", "content": reply.get("content"), "tool_calls": calls}
-
-
-def rollout(policy: Policy, task: Task, *, max_steps: int = 8) -> tuple[list[dict[str, Any]], str, float]:
-    """Run a policy (messages so far → next assistant message) against the real tools until it answers
-    without tool calls or `max_steps` assistant turns pass (then the answer is empty, reward 0).
-    Messages come back in tracemill's schema shape, ready for `Message.model_validate`."""
-    messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT},
-                                      {"role": "user", "content": task.question}]
-    calls = 0
-    for _ in range(max_steps):
-        msg = _assistant(policy(messages), calls)
-        messages.append(msg)
-        if not msg["tool_calls"]:
-            final = msg["content"] or ""
-            return messages, final, grade(task, final)
-        for call in msg["tool_calls"]:
-            calls += 1
-            content, is_error = call_tool(task, call["name"], call["arguments"])
-            messages.append({"role": "tool", "tool_call_id": call["id"], "name": call["name"],
-                             "content": content, "is_error": is_error})
-    return messages, "", 0.0
-
-
-def __getattr__(name: str) -> Any:
-    """`populate`, `deliver_late`, `DemoStats` and `AGENTS` live with the agents (which import this
-    module); resolving them lazily lets callers import everything from here without an import cycle."""
-    if name in {"populate", "deliver_late", "DemoStats", "AGENTS", "Agent", "policy_for"}:
-        from pipeline.demo import agents as demo_agents
-
-        return getattr(demo_agents, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,20 +5,21 @@ are compared *paired* (same seed, same tasks) with a bootstrap confidence interv
 is plain words: "better", "worse" or "no significant difference". Slices are predicates on the task
 (not on the outcome), so every slice holds the same tasks for every model and stays pairable.
 `build_report` gathers everything once; the Markdown (Dagster metadata) and the rich table (terminal)
-in `pipeline/evaluate/render.py`, the PNG plots and the MLflow logging all render that one dict.
+in `pipeline/evaluate/render.py`, the PNG plots (`plots.py`) and the files and MLflow logging
+(`publish.py`) all render that one dict. The shared vocabulary (models, directions, verdict words)
+is in `verdict.py`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.evaluate.online import summarize
+from pipeline.evaluate.verdict import MODELS, OFFLINE_METRICS, OFFLINE_PRIMARY, finite, verdict_words
 
 Slice = Callable[[Mapping[str, Any]], bool]
 DEFAULT_SLICES: dict[str, Slice] = {
@@ -28,23 +29,7 @@ DEFAULT_SLICES: dict[str, Slice] = {
     "fractional qty": lambda r: float(r["task"]["quantity"]) % 1 != 0,
 }
 DEFAULT_METRICS = ["success_rate", "mean_reward", "tool_call_error_rate", "invalid_output_rate", "mean_steps"]
-# None: no better direction (fewer steps can mean skipping the tools). Unknown metrics: higher is better.
-HIGHER_IS_BETTER: dict[str, bool | None] = {
-    "success_rate": True, "mean_reward": True, "tool_call_error_rate": False, "invalid_output_rate": False,
-    "mean_steps": None, "loss": False, "perplexity": False}
 PER_TASK_KEYS = {"success_rate": "success", "mean_reward": "reward", "mean_steps": "steps"}
-MODELS = ("checkpoint", "base", "previous")
-# Offline (teacher-forced / replayed) metrics of pipeline/evaluate/offline.py, in display order; the first
-# present of OFFLINE_PRIMARY carries the offline verdict (answers matter more to users than loss).
-OFFLINE_METRICS = ["loss", "perplexity", "tool_name_accuracy", "tool_call_accuracy", "final_answer_accuracy",
-                   "preference_accuracy", "logprob_margin"]
-OFFLINE_PRIMARY = ("final_answer_accuracy", "preference_accuracy", "tool_call_accuracy", "logprob_margin", "loss")
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def bootstrap_ci(values_a: Sequence[float], values_b: Sequence[float], n: int = 1000, seed: int = 0,
                  alpha: float = 0.05) -> tuple[float, float, float]:
     """(mean(a - b), lo, hi): a paired percentile bootstrap of the mean difference. Pairs with a NaN
@@ -78,20 +63,12 @@ def compare(current: Mapping[str, Any], baseline: Mapping[str, Any], per_example
     values are given (a sequence for `primary`, or a mapping metric → sequence), and a verdict on
     `primary`: significant only when the CI excludes 0."""
     deltas = {k: float(current[k]) - float(baseline[k]) for k in current
-              if k in baseline and _finite(current[k]) and _finite(baseline[k])}
+              if k in baseline and finite(current[k]) and finite(baseline[k])}
     ex_cur, ex_base = _as_examples(per_example_current, primary), _as_examples(per_example_baseline, primary)
     ci = {k: bootstrap_ci(ex_cur[k], ex_base[k], n, seed, alpha) for k in ex_cur if k in ex_base}
     delta, lo, hi = ci.get(primary, (math.nan, math.nan, math.nan))
     return {"primary": primary, "verdict": verdict_words(primary, lo, hi), "deltas": deltas, "ci": ci,
             "alpha": alpha, "primary_delta": deltas.get(primary, delta)}
-
-
-def verdict_words(metric: str, lo: float, hi: float) -> str:
-    """'better'/'worse' only when the CI of (current − baseline) excludes 0, in the metric's good direction."""
-    better = HIGHER_IS_BETTER.get(metric, True)
-    if better is None or not (lo > 0 or hi < 0):  # NaN bounds compare False: no claim
-        return "no significant difference"
-    return "better" if (lo > 0) == better else "worse"
 
 
 def slice_metrics(result: Mapping[str, Any], slices: Mapping[str, Slice]) -> dict[str, dict[str, float]]:
@@ -119,7 +96,7 @@ def offline_section(tables: Mapping[str, Mapping[str, Mapping[str, Any]] | None]
     queries), compared like the online ones. Only pass base/previous numbers measured on the *same*
     corpus version and queries: other rows would make the deltas meaningless. CIs need per-example
     values ({model: {slice: {metric: [...]}}}); without them the deltas are shown untested."""
-    clean = {m: {s: {k: v for k, v in row.items() if _finite(v)} for s, row in t.items()}
+    clean = {m: {s: {k: v for k, v in row.items() if finite(v)} for s, row in t.items()}
              for m in MODELS if (t := tables.get(m))}
     if "checkpoint" not in clean:
         return None
@@ -170,44 +147,19 @@ def build_report(current: Mapping[str, Any], *, base: Mapping[str, Any] | None =
     }
 
 
-def plots(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
-    """The report's PNGs (see pipeline/evaluate/plots.py); imported on use so reports render without matplotlib."""
-    from pipeline.evaluate.plots import plots as draw
-
-    return draw(report, out_dir)
-
-
 def gate(current: Mapping[str, Any], previous: Mapping[str, Any] | None, metric: str, margin: float,
          higher_is_better: bool = True) -> tuple[bool, str]:
     """Block promotion when the new checkpoint is worse than the previous by more than `margin`.
     No previous checkpoint passes; a missing/NaN current value fails unless the previous lacks it too."""
-    if previous is None or not _finite(previous.get(metric)):
+    if previous is None or not finite(previous.get(metric)):
         return True, f"{metric}: no previous value to compare with"
     cur, prev = current.get(metric), float(previous[metric])
-    if not _finite(cur):
+    if not finite(cur):
         return False, f"{metric}: missing for the new checkpoint (previous {prev:.4f})"
     worse_by = (prev - cur) if higher_is_better else (cur - prev)
     verb = "passed" if worse_by <= margin else "FAILED"
     return worse_by <= margin, (f"{metric} gate {verb}: {cur:.4f} vs previous {prev:.4f} "
                                 f"({'higher' if higher_is_better else 'lower'} is better, margin {margin:g})")
-
-
-def log_report(tracker: Any, run_id: str, report: Mapping[str, Any], out_dir: str | Path,
-               prefix: str = "online_") -> list[Path]:
-    """Write report.md, report.json and the plots to `out_dir`; log the checkpoint's "all" metrics to
-    the run that trained it and the files as artifacts under `online_eval/`."""
-    from pipeline.evaluate.render import markdown_report
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(markdown_report(report))
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
-    files = [out / "report.md", out / "report.json", *plots(report, out)]
-    metrics = {f"{prefix}{k}": v for k, v in report["tables"]["checkpoint"]["all"].items()
-               if _finite(v) and k not in ("seed", "max_steps")}
-    tracker.log_metrics_to_run(run_id, metrics)
-    tracker.log_artifacts(out, "online_eval", run_id=run_id)
-    return files
 
 
 def loss_curve_from_mlflow(tracker: Any, run_id: str, key: str = "loss") -> list[tuple[int, float]]:

@@ -1,9 +1,11 @@
-"""Online evaluation: put a checkpoint to work in the demo world and score what it *does*.
+"""Online evaluation: put a checkpoint to work in an environment and score what it *does*.
 
 Offline metrics (`pipeline.evaluate.offline`) replay reference conversations with a teacher-forced prefix;
 they cannot see a model drifting off the path, calling a tool wrongly and never recovering. Here the
-model acts on held-out tasks (`demo_world.eval_tasks`, deterministic per seed) through the same
-`rollout` loop the scripted agents use, and the world's own reward grades it. Every rollout can be
+model acts on held-out tasks (`Environment.eval_tasks`, deterministic per seed) through the
+environment's own `rollout` loop (the one its scripted agents use), and its reward grades it. The
+environment comes from the corpus spec's `environment:` (`pipeline.environment`; the demo world by
+default), so this module names no world. Every rollout can be
 captured into a Workspace through the SDK, so the next corpus snapshot can learn from the model's own
 attempts (failures included). Generation is greedy and torch is seeded: same checkpoint and seed, same
 numbers. The policy is injectable (`policy_factory`), which lets tests prove the harness on a scripted
@@ -17,13 +19,15 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from pipeline.chat_format import END, parse_assistant_output, tokenize_prompt
-from pipeline.demo.world import TOOLS, Policy, Task, eval_tasks, rollout
+from pipeline.environment import DEFAULT_ENVIRONMENT, Environment, EnvTask, Policy, load_environment
+from pipeline.schema import utcnow
 
-PolicyFactory = Callable[[Task], Policy]
+PolicyFactory = Callable[[Any], Policy]
 _MODEL_CACHE: dict[tuple[str, str, float], tuple[Any, Any]] = {}
 
 
@@ -106,17 +110,18 @@ class ModelPolicy:
 
 
 def model_policy(checkpoint_dir: str | Path, *, max_new_tokens: int = 64, tools_in_prompt: bool = False,
-                 device: str = "auto") -> ModelPolicy:
+                 device: str = "auto", environment: Environment | str = DEFAULT_ENVIRONMENT) -> ModelPolicy:
     """A rollout policy backed by a saved HF checkpoint (loaded once, cached). `tools_in_prompt` must
     match how the corpus rendered training sequences (`CorpusSpec.tools_in_prompt`), or the model sees
-    prompts unlike anything it was trained on."""
+    prompts unlike anything it was trained on; the tools shown are the environment's."""
+    env = load_environment(environment) if isinstance(environment, str) else environment
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = _load(checkpoint_dir, device)
     return ModelPolicy(model, tokenizer, Path(checkpoint_dir).name, max_new_tokens,
-                       TOOLS if tools_in_prompt else None)
+                       env.tools if tools_in_prompt else None)
 
 
 def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -137,23 +142,20 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     }
 
 
-def _trajectory_id(checkpoint: str, tag: str | None, seed: int, index: int, task: Task) -> str:
+def _trajectory_id(checkpoint: str, tag: str | None, seed: int, index: int, task: EnvTask) -> str:
     """Deterministic, so re-running the same evaluation into a workspace replaces rather than duplicates."""
     key = f"{checkpoint}|{tag}|{seed}|{index}|{task.task_id}"
     return "oe-" + hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
-def _capture(workspace: Any, trajectory_id: str, agent: str, model: str, task: Task, messages: list[dict[str, Any]],
-             turns: list[Turn] | None, reward: float, metadata: dict[str, Any]) -> None:
+def _capture(workspace: Any, trajectory_id: str, agent: str, model: str, task: EnvTask,
+             messages: list[dict[str, Any]], turns: list[Turn] | None, reward: float, metadata: dict[str, Any],
+             tools: list[dict[str, Any]]) -> None:
     """Write one rollout through the capture SDK, with per-step telemetry when the policy logged it."""
-    from datetime import timedelta
-
-    from pipeline.schema import utcnow
-
     clock = utcnow()
     assistant_turns = iter(turns or [])
     with workspace.trajectory(agent, trajectory_id=trajectory_id, task_id=task.task_id, model=model,
-                              tools=TOOLS, started_at=clock, metadata=metadata) as run:
+                              tools=tools, started_at=clock, metadata=metadata) as run:
         for msg in messages:
             if msg["role"] == "assistant" and (turn := next(assistant_turns, None)) is not None:
                 clock += timedelta(milliseconds=turn.latency_ms)
@@ -165,12 +167,13 @@ def _capture(workspace: Any, trajectory_id: str, agent: str, model: str, task: T
         workspace.record_outcome(trajectory_id, name, value, source="env")
 
 
-def _run_one(policy: Policy, task: Task, max_steps: int) -> tuple[dict[str, Any], list[dict[str, Any]], list[Turn] | None]:
+def _run_one(env: Environment, policy: Policy, task: EnvTask,
+             max_steps: int) -> tuple[dict[str, Any], list[dict[str, Any]], list[Turn] | None]:
     """One rollout and its per-task numbers; turns come from the policy's log when it keeps one."""
     log: list[Turn] | None = getattr(policy, "turns", None)
     first = len(log) if log is not None else 0
     t0 = time.perf_counter()
-    messages, final, reward = rollout(policy, task, max_steps=max_steps)
+    messages, final, reward = env.rollout(policy, task, max_steps=max_steps)
     seconds = time.perf_counter() - t0
     turns = log[first:] if log is not None else None
     assistants = [m for m in messages if m["role"] == "assistant"]
@@ -187,33 +190,34 @@ def _run_one(policy: Policy, task: Task, max_steps: int) -> tuple[dict[str, Any]
 def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: int = 30, max_steps: int = 8,
                 workspace: Any = None, tag: str | None = None, policy_factory: PolicyFactory | None = None,
                 agent: str | None = None, max_new_tokens: int = 64, tools_in_prompt: bool = False,
-                device: str = "auto") -> dict[str, Any]:
-    """Roll the checkpoint (or `policy_factory(task)`'s policy) out on `eval_tasks(seed, n_tasks)` and
-    score each rollout with the world's reward. With a `workspace`, every rollout is captured as a
-    trajectory of agent `ckpt:<name>` with `reward`/`success` outcomes (source `env`)."""
+                device: str = "auto", environment: Environment | str = DEFAULT_ENVIRONMENT) -> dict[str, Any]:
+    """Roll the checkpoint (or `policy_factory(task)`'s policy) out on the environment's
+    `eval_tasks(seed, n_tasks)` and score each rollout with its reward. With a `workspace`, every rollout
+    is captured as a trajectory of agent `ckpt:<name>` with `reward`/`success` outcomes (source `env`)."""
     import torch
 
+    env = load_environment(environment) if isinstance(environment, str) else environment
     if checkpoint_dir is None and policy_factory is None:
         raise ValueError("give a checkpoint_dir, a policy_factory, or both")
     name = Path(checkpoint_dir).name if checkpoint_dir is not None else "policy"
     agent = agent or f"ckpt:{name}"
     if policy_factory is None:
         shared = model_policy(checkpoint_dir, max_new_tokens=max_new_tokens, tools_in_prompt=tools_in_prompt,
-                              device=device)
+                              device=device, environment=env)
         policy_factory = lambda task: shared  # noqa: E731  (stateless: one policy serves every task)
     ckpt = str(Path(checkpoint_dir).resolve()) if checkpoint_dir is not None else None
     results: list[dict[str, Any]] = []
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # seeded, without disturbing the caller's RNG state
         torch.manual_seed(seed)
-        for i, task in enumerate(eval_tasks(seed, n_tasks)):
-            result, messages, turns = _run_one(policy_factory(task), task, max_steps)
+        for i, task in enumerate(env.eval_tasks(seed, n_tasks)):
+            result, messages, turns = _run_one(env, policy_factory(task), task, max_steps)
             tid = _trajectory_id(ckpt or agent, tag, seed, i, task)
             results.append({"index": i, "trajectory_id": tid, **result})
             if workspace is not None:
                 meta = {"checkpoint": ckpt, "eval_tag": tag, "task": task.to_dict(), "eval_seed": seed,
-                        "world": "demo", "eval_index": i}
-                _capture(workspace, tid, agent, name, task, messages, turns, result["reward"], meta)
+                        "world": env.name, "eval_index": i}
+                _capture(workspace, tid, agent, name, task, messages, turns, result["reward"], meta, env.tools)
     elapsed = time.perf_counter() - started
     return {"checkpoint": ckpt, "agent": agent, "eval_tag": tag, "seed": seed, "max_steps": max_steps,
             **summarize(results), "seconds": elapsed,

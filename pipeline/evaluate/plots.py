@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.evaluate.compare import MODELS, _finite
+from pipeline.evaluate.verdict import MODELS, finite
 
 
 def _is_rate(values: Sequence[float]) -> bool:
@@ -42,11 +42,11 @@ def _grouped_bars(tables: Mapping[str, Mapping[str, Mapping[str, Any]]], metrics
             xs, hs, err = [], [], [[], []]
             for i, s in enumerate(slices):
                 v = tables[m].get(s, {}).get(metric)
-                if not _finite(v):
+                if not finite(v):
                     continue  # a missing value draws no bar, rather than a bar at 0 that reads as a result
                 ci = ((comparisons or {}).get(m, {}).get(s) or {}).get("ci", {}).get(metric)
                 lo_err = hi_err = 0.0
-                if ci is not None and all(_finite(c) for c in ci):
+                if ci is not None and all(finite(c) for c in ci):
                     d, lo, hi = ci  # the other's value is checkpoint − d: its interval is checkpoint − [hi, lo]
                     lo_err, hi_err = max(hi - d, 0.0), max(d - lo, 0.0)
                     shown += [v - lo_err, v + hi_err]

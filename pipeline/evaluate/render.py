@@ -6,20 +6,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.evaluate.compare import MODELS, OFFLINE_PRIMARY, _finite, verdict_words
+from pipeline.evaluate.verdict import MODELS, OFFLINE_PRIMARY, finite, verdict_words
 
 
 def _num(v: Any) -> str:
     if isinstance(v, int) and not isinstance(v, bool):
         return str(v)  # counts
-    return f"{v:.3f}" if _finite(v) else "–"
+    return f"{v:.3f}" if finite(v) else "–"
 
 
 def _delta(cmp: Mapping[str, Any] | None, metric: str) -> str:
     if not cmp or metric not in cmp["deltas"] or metric in ("n_tasks", "n_rows"):
         return "–"
     text = f"{cmp['deltas'][metric]:+.3f}"
-    if metric in cmp["ci"] and _finite(cmp["ci"][metric][1]):
+    if metric in cmp["ci"] and finite(cmp["ci"][metric][1]):
         _, lo, hi = cmp["ci"][metric]
         text += f" [{lo:+.3f}, {hi:+.3f}]"
     return text
@@ -47,7 +47,7 @@ def _verdict_cell(cmp: Mapping[str, Any] | None, metric: str) -> str:
     if not cmp or metric not in cmp["deltas"]:
         return "–"
     delta, ci = _delta(cmp, metric), cmp["ci"].get(metric)
-    if ci is not None and _finite(ci[1]):
+    if ci is not None and finite(ci[1]):
         return f"**{verdict_words(metric, ci[1], ci[2])}** ({delta})"
     return f"not tested, no per-example values ({delta})"
 

@@ -106,7 +106,9 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
                     ws: Workspace | None = None, tracker: Any = None) -> dict[str, Any]:
     """Evaluate the newest checkpoint of a corpus; returns metrics, the report and the gate verdict."""
     from pipeline.corpus.store import resolve_corpus_url
-    from pipeline.evaluate.compare import build_report, gate, log_report, offline_section, plots
+    from pipeline.evaluate.compare import build_report, gate, offline_section
+    from pipeline.evaluate.plots import plots
+    from pipeline.evaluate.publish import log_report
     from pipeline.evaluate.render import markdown_report
 
     done = finished_checkpoints(checkpoints)

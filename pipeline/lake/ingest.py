@@ -21,6 +21,10 @@ import polars as pl
 from pydantic import ValidationError
 
 from pipeline import storage
+from pipeline.capture.fast_validate import (  # msgspec first, pydantic for what it refuses
+    Rejected,
+    validate_obj,
+)
 from pipeline.capture.landing import LandedLine, read_landed
 from pipeline.capture.workspace import Workspace
 from pipeline.lake import incremental
@@ -220,11 +224,6 @@ def workspace_counts(ws: Workspace) -> dict[str, int]:
     """Counts straight from the landing area (no pipeline run needed): what `workspace show` prints."""
     latest: dict[str, tuple[int, dict[str, Any]]] = {}
     unreadable = 0
-    from pipeline.capture.fast_validate import (  # msgspec first, pydantic only for what it refuses
-        Rejected,
-        validate_obj,
-    )
-
     for line in read_landed(ws.landing, "trajectory"):
         if line.error or isinstance(validate_obj(line.record), Rejected):
             unreadable += 1

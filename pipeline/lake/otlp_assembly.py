@@ -44,6 +44,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from pipeline.capture.importers.base import DEFAULT_TIME, parse_time
+from pipeline.capture.importers.otlp import otlp_to_records
+from pipeline.capture.importers.otlp_wire import g, hex_id
 from pipeline.capture.landing import LandedLine, read_landed
 from pipeline.schema import format_validation_error
 
@@ -53,8 +56,6 @@ _SCOPE_LISTS = ("scopeSpans", "scope_spans", "instrumentationLibrarySpans", "ins
 
 def _walk(export: Any) -> Iterator[tuple[int, int, dict[str, Any], dict[str, Any], dict[str, Any]]]:
     """(resource index, scope index, resource fields, scope fields, span) for every span of an export."""
-    from pipeline.capture.importers.otlp import g
-
     if not isinstance(export, dict):
         return
     rss = g(export, "resourceSpans")
@@ -75,8 +76,6 @@ def _walk(export: Any) -> Iterator[tuple[int, int, dict[str, Any], dict[str, Any
 
 def _ids(span: dict[str, Any]) -> tuple[str, str]:
     """The dedupe key: (trace id, span id) as hex, a content hash standing in for a missing span id."""
-    from pipeline.capture.importers.otlp import g, hex_id
-
     trace_id = hex_id(g(span, "traceId"))
     if trace_id is None:
         raise ValueError("a span has no traceId")
@@ -88,9 +87,6 @@ def split_by_trace(export: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(day, fragment) per trace of one export request, each fragment an OTLP JSON export of that
     trace's spans under their own resource and scope. Raises ValueError on an unusable id or time
     (the capture server has already run the mapper, which refuses those first)."""
-    from pipeline.capture.importers.base import DEFAULT_TIME, parse_time
-    from pipeline.capture.importers.otlp import g
-
     frags: dict[str, dict[str, Any]] = {}
     slots: dict[tuple[Any, ...], dict[str, Any]] = {}
     earliest: dict[str, Any] = {}
@@ -146,7 +142,6 @@ def _map(traces: dict[str, list[_Kept]]) -> tuple[list[dict[str, Any]], dict[str
     """Trajectory dicts for the day's traces, and the reason per trace that could not be mapped. All
     traces are mapped together (a conversation spans several); if that fails, each trace alone finds
     the culprits and the rest are mapped together again."""
-    from pipeline.capture.importers.otlp import otlp_to_records
 
     def run(tids: list[str]) -> list[dict[str, Any]]:
         return otlp_to_records(_export([k for t in tids for k in traces[t]]))[0]

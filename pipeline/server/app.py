@@ -14,13 +14,11 @@ token of another workspace or a too-small role.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -29,12 +27,11 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.capture import fast_validate as fastschema
-from pipeline.capture.workspace import Workspace, check_name, home_dir
-from pipeline.logs import event, get_logger
+from pipeline.capture.workspace import Workspace, home_dir
+from pipeline.logs import configure, event, get_logger
 from pipeline.schema import Message, Outcome, Preference
 from pipeline.server import otlp_http as otlp_capture
-from pipeline.server.auth import TokenInfo, TokenStore, revoke_workspace
-from pipeline.server.group_commit import GroupCommitter
+from pipeline.server.auth import revoke_workspace
 from pipeline.server.request_io import (
     describe,
     fail,
@@ -45,77 +42,21 @@ from pipeline.server.request_io import (
     open_paths,
     prune_tombstones,
     raw_items,
-    read_body,
     respond,
     result,
     validate_models,
 )
+from pipeline.server.state import ServerState
 
 log = get_logger("server")
 DEFAULT_PORT = 8470
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 
 
-class _State:
-    """Per-app state: token cache, the group committer, per-open-trajectory locks."""
-
-    def __init__(self, home: Path, max_body: int, require_auth: bool):
-        self.home, self.max_body, self.require_auth = home, max_body, require_auth
-        self.tokens = TokenStore(home)
-        self.committer = GroupCommitter(home)
-        self.locks: dict[tuple[str, str], list[Any]] = {}
-
-    # ---- auth & workspaces ----------------------------------------------------------------------
-    def authorize(self, request: Request, workspace: str | None, role: str) -> TokenInfo | None:
-        if not self.require_auth:
-            return None
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if not header or scheme.lower() != "bearer":
-            raise fail(401, "missing API token: send `Authorization: Bearer tm_…`", **{"WWW-Authenticate": "Bearer"})
-        try:
-            info = self.tokens.verify(token.strip())
-        except ValueError as exc:
-            raise fail(503, f"token store unreadable: {exc}") from None
-        if info is None:
-            raise fail(401, "invalid or revoked API token", **{"WWW-Authenticate": "Bearer"})
-        if workspace is not None and not info.allows(workspace, role):
-            raise fail(403, f"token {info.token_id} ({info.role} of {info.workspace!r}) may not "
-                             f"{'write to' if role == 'writer' else 'read'} workspace {workspace!r}")
-        if workspace is None and role == "admin" and info.role != "admin":
-            raise fail(403, f"managing workspaces needs an admin token (token {info.token_id} is {info.role})")
-        return info
-
-    def workspace(self, name: str) -> Workspace:
-        try:
-            ws = Workspace(check_name(name), self.home)
-        except ValueError as exc:
-            raise fail(400, str(exc)) from None
-        if not ws.exists():
-            raise fail(404, f"workspace {name!r} does not exist (an admin creates it: POST /v1/workspaces)")
-        return ws
-
-    async def body(self, request: Request) -> bytes:
-        return await read_body(request, self.max_body)
-
-    @asynccontextmanager
-    async def lock(self, key: tuple[str, str]) -> AsyncIterator[None]:
-        """Serialises appends and close of one open trajectory (this process is its only writer)."""
-        entry = self.locks.setdefault(key, [asyncio.Lock(), 0])
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                self.locks.pop(key, None)
-
-
 def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = DEFAULT_MAX_BODY,
                require_auth: bool = True) -> FastAPI:
     """The capture app for one tracemill home. One process per home: it owns its landing segments."""
-    st = _State(home_dir(home), max_body_bytes, require_auth)
+    st = ServerState(home_dir(home), max_body_bytes, require_auth)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -306,8 +247,6 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, home: str | os.P
           max_body_bytes: int = DEFAULT_MAX_BODY, require_auth: bool = True, log_level: str = "warning") -> None:
     """Run the capture server in this process (uvicorn, one worker: the process owns its segments)."""
     import uvicorn
-
-    from pipeline.logs import configure
 
     configure()  # structured events on stderr: TRACEMILL_LOG_FORMAT=json|text, TRACEMILL_LOG_LEVEL
     app = create_app(home, max_body_bytes=max_body_bytes, require_auth=require_auth)

@@ -20,6 +20,11 @@ from typing import Any
 
 import orjson
 
+from pipeline.capture import fast_validate as fastschema
+from pipeline.lake import otlp_assembly as otlp_assemble
+from pipeline.schema import Outcome
+from pipeline.server.request_io import describe, validate_models
+
 Mapper = Callable[[dict[str, Any]], tuple[list[Any], list[Any]]]
 _IMPORTER_CANDIDATES = (("pipeline.capture.importers.otlp", "otlp_to_records"),)
 
@@ -99,11 +104,6 @@ def land_groups(obj: dict[str, Any], workspace: str) -> tuple[dict[tuple[str, st
     committer: its spans split per trace (kind `otlp_span`) and its evaluation outcomes; plus the
     problems to report as partial success (trajectories the request alone maps to that fail the schema,
     invalid outcomes). Raises OtlpDecodeError (a 400) when the mapper refuses the request."""
-    from pipeline.capture import fast_validate as fastschema
-    from pipeline.lake import otlp_assembly as otlp_assemble
-    from pipeline.schema import Outcome
-    from pipeline.server.request_io import describe, validate_models
-
     fn, _ = mapper()
     if fn is None:
         raise MapperMissing("OTLP import is not installed (pipeline.capture.importers.otlp)")

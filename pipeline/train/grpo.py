@@ -13,14 +13,13 @@ our tokenizer; a tokenizer that adds one gets it here as in `chat_format.encode_
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import Field, model_validator
 
-from pipeline.demo.rewards import final_answer_reward, format_reward, tool_call_reward
+from pipeline.environment import DEFAULT_ENVIRONMENT, RewardFunction, load_environment
 from pipeline.train.preference import (
     LoraFields,
     common_args,
@@ -80,12 +79,13 @@ def rl_dataset(rows: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, str]],
     return out, skipped
 
 
-def reward_functions(eos_token_id: int | None) -> list[Callable[..., list]]:
-    """The demo world's rewards; `format_reward` gets the EOS id because TRL decodes without special tokens."""
-    return [final_answer_reward, tool_call_reward, functools.partial(format_reward, eos_token_id=eos_token_id)]
+def reward_functions(eos_token_id: int | None, environment: str = DEFAULT_ENVIRONMENT) -> list[RewardFunction]:
+    """The environment's GRPO rewards (`pipeline.environment`; the demo world's by default)."""
+    return load_environment(environment).reward_functions(eos_token_id)
 
 
-def _build(data: list[dict[str, str]], recipe: RLRecipe) -> Callable[[list], Any]:
+def _build(data: list[dict[str, str]], recipe: RLRecipe,
+           environment: str = DEFAULT_ENVIRONMENT) -> Callable[[list], Any]:
     def build(callbacks: list) -> Any:
         import datasets
         from trl import GRPOConfig, GRPOTrainer
@@ -95,7 +95,7 @@ def _build(data: list[dict[str, str]], recipe: RLRecipe) -> Callable[[list], Any
             **common_args(recipe), num_generations=recipe.num_generations,
             max_completion_length=recipe.max_completion_length, temperature=recipe.temperature, beta=recipe.beta,
             reward_weights=recipe.reward_weights, use_vllm=False, log_completions=False)
-        return GRPOTrainer(model=model, reward_funcs=reward_functions(tokenizer.eos_token_id), args=config,
+        return GRPOTrainer(model=model, reward_funcs=reward_functions(tokenizer.eos_token_id, environment), args=config,
                            train_dataset=datasets.Dataset.from_list(data), processing_class=tokenizer,
                            callbacks=callbacks,
                            peft_config=lora_config(recipe.lora_r, recipe.lora_alpha) if recipe.lora else None)
@@ -104,7 +104,7 @@ def _build(data: list[dict[str, str]], recipe: RLRecipe) -> Callable[[list], Any
 
 
 def train_grpo(rows: Iterable[Mapping[str, Any]], recipe: RLRecipe, tracker: Any = None,
-               run_tags: Mapping[str, str] | None = None) -> TrainResult:
+               run_tags: Mapping[str, str] | None = None, environment: str = DEFAULT_ENVIRONMENT) -> TrainResult:
     """GRPO on `prompt/ground_truth/task_id/tools` rows; saves a plain HF model to `recipe.output_dir`.
     `TrainResult.tokens` counts prompt + completion tokens (TRL's `num_input_tokens_seen`)."""
     data, skipped = rl_dataset(rows)
@@ -116,10 +116,11 @@ def train_grpo(rows: Iterable[Mapping[str, Any]], recipe: RLRecipe, tracker: Any
 
     if launch.should_launch(recipe.devices):
         return launch.launch("grpo", {"data": data, "params": params}, recipe, tracker, run_tags)
-    return fit_grpo(data, params, recipe, tracker, run_tags)
+    return fit_grpo(data, params, recipe, tracker, run_tags, environment=environment)
 
 
 def fit_grpo(data: list[dict[str, str]], params: Mapping[str, Any], recipe: RLRecipe, tracker: Any = None,
-             run_tags: Mapping[str, str] | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
+             run_tags: Mapping[str, str] | None = None, callbacks: Sequence[Any] = (),
+             environment: str = DEFAULT_ENVIRONMENT) -> TrainResult:
     """Train on prepared prompts in this process (one rank of a launched group, or alone)."""
-    return run_tracked("grpo", recipe, _build(data, recipe), params, tracker, run_tags, callbacks)
+    return run_tracked("grpo", recipe, _build(data, recipe, environment), params, tracker, run_tags, callbacks)

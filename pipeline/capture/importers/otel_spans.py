@@ -15,17 +15,15 @@ Indexed attributes are unflattened into nested lists/dicts and then read as chat
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.capture.importers.base import as_text, at, loads_layers
 from pipeline.capture.importers.calls import CallLinker, decode_arguments
 from pipeline.capture.importers.chat import chat_message, make_meta
+from pipeline.capture.importers.otlp_wire import Span
 from pipeline.capture.importers.parts import Assembler, otel_messages
 from pipeline.capture.importers.threads import Step, ToolRun
 from pipeline.schema import Message, ToolCall
-
-if TYPE_CHECKING:
-    from pipeline.capture.importers.otlp import Span
 
 CHAT_OPS = {"chat", "text_completion", "generate_content", "completion"}
 CONTENT_PREFIXES = ("gen_ai.input.messages", "gen_ai.output.messages", "llm.input_messages",

@@ -15,12 +15,8 @@ the group's spans without the message attributes that were converted (they would
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from pipeline.capture.importers.base import (
@@ -42,79 +38,19 @@ from pipeline.capture.importers.otel_spans import (
     tool_messages,
     tool_run_of,
 )
+from pipeline.capture.importers.otlp_wire import Span, attributes, g, hex_id
 from pipeline.capture.importers.source import Record, Source
 from pipeline.capture.importers.threads import attach_tool_runs, merge, relink
 from pipeline.schema import Outcome
 
 
-def g(d: dict[str, Any], camel: str, default: Any = None) -> Any:
-    """Field by its OTLP/JSON (lowerCamel) name or its proto (snake_case) name."""
-    if camel in d:
-        return d[camel]
-    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)
-    return d.get(snake, default)
-
-
-def any_value(v: Any) -> Any:
-    """Decode an OTLP AnyValue (`{"stringValue": …}`, `{"intValue": "3"}`, arrays, kvlists)."""
-    if not isinstance(v, dict):
-        return v
-    for name, conv in (("stringValue", str), ("boolValue", bool), ("intValue", int), ("doubleValue", float),
-                       ("bytesValue", str)):
-        raw = g(v, name)
-        if raw is not None:
-            return conv(raw)
-    arr = g(v, "arrayValue")
-    if arr is not None:
-        return [any_value(x) for x in arr.get("values") or []]
-    kv = g(v, "kvlistValue")
-    if kv is not None:
-        return attributes(kv.get("values") or [])
-    return None
-
-
-def attributes(items: Any) -> dict[str, Any]:
-    if isinstance(items, dict):  # already a plain mapping (some SDK debug exporters)
-        return dict(items)
-    return {a["key"]: any_value(a.get("value")) for a in items or []}
-
-
-def hex_id(value: Any) -> str | None:
-    """Trace/span ids: hex per OTLP/JSON, base64 per protobuf's JSON mapping."""
-    if not value:
-        return None
-    s = str(value)
-    if len(s) in (16, 32) and all(c in "0123456789abcdefABCDEF" for c in s):
-        return s.lower()
-    try:
-        return base64.b64decode(s, validate=True).hex()
-    except (binascii.Error, ValueError):
-        raise FieldError("", f"id {s!r} is neither hex nor base64") from None
-
-
-@dataclass
-class Span:
-    trace_id: str
-    span_id: str | None
-    parent_id: str | None
-    name: str
-    start: datetime | None
-    end: datetime | None
-    attrs: dict[str, Any]
-    events: list[dict[str, Any]]
-    error: bool
-    status: dict[str, Any]
-    resource: dict[str, Any] = field(default_factory=dict)
-    scope: str | None = None
-    record: Record | None = None
-
-    def compact(self) -> dict[str, Any]:
-        """The span as kept in metadata.original (converted message attributes left out)."""
-        attrs = {k: v for k, v in self.attrs.items() if not k.startswith(CONTENT_PREFIXES)}
-        return {"name": self.name, "trace_id": self.trace_id, "span_id": self.span_id,
-                "parent_span_id": self.parent_id, "start": self.start.isoformat() if self.start else None,
-                "end": self.end.isoformat() if self.end else None, "attributes": attrs,
-                "events": self.events, "status": self.status, "scope": self.scope}
+def _compact(span: Span) -> dict[str, Any]:
+    """A span as kept in metadata.original (converted message attributes left out)."""
+    attrs = {k: v for k, v in span.attrs.items() if not k.startswith(CONTENT_PREFIXES)}
+    return {"name": span.name, "trace_id": span.trace_id, "span_id": span.span_id,
+            "parent_span_id": span.parent_id, "start": span.start.isoformat() if span.start else None,
+            "end": span.end.isoformat() if span.end else None, "attributes": attrs,
+            "events": span.events, "status": span.status, "scope": span.scope}
 
 
 def sniff(value: Any) -> bool:
@@ -223,7 +159,7 @@ def _group(ctx: Context, gkey: str, spans: list[Span]) -> Iterator[Item]:
         tid = trajectory_id(conv, spans[0].trace_id, n)
         t = build_trajectory(
             ctx, trajectory_id=tid, messages=relink(th.messages, th.notes),
-            original={"spans": [s.compact() for s in spans]} if n == 0 else {"see": trajs[0].trajectory_id},
+            original={"spans": [_compact(s) for s in spans]} if n == 0 else {"see": trajs[0].trajectory_id},
             agent=(agent or "otlp") if n == 0 else (first.agent or agent or "otlp"),
             agent_version=spans[0].resource.get("service.version"), model=models[-1] if models else None,
             session_id=conv, tools=th.tools, notes=th.notes,

@@ -1,0 +1,33 @@
+"""Publish an evaluation report: report.md, report.json and the PNG plots on disk, the checkpoint's
+"all" metrics on the MLflow run that trained it and the files as its artifacts.
+
+Why not in `compare`: comparing is pure numbers; publishing needs the renderers, which themselves
+read the verdict vocabulary. Keeping it here keeps `compare`, `render` and `plots` free of each other.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.evaluate.plots import plots
+from pipeline.evaluate.render import markdown_report
+from pipeline.evaluate.verdict import finite
+
+
+def log_report(tracker: Any, run_id: str, report: Mapping[str, Any], out_dir: str | Path,
+               prefix: str = "online_") -> list[Path]:
+    """Write report.md, report.json and the plots to `out_dir`; log the checkpoint's "all" metrics to
+    the run that trained it and the files as artifacts under `online_eval/`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(markdown_report(report))
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    files = [out / "report.md", out / "report.json", *plots(report, out)]
+    metrics = {f"{prefix}{k}": v for k, v in report["tables"]["checkpoint"]["all"].items()
+               if finite(v) and k not in ("seed", "max_steps")}
+    tracker.log_metrics_to_run(run_id, metrics)
+    tracker.log_artifacts(out, "online_eval", run_id=run_id)
+    return files
