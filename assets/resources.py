@@ -1,19 +1,28 @@
-"""Resources: where the data lives and where runs are tracked, with a local and a production variant.
+"""Resources: where the data lives and where runs are tracked.
 
+Their values come from `pipeline.settings` (flag > environment variable > active profile of
+tracemill.yaml > built-in default), the same resolution the CLI uses, so `tracemill corpus list` and
+the corpus_* assets see the same corpus root and `tracemill train` and checkpoint_* the same MLflow.
 Local: everything under `$TRACEMILL_HOME` (default ./.tracemill): file:// Deeplake, sqlite MLflow.
-Team/k8s: the same resources pointed at object storage and a tracking server by the active profile in
-tracemill.yaml (`TRACEMILL_PROFILE`), or by env vars (`TRACEMILL_ENV=production`).
+Team/k8s: the same resources pointed at object storage and a tracking server by the active profile
+(`TRACEMILL_PROFILE`; the older `TRACEMILL_ENV=production` is an alias of the team profile).
+A resource field is a flag: set, it wins; empty, the built-in default under the home applies.
 """
 
 
-import os
 from pathlib import Path
 
 import dagster as dg
 
 from pipeline.capture.workspace import Workspace, home_dir
-from pipeline.config import Profile
 from pipeline.models import resolve_model
+from pipeline.settings import (
+    Profile,
+    as_root_url,
+    current_settings,
+    default_corpus_root,
+    default_tracking_uri,
+)
 
 
 class TracemillResource(dg.ConfigurableResource):
@@ -33,7 +42,7 @@ class TracemillResource(dg.ConfigurableResource):
         return Workspace.open(self.workspace, home=self.home_path, data_root=self.data_root or None)
 
     def corpus_root_url(self) -> str:
-        return self.corpus_root or f"file://{self.home_path / 'corpora'}"
+        return as_root_url(self.corpus_root) if self.corpus_root else default_corpus_root(self.home_path)
 
     def models_dir(self) -> Path:
         return self.home_path / "models"
@@ -57,7 +66,7 @@ class MlflowResource(dg.ConfigurableResource):
     def tracker(self, home: Path):
         from pipeline.tracking import MlflowTracker
 
-        uri = self.tracking_uri or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+        uri = self.tracking_uri or default_tracking_uri(home)
         return MlflowTracker(uri, self.experiment, artifact_root=str(home / "mlflow" / "artifacts"))
 
 
@@ -66,28 +75,16 @@ def local_resources(workspace: str = "demo", home: str = "", base_model: str = "
             "mlflow": MlflowResource()}
 
 
-def production_resources(workspace: str, base_model: str) -> dict[str, object]:
-    return {
-        "tracemill": TracemillResource(home=dg.EnvVar("TRACEMILL_HOME"), workspace=workspace,
-                                       corpus_root=dg.EnvVar("TRACEMILL_CORPUS_ROOT"), base_model=base_model),
-        "mlflow": MlflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
-    }
-
-
 def profile_resources(workspace: str, base_model: str, profile: Profile) -> dict[str, object]:
-    """Resources for a profile of tracemill.yaml (see `pipeline.config.Profile`)."""
+    """Resources for a resolved profile (`TracemillConfig.profile()`: environment overrides applied)."""
     return {"tracemill": TracemillResource(workspace=workspace, base_model=base_model, data_root=profile.data_root,
                                            corpus_root=profile.corpus_root),
             "mlflow": MlflowResource(tracking_uri=profile.mlflow_tracking_uri)}
 
 
 def resources_for_env(workspace: str, base_model: str, profile: Profile | None = None) -> dict[str, object]:
-    """`TRACEMILL_ENV=production` selects the env-var variant; else the active profile (local by default)."""
-    if os.environ.get("TRACEMILL_ENV") == "production":
-        return production_resources(workspace, base_model)
-    if profile is not None:
-        return profile_resources(workspace, base_model, profile)
-    return local_resources(workspace, base_model=base_model)
+    """Resources for `profile`, else for the settings of this process (see `pipeline.settings`)."""
+    return profile_resources(workspace, base_model, profile or current_settings().as_profile())
 
 
 def executor_for(profile: Profile) -> dg.ExecutorDefinition | None:

@@ -1,5 +1,7 @@
 """Project configuration: the workspace, the base model and the corpus specs, from `tracemill.yaml`.
 
+Where things run (profiles, environment variables, their precedence) is `pipeline.settings`.
+
 Adding a corpus is configuration, not code: every spec here becomes a curated → corpus →
 checkpoint → eval chain of Dagster assets through one factory.
 """
@@ -10,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.schema import format_validation_error
+from pipeline.settings import Profile, current_settings, environment, read_yaml
 
 
 class _Cfg(BaseModel):
@@ -94,29 +96,6 @@ class CorpusSpec(_Cfg):
         return v
 
 
-class Profile(_Cfg):
-    """Where things run and live. The code is the same in every profile; credentials never go here
-    (S3 clients read the standard AWS_* variables)."""
-
-    data_root: str = Field("", description="Workspaces (landing, lake, curated tables): empty = "
-                           "<TRACEMILL_HOME>/workspaces, or an object-store URL such as s3://bucket/tracemill.")
-    corpus_root: str = Field("", description="Deeplake corpora: empty = file://<TRACEMILL_HOME>/corpora, "
-                             "or s3://bucket/corpora, gcs://…, al://org.")
-    mlflow_tracking_uri: str = Field("", description="Empty = sqlite under TRACEMILL_HOME; a server URL for a team.")
-    executor: Literal["default", "in_process", "multiprocess", "k8s"] = Field(
-        "default", description="Dagster step executor: default (Dagster's: a subprocess per step), in_process, "
-        "multiprocess (max_concurrent), k8s = dagster_k8s.k8s_job_executor (a pod per step, so training steps "
-        "get their GPU requests; needs `pip install dagster-k8s`).")
-    max_concurrent: int = Field(4, ge=1, description="multiprocess/k8s: steps of one run running at once.")
-
-    @field_validator("data_root", "corpus_root")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if v and "://" not in v and not v.startswith("/"):
-            raise ValueError(f"{v!r} is neither an absolute folder nor a URL: use /abs/path or s3://bucket/prefix")
-        return v
-
-
 def _default_profiles() -> dict[str, Profile]:
     return {"local": Profile()}
 
@@ -130,19 +109,12 @@ class TracemillConfig(_Cfg):
                                          "profiles (local, team, k8s); TRACEMILL_PROFILE picks one (default local).")
 
     def profile(self, name: str | None = None) -> tuple[str, Profile]:
-        """The active profile: `name`, else `$TRACEMILL_PROFILE`, else `local`. Environment variables
-        (TRACEMILL_DATA_ROOT, TRACEMILL_CORPUS_ROOT, MLFLOW_TRACKING_URI) override its fields, so one
-        machine can point a profile elsewhere without editing the file."""
-        name = name or os.environ.get("TRACEMILL_PROFILE") or "local"
-        if name not in self.profiles:
-            if name != "local":
-                raise ValueError(f"TRACEMILL_PROFILE={name!r}: no such profile; tracemill.yaml defines "
-                                 f"{sorted(self.profiles)} (add it under `profiles:` or unset TRACEMILL_PROFILE)")
-            return name, Profile()
-        base = self.profiles[name]
-        env = {"data_root": "TRACEMILL_DATA_ROOT", "corpus_root": "TRACEMILL_CORPUS_ROOT",
-               "mlflow_tracking_uri": "MLFLOW_TRACKING_URI"}
-        return name, base.model_copy(update={k: os.environ[v] for k, v in env.items() if os.environ.get(v)})
+        """The active profile (`name`, else `$TRACEMILL_PROFILE`, else `local`) with environment variables
+        (TRACEMILL_DATA_ROOT, TRACEMILL_CORPUS_ROOT, MLFLOW_TRACKING_URI, …) overriding its fields, so one
+        machine can point a profile elsewhere without editing the file. Resolved by `pipeline.settings`
+        from this config's profile table, so the Dagster definitions and the CLI cannot disagree."""
+        settings = current_settings(profiles=self.profiles, profile=name)
+        return settings.profile, settings.as_profile()
 
     @model_validator(mode="after")
     def _links(self) -> TracemillConfig:
@@ -166,11 +138,8 @@ DEFAULT = TracemillConfig(corpora=[CorpusSpec(name="sft", format="sft", filter="
 
 
 def config_path() -> Path | None:
-    env = os.environ.get("TRACEMILL_CONFIG")
-    if env:
-        return Path(env)
-    here = Path("tracemill.yaml")
-    return here if here.exists() else None
+    """The config file: `$TRACEMILL_CONFIG`, else ./tracemill.yaml when it exists (see pipeline.settings)."""
+    return environment().config_path()
 
 
 def load_config(path: str | os.PathLike | None = None) -> TracemillConfig:
@@ -179,9 +148,6 @@ def load_config(path: str | os.PathLike | None = None) -> TracemillConfig:
     if p is None:
         return DEFAULT
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-        return TracemillConfig.model_validate(data)
+        return TracemillConfig.model_validate(read_yaml(p))
     except ValidationError as exc:
         raise ValueError(f"{p}: invalid config: {format_validation_error(exc)}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{p}: not valid YAML: {exc}") from None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +20,8 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
+
+from pipeline.settings import environment
 
 ROOT = "tracemill"
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("tracemill_log_context",
@@ -96,7 +97,8 @@ def configure(fmt: str | None = None, level: str | int | None = None, stream: Te
     """Install (or replace) the tracemill handler: `fmt` json|text (default `$TRACEMILL_LOG_FORMAT`,
     else text), `level` (default `$TRACEMILL_LOG_LEVEL`, else INFO). Idempotent: calling it again
     swaps the handler instead of duplicating lines."""
-    fmt = (fmt or os.environ.get("TRACEMILL_LOG_FORMAT") or "text").lower()
+    env = environment()  # never fails on a misconfigured profile: the error must still be logged
+    fmt = (fmt or env.log_format).lower()
     if fmt not in ("json", "text"):
         raise ValueError(f"TRACEMILL_LOG_FORMAT={fmt!r}: use 'json' or 'text'")
     root = logging.getLogger(ROOT)
@@ -107,7 +109,7 @@ def configure(fmt: str | None = None, level: str | int | None = None, stream: Te
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    root.setLevel(level or os.environ.get("TRACEMILL_LOG_LEVEL") or logging.INFO)
+    root.setLevel(level or env.log_level)
     return handler
 
 

@@ -12,13 +12,14 @@ Credentials and endpoints are never in config: s3fs, polars and Deeplake all rea
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from pipeline.settings import current_settings
 
 AnyPath = Any  # pathlib.Path | upath.UPath: both expose the pathlib API this module relies on
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "az://", "abfs://", "memory://")
@@ -46,33 +47,15 @@ def as_path(value: str | os.PathLike) -> AnyPath:
 
 
 def profile_setting(name: str) -> str:
-    """A field of the active profile (`$TRACEMILL_PROFILE` in tracemill.yaml), so the CLI, the capture
-    server and the SDK agree with the Dagster definitions; empty when no profile is selected."""
-    profile = os.environ.get("TRACEMILL_PROFILE")
-    if not profile:
-        return ""
-    from pipeline.config import config_path
-
-    path = config_path()
-    stamp = path.stat().st_mtime_ns if path is not None and path.exists() else 0
-    overrides = tuple(os.environ.get(v, "") for v in ("TRACEMILL_DATA_ROOT", "TRACEMILL_CORPUS_ROOT",
-                                                      "MLFLOW_TRACKING_URI"))
-    return _profile_fields(str(path) if path else "", stamp, profile, overrides).get(name, "")
-
-
-@functools.lru_cache(maxsize=8)
-def _profile_fields(path: str, stamp: int, profile: str, overrides: tuple[str, ...]) -> dict[str, str]:
-    """The profile's fields, parsed once per config file version (the capture server opens a
-    workspace per request: no YAML parse on that path). The arguments are the cache key."""
-    from pipeline.config import load_config
-
-    return {k: str(v or "") for k, v in load_config(path or None).profile(profile)[1].model_dump().items()}
+    """A resolved setting (`data_root`, `corpus_root`, `mlflow_tracking_uri`, …): flag-free, so
+    environment variable > active profile > empty. Kept for callers that predate `pipeline.settings`."""
+    return str(getattr(current_settings(), name) or "")
 
 
 def data_root(home: Path, explicit: str | os.PathLike | None = None) -> AnyPath:
     """Root of all workspaces: explicit argument, else `$TRACEMILL_DATA_ROOT`, else the active profile's
-    `data_root`, else `<home>/workspaces`."""
-    value = explicit or os.environ.get("TRACEMILL_DATA_ROOT") or profile_setting("data_root")
+    `data_root`, else `<home>/workspaces` (the precedence of `pipeline.settings`)."""
+    value = explicit or current_settings(home=home).data_root
     return as_path(value) if value else home / "workspaces"
 
 

@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.settings import current_settings, default_tracking_uri
+
 MAX_PARAM_CHARS = 6000  # MLflow rejects longer param values
 _BATCH = 100  # params per log_batch call (MLflow's limit); metrics allow 1000
 
 
 def local_tracking_uri(home: str | Path) -> str:
-    return f"sqlite:///{Path(home).resolve() / 'mlflow' / 'mlflow.db'}"
+    """The sqlite store under a tracemill home (the built-in default of `pipeline.settings`)."""
+    return default_tracking_uri(home)
 
 
 def with_db_driver(uri: str) -> str:
@@ -79,18 +82,15 @@ class TrackedRun:
 
 
 class MlflowTracker:
-    """Tracks runs in one experiment. `tracking_uri=None` means the local sqlite DB under `home`
-    (default: the tracemill home), with artifacts in `<home>/mlflow/artifacts`."""
+    """Tracks runs in one experiment. `tracking_uri=None` means the resolved setting for `home`
+    (`$MLFLOW_TRACKING_URI`, else the active profile's, else the sqlite DB under the home); a sqlite
+    store keeps its artifacts beside it (`<home>/mlflow/artifacts`)."""
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = "tracemill",
                  artifact_root: str | Path | None = None, home: str | Path | None = None):
         if tracking_uri is None:
-            from pipeline.capture.workspace import home_dir
-
-            home = home_dir(home)
-            tracking_uri = local_tracking_uri(home)
-            artifact_root = artifact_root or home / "mlflow" / "artifacts"
-        elif artifact_root is None and tracking_uri.startswith("sqlite:///"):
+            tracking_uri = current_settings(home=home).tracking_uri
+        if artifact_root is None and tracking_uri.startswith("sqlite:///"):
             artifact_root = Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
         self.tracking_uri = with_db_driver(tracking_uri)
         self.experiment = experiment

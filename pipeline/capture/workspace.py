@@ -19,13 +19,14 @@ from pipeline.capture import fast_validate
 from pipeline.capture.landing import LandingWriter, landed_days
 from pipeline.capture.recorder import CaptureMethods
 from pipeline.schema import Outcome, Preference, Trajectory, utcnow
+from pipeline.settings import environment
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 def home_dir(home: str | os.PathLike | None = None) -> Path:
-    """The tracemill home: explicit argument, else `$TRACEMILL_HOME`, else `./.tracemill`."""
-    return Path(home or os.environ.get("TRACEMILL_HOME") or ".tracemill").resolve()
+    """The tracemill home: explicit argument, else `$TRACEMILL_HOME`, else `./.tracemill` (pipeline.settings)."""
+    return environment(home=home).home
 
 
 def check_name(name: str) -> str:

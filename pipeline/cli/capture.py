@@ -12,17 +12,13 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from pipeline.capture.workspace import home_dir
+from pipeline.cli.common import HomeOpt, JsonOpt, console, err, fail
 from pipeline.server import auth
 
 token_app = typer.Typer(help="Create, list and revoke API tokens of the capture server.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
-
-HomeOpt = Annotated[str | None, typer.Option("--home", envvar="TRACEMILL_HOME", help="tracemill home folder.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?i?b?)?\s*$", re.IGNORECASE)
 
 
@@ -42,12 +38,10 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind; keep loopba
           log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
           home: HomeOpt = None):
     """Run the capture server: agents POST trajectories, outcomes, preferences and OTLP traces."""
-    from pipeline.capture.workspace import home_dir
     from pipeline.server.app import serve as run_server
 
     if no_auth and host not in ("127.0.0.1", "localhost", "::1"):
-        err.print("[bold red]error:[/] --no-auth is only allowed on a loopback interface")
-        raise typer.Exit(2)
+        fail("--no-auth is only allowed on a loopback interface", code=2)
     limit = parse_size(max_body)
     if not no_auth and not auth.list_tokens(home):
         err.print("[yellow]no API tokens yet:[/] create one with `tracemill token create WORKSPACE --role writer`")
@@ -64,8 +58,7 @@ def token_create(workspace: Annotated[str, typer.Argument(help="Workspace the to
     try:
         token = auth.create_token(home, workspace, role, label=label)
     except ValueError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        fail(str(exc))
     if json:
         sys.stdout.write(orjson.dumps({"token": token, "workspace": workspace, "role": role}).decode() + "\n")
         return
@@ -95,8 +88,7 @@ def token_revoke(token_id: Annotated[str, typer.Argument(help="Token id (from `t
                  home: HomeOpt = None):
     """Revoke a token; the running server refuses it on the next request."""
     if not auth.revoke(home, token_id):
-        err.print(f"[bold red]error:[/] no token {token_id!r}")
-        raise typer.Exit(1)
+        fail(f"no token {token_id!r}")
     console.print(f"revoked {token_id}")
 
 

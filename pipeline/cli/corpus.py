@@ -8,28 +8,16 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err = Console(stderr=True)
+from pipeline.cli.common import HomeOpt, JsonOpt, RootOpt, console, fail, settings
+
 corpus_app = typer.Typer(help="Inspect, compare and export versioned corpora.", no_args_is_help=True)
-
-HomeOpt = Annotated[str | None, typer.Option("--home", envvar="TRACEMILL_HOME", help="tracemill home folder.")]
-RootOpt = Annotated[str | None, typer.Option("--root", envvar="TRACEMILL_CORPUS_ROOT",
-                                             help="Corpus root (default file://<home>/corpora).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(1)
 
 
 def _root(root: str | None, home: str | None) -> str:
-    from pipeline.capture.workspace import home_dir
-
-    return root or f"file://{home_dir(home) / 'corpora'}"
+    """The corpus root these flags select (flag > env > profile > file://<home>/corpora)."""
+    return settings(home, root).corpus_root_url
 
 
 def snapshot(
@@ -62,11 +50,11 @@ def snapshot(
         spec = CorpusSpec(name="cli", format=format, filter=filter, target=to, eval_fraction=eval_fraction,
                           redact=not no_redact, wait=WaitPolicy(**waits))
     except FilterError as exc:
-        _fail(f"--filter: {exc}")
+        fail(f"--filter: {exc}")
     except ValidationError as exc:
-        _fail(f"invalid option: {format_validation_error(exc)}")
+        fail(f"invalid option: {format_validation_error(exc)}")
     except (WorkspaceNotFound, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     with console.status("ingesting landed records and joining outcomes…"):
         lake_counts = refresh_lake(ws).as_dict()
     with console.status("curating…"):
@@ -99,7 +87,7 @@ def corpus_list(ref: Annotated[str, typer.Argument(help="Corpus, e.g. org/sft.")
     try:
         versions = list_versions(ref, root=_root(root, home))
     except CorpusNotFound as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if json:
         sys.stdout.write(orjson.dumps(versions, default=str).decode() + "\n")
         return
@@ -119,7 +107,7 @@ def corpus_show(ref: Annotated[str, typer.Argument(help="org/sft@v3 (latest when
     try:
         c = open_corpus(ref, root=_root(root, home))
     except LookupError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     df = c.to_polars()
     splits = dict(df["split"].value_counts().iter_rows()) if "split" in df.columns else {}
     out = {"ref": f"{c.url}@{c.version}", "rows": len(c), "splits": splits, "lineage": c.lineage}
@@ -145,7 +133,7 @@ def corpus_diff(a: str, b: str, home: HomeOpt = None, root: RootOpt = None, json
     try:
         d = diff_versions(a, b, root=_root(root, home))
     except LookupError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if json:
         sys.stdout.write(orjson.dumps(d, default=str).decode() + "\n")
         return

@@ -14,25 +14,15 @@ import sys
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from pipeline.capture.workspace import Workspace, WorkspaceNotFound
+from pipeline.cli.common import HomeOpt, JsonOpt, console, err, fail
 from pipeline.lake.grading import GradingReport, grade_workspace, materialized_days
-
-console = Console()
-err = Console(stderr=True)
-
-HomeOpt = Annotated[str | None, typer.Option("--home", envvar="TRACEMILL_HOME", help="tracemill home folder.")]
-
-
-def _fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(1)
 
 
 def load_grader(spec: str) -> Callable[[dict[str, Any]], Any]:
@@ -110,7 +100,7 @@ def grade(
     name: Annotated[str | None, typer.Option("--name", help="Outcome name (default: the function's name).")] = None,
     source: Annotated[str, typer.Option("--source", help="Outcome source: judge, human, test, env, …")] = "judge",
     home: HomeOpt = None,
-    json: Annotated[bool, typer.Option("--json", help="Machine-readable summary.")] = False,
+    json: JsonOpt = False,
 ) -> None:
     """Grade materialized trajectories with a function or LLM judge and land the outcomes in the workspace."""
     from pydantic import ValidationError
@@ -125,13 +115,13 @@ def grade(
         Outcome(trajectory_id="-", name=name, value=0.0, source=source)  # bad names fail here, not per row
         days, unmaterialized = select_days(ws, day, start, end)
     except ValidationError as exc:  # before ValueError, which it subclasses
-        _fail(f"invalid --name {name!r} or --source {source!r}: {exc.errors()[0]['msg']}")
+        fail(f"invalid --name {name!r} or --source {source!r}: {exc.errors()[0]['msg']}")
     except (WorkspaceNotFound, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     hint = (f"{', '.join(unmaterialized)} landed but not in the lake yet: run "
             f"`tracemill backfill --from {unmaterialized[0]} --to {unmaterialized[-1]}` first") if unmaterialized else ""
     if not days:
-        _fail(f"no materialized trajectories to grade in {workspace}" + (f"; {hint}" if hint else ""))
+        fail(f"no materialized trajectories to grade in {workspace}" + (f"; {hint}" if hint else ""))
     if unmaterialized and not json:
         err.print(f"[yellow]skipping[/] {hint}")
 

@@ -9,25 +9,15 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from pipeline.capture.workspace import Workspace, WorkspaceNotFound
+from pipeline.cli.common import HomeOpt, JsonOpt, console, err, fail
 
 app = typer.Typer(help="tracemill: agent trajectories → curated, versioned corpora → trained models.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 workspace_app = typer.Typer(help="Create, list, inspect and delete workspaces.", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
-console = Console()
-err = Console(stderr=True)
-
-HomeOpt = Annotated[str | None, typer.Option("--home", envvar="TRACEMILL_HOME", help="tracemill home folder.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
 
 
 def open_ws(name: str, home: str | None) -> Workspace:
@@ -35,7 +25,6 @@ def open_ws(name: str, home: str | None) -> Workspace:
         return Workspace.open(name, home=home, create=False)
     except (WorkspaceNotFound, ValueError) as exc:
         fail(str(exc))
-        raise  # unreachable; keeps type checkers calm
 
 
 @app.command()

@@ -14,16 +14,11 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from pipeline.capture.workspace import Workspace, WorkspaceNotFound
+from pipeline.cli.common import HomeOpt, JsonOpt, console, err, fail
 from pipeline.lake.backfill import BackfillEvent, BackfillResult, plan_backfill, run_backfill
-
-console = Console()
-err = Console(stderr=True)
-
-HomeOpt = Annotated[str | None, typer.Option("--home", envvar="TRACEMILL_HOME", help="tracemill home folder.")]
 
 
 def _progress(ev: BackfillEvent) -> None:
@@ -64,7 +59,7 @@ def backfill(
                                                help="One process per step instead of in-process.")] = False,
     daemon: Annotated[bool, typer.Option("--daemon", help="Queue one run per day for the running daemon "
                                                           "(`make ui`) and return, instead of running here.")] = False,
-    json: Annotated[bool, typer.Option("--json", help="Machine-readable summary.")] = False,
+    json: JsonOpt = False,
 ) -> None:
     """Re-ingest and re-join a range of days (raw_trajectories, outcomes, joined_trajectories),
     recorded in the Dagster instance so the UI and the sensors see it."""
@@ -73,13 +68,11 @@ def backfill(
                              in_process=not multiprocess, daemon=daemon)
         Workspace.open(plan.workspace, home=plan.home, create=False)
     except (ValueError, WorkspaceNotFound) as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        fail(str(exc))
     if daemon:
         if plan.overrides_workspace:
-            err.print(f"[bold red]error:[/] the daemon runs the workspace its code location was started with; "
-                      f"start `make ui` with a config for {plan.workspace!r}, or drop --daemon")
-            raise typer.Exit(1)
+            fail(f"the daemon runs the workspace its code location was started with; "
+                 f"start `make ui` with a config for {plan.workspace!r}, or drop --daemon")
         raise typer.Exit(subprocess.call(plan.command, env=plan.env))
     if not json:
         console.print(f"backfilling [bold]{plan.workspace}[/] {plan.days[0]} … {plan.days[-1]} "

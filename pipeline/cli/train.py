@@ -8,45 +8,34 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
 
+from pipeline.cli.common import HomeOpt, JsonOpt, RootOpt, console, err, fail, settings
 from pipeline.progress import progress_bar
 
-console = Console()
-err = Console(stderr=True)
 train_app = typer.Typer(help="Fine-tune from a pinned corpus version (org/name@vN).", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate checkpoints and show their reports.", no_args_is_help=True)
-
-HomeOpt = Annotated[str | None, typer.Option("--home", envvar="TRACEMILL_HOME", help="tracemill home folder.")]
-RootOpt = Annotated[str | None, typer.Option("--root", envvar="TRACEMILL_CORPUS_ROOT", help="Corpus root.")]
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(1)
-
 
 def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: int, learning_rate: float | None,
          batch_size: int, lora: bool, seed: int, tools_in_prompt: bool, home: str | None, root: str | None,
          track: bool, devices: int = 1) -> None:
-    from pipeline.capture.workspace import home_dir
     from pipeline.corpus.store import open_corpus
     from pipeline.train.stage import TRAIN_QUERY
 
     if devices < 1 or batch_size % devices:
-        _fail(f"--batch-size ({batch_size}, sequences per step) must be a multiple of --devices ({devices})")
-    hd = home_dir(home)
+        fail(f"--batch-size ({batch_size}, sequences per step) must be a multiple of --devices ({devices})")
+    resolved = settings(home, root)  # the same corpus root and MLflow URI as the Dagster resources
+    hd = resolved.home
     try:
-        c = open_corpus(corpus, root=root or f"file://{hd / 'corpora'}")
+        c = open_corpus(corpus, root=resolved.corpus_root_url)
     except LookupError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     have = c.lineage.get("format", "sft")
     if have != fmt:
-        _fail(f"{corpus} holds {have} rows, not {fmt}: use `tracemill train {have}` or snapshot with --format {fmt}")
+        fail(f"{corpus} holds {have} rows, not {fmt}: use `tracemill train {have}` or snapshot with --format {fmt}")
     if base_model == "tiny":
         base_model = str(hd / "models" / "tiny")
         if not (Path(base_model) / "config.json").exists():
-            _fail("no tiny model yet: run `make demo` or `tracemill snapshot` first, or pass --base-model PATH_OR_ID")
+            fail("no tiny model yet: run `make demo` or `tracemill snapshot` first, or pass --base-model PATH_OR_ID")
     view = c.query(TRAIN_QUERY)
     rows = view.rows(["input_ids", "loss_mask"]) if fmt == "sft" else view.rows()
     if not tools_in_prompt and fmt != "sft":
@@ -56,7 +45,7 @@ def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: in
     if track:
         from pipeline.tracking import MlflowTracker
 
-        tracker = MlflowTracker(home=hd)
+        tracker = MlflowTracker(resolved.tracking_uri)
     common = {"base_model": base_model, "output_dir": str(out), "max_steps": max_steps, "seed": seed,
               "devices": devices}
     tags = {"corpus": f"{c.url}@{c.version}", "content_hash": c.lineage.get("content_hash", ""), "source": "cli"}
@@ -128,13 +117,13 @@ for _fmt in ("sft", "dpo", "kto", "grpo"):
 
 @eval_app.command("report")
 def eval_report(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (evaluated by eval_<corpus>).")],
-                json: Annotated[bool, typer.Option("--json")] = False):
+                json: JsonOpt = False):
     """The checkpoint's eval report in the terminal: slices × metrics vs base and previous."""
     from pipeline.evaluate.render import rich_table
 
     path = checkpoint / "eval" / "report.json"
     if not path.exists():
-        _fail(f"no report at {path}: materialize the eval_<corpus> asset (or run `make demo`) first")
+        fail(f"no report at {path}: materialize the eval_<corpus> asset (or run `make demo`) first")
     report = orjson.loads(path.read_bytes())
     if json:
         sys.stdout.write(orjson.dumps(report).decode() + "\n")

@@ -10,7 +10,6 @@ snapshot reverts. Token ids and loss masks are int arrays next to the text, read
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,9 +20,8 @@ import deeplake
 import numpy as np
 import polars as pl
 
-from pipeline.capture.workspace import home_dir  # the one place that knows where the home is
 from pipeline.corpus import columns as io
-from pipeline.storage import profile_setting
+from pipeline.settings import current_settings
 
 HASH_COL = "row_hash"  # per-row content hash, stored so the next snapshot can compute a delta
 VERSION_RE = re.compile(r"^v([0-9]+)$")
@@ -43,12 +41,11 @@ class CorpusVersionNotFound(LookupError):
 
 def default_corpus_root() -> str:
     """`$TRACEMILL_CORPUS_ROOT`, else the active profile's `corpus_root`, else `<tracemill home>/corpora`
-    as a file:// URL."""
-    return _as_url(profile_setting("corpus_root") or str(home_dir() / "corpora"), env="TRACEMILL_CORPUS_ROOT")
+    as a file:// URL (the precedence of `pipeline.settings`)."""
+    return current_settings().corpus_root_url
 
 
-def _as_url(path: str, env: str | None = None) -> str:
-    path = (os.environ.get(env) if env else None) or path
+def _as_url(path: str) -> str:
     return path.rstrip("/") if path.startswith(SCHEMES) else "file://" + str(Path(path).resolve())
 
 
