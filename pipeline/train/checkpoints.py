@@ -22,6 +22,9 @@ from pipeline.logs import event, get_logger
 log = get_logger("train")
 SUMMARY_FILE = "tracemill_train.json"
 LATEST_FILE = "LATEST"
+# keys that summaries written by older versions may lack (checkpoints outlive the code that wrote them)
+_LEGACY_DEFAULTS: dict[str, Any] = {"format": "sft", "losses": [], "first_loss": float("nan"), "base_model": "",
+                                    "train_rows": 0, "size_mb": 0.0, "mlflow_run_id": None}
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,9 @@ class CheckpointInfo(Mapping[str, Any]):
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], reused: bool = False) -> CheckpointInfo:
-        """A summary as written by `to_json` (keys it does not know, from older or newer code, are ignored)."""
+        """A summary as written by `to_json`; keys it does not know (newer code) are ignored, keys older code
+        did not write get neutral values."""
+        data = {**_LEGACY_DEFAULTS, **data}
         names = {f.name for f in dataclasses.fields(Registration)}
         own = {f.name for f in dataclasses.fields(cls)} - {"registration", "reused"}
         return cls(**{k: v for k, v in data.items() if k in own}, reused=reused,
