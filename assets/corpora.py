@@ -83,14 +83,14 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
                                        tracemill.checkpoints_root(), mlflow.tracker(tracemill.home_path),
                                        tags={"dagster_run_id": context.run.run_id})
         return dg.MaterializeResult(metadata={
-            "checkpoint": dg.MetadataValue.path(str(res["checkpoint_dir"])),
-            "corpus_version": res["corpus_ref"], "reused": res["reused"], "steps": res["steps"],
-            "final_loss": res["final_loss"], "first_loss": res["first_loss"],
-            "tokens_per_second": res["tokens_per_second"], "train_seconds": res["train_seconds"],
-            "mlflow_run_id": res["mlflow_run_id"] or "", "size_mb": res["size_mb"],
-            "model_uri": res.get("model_uri", ""),  # the registered MLflow model version
-            **({"registration_error": res["registration_error"]} if res.get("registration_error") else {}),
-            "start_model": res["base_model"], "train_rows": res["train_rows"],
+            "checkpoint": dg.MetadataValue.path(str(res.checkpoint_dir)),
+            "corpus_version": res.corpus_ref, "reused": res.reused, "steps": res.steps,
+            "final_loss": res.final_loss, "first_loss": res.first_loss,
+            "tokens_per_second": res.tokens_per_second, "train_seconds": res.train_seconds,
+            "mlflow_run_id": res.mlflow_run_id or "", "size_mb": res.size_mb,
+            "model_uri": res.registration.model_uri or "",  # the registered MLflow model version
+            **({"registration_error": e} if (e := res.registration.registration_error) else {}),
+            "start_model": res.base_model, "train_rows": res.train_rows,
         })
 
     @dg.asset(name=f"eval_{name}", group_name="evaluation", deps=[checkpoint, corpus], kinds={"deeplake", "pytorch"},
@@ -101,16 +101,16 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
         rep = stage_eval.evaluate_corpus(spec, tracemill.corpus_root_url(), tracemill.checkpoints_dir(name),
                                          tracemill.base_model_path(), tracemill.open_workspace(),
                                          mlflow.tracker(tracemill.home_path))
-        metrics = {k: v for k, v in rep["offline"].items() if isinstance(v, int | float)}
-        online = {f"online_{k}": v for k, v in rep["online"].items()}
-        base = {f"base_online_{k}": v for k, v in rep["base_online"].items() if k == "success_rate"}
-        plots = {f"plot_{Path(p).stem}": dg.MetadataValue.path(p) for p in rep["plots"]}
+        metrics = {k: v for k, v in rep.offline.items() if isinstance(v, int | float)}
+        online = {f"online_{k}": v for k, v in rep.online.items()}
+        base = {f"base_online_{k}": v for k, v in rep.base_online.items() if k == "success_rate"}
+        plots = {f"plot_{Path(p).stem}": dg.MetadataValue.path(p) for p in rep.plots}
         return dg.MaterializeResult(metadata={
-            **metrics, **online, **base, **plots, "corpus_version": rep["corpus_ref"], "query": rep["query"],
-            "checkpoint": dg.MetadataValue.path(rep["checkpoint"]), "verdict": str(rep["verdict"]),
-            "gate_passed": rep["gate_passed"], "gate": rep["gate_message"],
-            "slices": dg.MetadataValue.json(rep["slices"]),
-            "report": dg.MetadataValue.md(rep["report_markdown"] or "_online eval off_"),
+            **metrics, **online, **base, **plots, "corpus_version": rep.corpus_ref, "query": rep.query,
+            "checkpoint": dg.MetadataValue.path(rep.checkpoint), "verdict": str(rep.verdict),
+            "gate_passed": rep.gate.passed, "gate": rep.gate.message,
+            "slices": dg.MetadataValue.json(rep.slices),
+            "report": dg.MetadataValue.md(rep.report_markdown or "_online eval off_"),
         })
 
     @dg.asset_check(asset=evaluation, blocking=True,
@@ -118,7 +118,7 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
                                 f"{spec.gate.margin} on {spec.gate.metric}; only then is it promoted to LATEST.")
     def not_worse_than_previous(tracemill: TracemillResource) -> dg.AssetCheckResult:
         gate = stage_eval.last_gate(tracemill.checkpoints_dir(name))
-        return dg.AssetCheckResult(passed=bool(gate["passed"]), metadata={"message": gate["message"]})
+        return dg.AssetCheckResult(passed=bool(gate.passed), metadata={"message": gate.message})
 
     return [curated, corpus, corpus_is_trainable, checkpoint, evaluation, not_worse_than_previous]
 

@@ -94,9 +94,10 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from pipeline.train.grpo import RLRecipe, train_grpo
-    from pipeline.train.preference import PrefRecipe, train_dpo, train_kto
-    from pipeline.train.sft import SFTRecipe, train_sft
+    from pipeline.train.grpo import train_grpo
+    from pipeline.train.preference import train_dpo, train_kto
+    from pipeline.train.recipes import PrefRecipe, RLRecipe, SFTRecipe
+    from pipeline.train.sft import train_sft
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,9 +113,9 @@ def main() -> None:
         }
         base = str(root / "sft")  # the others start from the SFT checkpoint
         runs["dpo"] = (train_dpo, PrefRecipe(base_model=base, output_dir=str(root / "dpo"), trainer="dpo",
-                                             max_steps=steps["dpo"], **common))
+                                             max_steps=steps["dpo"], learning_rate=1e-3, **common))  # earlier default: comparable figures
         runs["kto"] = (train_kto, PrefRecipe(base_model=base, output_dir=str(root / "kto"), trainer="kto",
-                                             max_steps=steps["kto"], **common))
+                                             max_steps=steps["kto"], learning_rate=1e-3, **common))
         runs["grpo"] = (train_grpo, RLRecipe(base_model=base, output_dir=str(root / "grpo"),
                                              max_steps=steps["grpo"], learning_rate=1e-4, **common))
         out: dict[str, Any] = {"bench": "train", "device": args.device, "torch_threads": torch.get_num_threads(),

@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from pipeline.train import launch
-from pipeline.train.sft import SFTRecipe, train_sft, train_sft_corpus
+from pipeline.train.recipes import SFTRecipe
+from pipeline.train.sft import train_sft, train_sft_corpus
 
 
 @pytest.fixture

@@ -169,7 +169,9 @@ def test_trl_trains_from_the_iterable_dataset(corpus, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from pipeline.train.sft import SFTRecipe, quiet_progress, sft_config
+    from pipeline.train.recipes import SFTRecipe
+    from pipeline.train.sft import sft_config
+    from pipeline.train.tracked_run import quiet_progress
 
     recipe = SFTRecipe(base_model=str(tiny_model_dir), output_dir=str(tmp_path), max_steps=2,
                        per_device_batch_size=4, max_length=ML, device="cpu")

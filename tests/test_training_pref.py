@@ -8,17 +8,10 @@ import math
 import pytest
 
 from pipeline.chat_format import tokenize_conversation
-from pipeline.train.preference import (
-    PrefRecipe,
-    _build_pref,
-    assistant_only,
-    completion_text,
-    dpo_dataset,
-    kto_dataset,
-    prompt_text,
-    train_dpo,
-    train_kto,
-)
+from pipeline.train.preference import _build_pref, train_dpo, train_kto
+from pipeline.train.recipes import PrefRecipe
+from pipeline.train.text_columns import completion_text, dpo_dataset, kto_dataset, prompt_text
+from pipeline.train.tool_masking import assistant_only
 from tests.conftest_model import TOOLS, make_conversations
 
 

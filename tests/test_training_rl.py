@@ -10,7 +10,8 @@ import pytest
 from pipeline.chat_format import render_prompt
 from pipeline.demo.rewards import final_answer_reward, format_reward, parse_ground_truth, tool_call_reward
 from pipeline.demo.world import SYSTEM_PROMPT, TOOLS, build_task, eval_tasks
-from pipeline.train.grpo import RLRecipe, rl_dataset, train_grpo
+from pipeline.train.grpo import rl_dataset, train_grpo
+from pipeline.train.recipes import RLRecipe
 
 TASK = build_task("rice", 3, 2.35, "EUR")  # 3 * 2.35 = 7.05 USD -> 6.49 EUR
 GT = json.dumps(TASK.to_dict())

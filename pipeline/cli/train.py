@@ -10,7 +10,10 @@ import orjson
 import typer
 
 from pipeline.cli.common import HomeOpt, JsonOpt, RootOpt, console, err, fail, settings
+from pipeline.config import TrainSettings
 from pipeline.progress import progress_bar
+from pipeline.train.checkpoints import register
+from pipeline.train.methods import METHODS, TrainSplit, method_for
 
 train_app = typer.Typer(help="Fine-tune from a pinned corpus version (org/name@vN).", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate checkpoints and show their reports.", no_args_is_help=True)
@@ -18,8 +21,9 @@ eval_app = typer.Typer(help="Evaluate checkpoints and show their reports.", no_a
 def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: int, learning_rate: float | None,
          batch_size: int, lora: bool, seed: int, tools_in_prompt: bool, home: str | None, root: str | None,
          track: bool, devices: int = 1) -> None:
+    """Train the method for `fmt` corpora on a pinned version, as the checkpoint asset does (same method
+    table, same recipe mapping and defaults; SFT streams from the version), then register the checkpoint."""
     from pipeline.corpus.store import open_corpus
-    from pipeline.train.stage import TRAIN_QUERY
 
     if devices < 1 or batch_size % devices:
         fail(f"--batch-size ({batch_size}, sequences per step) must be a multiple of --devices ({devices})")
@@ -31,60 +35,37 @@ def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: in
         fail(str(exc))
     have = c.lineage.get("format", "sft")
     if have != fmt:
-        fail(f"{corpus} holds {have} rows, not {fmt}: use `tracemill train {have}` or snapshot with --format {fmt}")
+        fail(f"{corpus} holds {have} rows, not {fmt}: use `tracemill train {method_for(have).name}` "
+             f"or snapshot with --format {fmt}")
     if base_model == "tiny":
         base_model = str(hd / "models" / "tiny")
         if not (Path(base_model) / "config.json").exists():
             fail("no tiny model yet: run `make demo` or `tracemill snapshot` first, or pass --base-model PATH_OR_ID")
-    view = c.query(TRAIN_QUERY)
-    rows = view.rows(["input_ids", "loss_mask"]) if fmt == "sft" else view.rows()
-    if not tools_in_prompt and fmt != "sft":
-        rows = [{**r, "tools": "[]"} for r in rows]
+    method = method_for(fmt)
+    split = TrainSplit(c, f"{c.url}@{c.version}", tools_in_prompt=tools_in_prompt)
     out = out or hd / "checkpoints" / "cli" / f"{fmt}-{c.version}"
+    lr = {} if learning_rate is None else {"learning_rate": learning_rate}  # else the corpus spec's default
+    train_settings = TrainSettings(max_steps=max_steps, batch_size=batch_size, lora=lora, seed=seed, devices=devices,
+                                   **lr)
+    recipe = method.make_recipe(train_settings, base_model, str(out))
     tracker = None
     if track:
         from pipeline.tracking import MlflowTracker
 
         tracker = MlflowTracker(resolved.tracking_uri)
-    common = {"base_model": base_model, "output_dir": str(out), "max_steps": max_steps, "seed": seed,
-              "devices": devices}
     tags = {"corpus": f"{c.url}@{c.version}", "content_hash": c.lineage.get("content_hash", ""), "source": "cli"}
-    console.print(f"training {fmt} on [bold]{c.url}@{c.version}[/] ({len(rows)} train rows) from {base_model}"
+    console.print(f"training {fmt} on [bold]{c.url}@{c.version}[/] ({len(split)} train rows) from {base_model}"
                   + (f" on {devices} devices" if devices > 1 else ""))
     with progress_bar(f"{fmt} steps"):
-        res = _fit(fmt, rows, common, learning_rate, batch_size // devices, lora, tracker, tags)
+        res = method.train(split, recipe, tracker, tags)
     console.print(f"saved [bold]{res.checkpoint_dir}[/]: {res.steps} steps, loss {res.losses[0]:.3f} → "
                   f"{res.final_loss:.3f}, {res.tokens_per_second:,.0f} tokens/s, MLflow run {res.mlflow_run_id}")
     if tracker is not None and res.mlflow_run_id:
-        from pipeline.train.stage import register
-
         reg = register(tracker, res.mlflow_run_id, res.checkpoint_dir, c.url.rstrip("/").rsplit("/", 1)[-1], tags)
-        if "model_uri" in reg:
-            console.print(f"registered as [bold]{reg['model_uri']}[/]")
+        if reg.model_uri:
+            console.print(f"registered as [bold]{reg.model_uri}[/]")
         else:
-            err.print(f"[yellow]checkpoint kept, but not registered in MLflow:[/] {reg['registration_error']}")
-
-
-def _fit(fmt: str, rows: list, common: dict, learning_rate: float | None, batch_size: int, lora: bool,
-         tracker: object, tags: dict):
-    """Dispatch to the trainer of the corpus's format (imports are heavy: only the one needed);
-    `batch_size` is per device here."""
-    if fmt == "sft":
-        from pipeline.train.sft import SFTRecipe, train_sft
-
-        return train_sft(rows, SFTRecipe(**common, learning_rate=learning_rate or 2e-3, per_device_batch_size=batch_size),
-                        tracker=tracker, run_tags=tags)
-    if fmt in ("dpo", "kto"):
-        from pipeline.train.preference import PrefRecipe, train_pref
-
-        return train_pref(rows, PrefRecipe(**common, trainer=fmt, learning_rate=learning_rate or 1e-4,
-                                          per_device_batch_size=max(2, batch_size), lora=lora),
-                         tracker=tracker, run_tags=tags)
-    from pipeline.train.grpo import RLRecipe, train_grpo
-
-    return train_grpo(rows, RLRecipe(**common, learning_rate=learning_rate or 1e-5,
-                                     per_device_batch_size=max(4, batch_size - batch_size % 4), lora=lora),
-                      tracker=tracker, run_tags=tags)
+            err.print(f"[yellow]checkpoint kept, but not registered in MLflow:[/] {reg.registration_error}")
 
 
 def _command(fmt: str):
@@ -111,8 +92,8 @@ def _command(fmt: str):
     return command
 
 
-for _fmt in ("sft", "dpo", "kto", "grpo"):
-    train_app.command(_fmt)(_command("rl" if _fmt == "grpo" else _fmt))
+for _method in METHODS:  # one `tracemill train <method>` command per training method
+    train_app.command(_method.name)(_command(_method.corpus_format))
 
 
 @eval_app.command("report")

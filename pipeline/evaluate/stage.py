@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,46 @@ import orjson
 
 from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec
+from pipeline.corpus.store import open_corpus, resolve_corpus_url
+from pipeline.evaluate.compare import build_report, gate, offline_section
+from pipeline.evaluate.online import online_eval
+from pipeline.evaluate.plots import plots
+from pipeline.evaluate.publish import log_report
+from pipeline.evaluate.render import markdown_report
+from pipeline.train.checkpoints import finished_checkpoints, promote
+from pipeline.train.methods import method_for
+from pipeline.train.tracked_run import quiet_progress
+
+GATE_FILE = "gate.json"
 
 
-def finished_checkpoints(checkpoints: Path) -> list[dict[str, Any]]:
-    """Summaries of finished trainings under a corpus's checkpoint folder, oldest first."""
-    done = [orjson.loads(p.read_bytes()) for p in checkpoints.glob("*/tracemill_train.json")]
-    return sorted(done, key=lambda s: s["finished_at"])
+@dataclass(frozen=True)
+class Gate:
+    """The promotion gate's verdict on a checkpoint (`eval/gate.json`)."""
+
+    passed: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What evaluating a checkpoint gave: offline metrics (the eval slice and the named slices), online
+    summaries of the checkpoint, the base model and the previous checkpoint, the verdict and the gate, the
+    markdown report and the plots drawn."""
+
+    checkpoint: str
+    corpus_ref: str
+    query: str
+    offline: dict[str, Any]
+    slices: dict[str, dict[str, Any]]
+    online: dict[str, Any]
+    base_online: dict[str, Any]
+    previous_online: dict[str, Any]
+    verdict: str | None
+    gate: Gate
+    report_markdown: str
+    plots: list[str] = field(default_factory=list)
+    mlflow_run_id: str | None = None
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -39,32 +75,17 @@ def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def offline_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str, query: str | None = None) -> dict[str, Any]:
-    """Teacher-forced and generation metrics on one slice (a TQL query) of the trained version."""
-    from pipeline.train.sft import quiet_progress
-
+    """The training method's offline metrics on one slice (a TQL query) of the trained version."""
     with quiet_progress():  # no 'Loading weights' bar per model and slice in the run log
         return _offline_metrics(spec, corpus_url, checkpoint_dir, query)
 
 
 def _offline_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str, query: str | None) -> dict[str, Any]:
-    from pipeline.corpus.store import open_corpus
-
-    corpus = open_corpus(corpus_url)
-    rows = corpus.query(query or spec.eval.query).rows()
-    if not rows:
-        return {"n_rows": 0}
-    if spec.format == "sft":
-        from pipeline.evaluate.offline import evaluate_checkpoint
-
-        # prompts look like the training sequences did; the tool schemas still check the generated arguments
-        return evaluate_checkpoint(checkpoint_dir, rows, max_examples=spec.eval.max_examples,
-                                   max_new_tokens=spec.eval.max_new_tokens,
-                                   tools_in_prompt=spec.tools_in_prompt) | {"n_rows": len(rows)}
-    if spec.format in ("dpo", "kto"):
-        from pipeline.evaluate.offline import preference_accuracy
-
-        return preference_accuracy(checkpoint_dir, rows, tools_in_prompt=spec.tools_in_prompt) | {"n_rows": len(rows)}
-    return {"n_rows": len(rows)}
+    rows = open_corpus(corpus_url).query(query or spec.eval.query).rows()
+    evaluate = method_for(spec.format).offline_eval
+    if not rows or evaluate is None:
+        return {"n_rows": len(rows)}
+    return evaluate(spec, checkpoint_dir, rows) | {"n_rows": len(rows)}
 
 
 def slice_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str) -> dict[str, dict[str, Any]]:
@@ -88,8 +109,6 @@ def slices_markdown(primary: dict[str, Any], slices: dict[str, dict[str, Any]], 
 
 def _online(spec: CorpusSpec, checkpoint_dir: str | None, ws: Workspace | None, tag: str,
             cache: Path) -> dict[str, Any] | None:
-    from pipeline.evaluate.online import online_eval
-
     if spec.online.n_tasks == 0:
         return None
     cached = _read(cache)
@@ -103,20 +122,14 @@ def _online(spec: CorpusSpec, checkpoint_dir: str | None, ws: Workspace | None, 
 
 
 def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_model_path: str,
-                    ws: Workspace | None = None, tracker: Any = None) -> dict[str, Any]:
+                    ws: Workspace | None = None, tracker: Any = None) -> EvalResult:
     """Evaluate the newest checkpoint of a corpus; returns metrics, the report and the gate verdict."""
-    from pipeline.corpus.store import resolve_corpus_url
-    from pipeline.evaluate.compare import build_report, gate, offline_section
-    from pipeline.evaluate.plots import plots
-    from pipeline.evaluate.publish import log_report
-    from pipeline.evaluate.render import markdown_report
-
     done = finished_checkpoints(checkpoints)
     if not done:
         raise FileNotFoundError(f"no finished checkpoint under {checkpoints}: materialize checkpoint_{spec.name} first")
     ckpt, prev = done[-1], (done[-2] if len(done) > 1 else None)
-    ckpt_dir = Path(ckpt["checkpoint_dir"])
-    version = ckpt["corpus_ref"].rsplit("@", 1)[1]
+    ckpt_dir = Path(ckpt.checkpoint_dir)
+    version = ckpt.corpus_ref.rsplit("@", 1)[1]
     url = f"{resolve_corpus_url(spec.target, corpus_root)}@{version}"
     offline = offline_metrics(spec, url, str(ckpt_dir))
     slices = slice_metrics(spec, url, str(ckpt_dir))
@@ -140,36 +153,37 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
     if current is None:  # offline numbers are then the whole evaluation: still draw them
         files = plots({"offline": offline_section(offline_tables, examples)}, ckpt_dir / "eval")
     else:
-        curve = [(i + 1, v) for i, v in enumerate(ckpt.get("losses") or [])]
+        curve = [(i + 1, v) for i, v in enumerate(ckpt.losses or [])]
         report = build_report(current, base=base, previous=previous, loss_curve=curve, offline=offline_tables,
                               offline_per_example=examples)
         report_md, verdict = markdown_report(report, title=f"eval_{spec.name} — {spec.target}@{version}"), report["verdict"]
         out = ckpt_dir / "eval"
-        if tracker is not None and ckpt.get("mlflow_run_id"):
-            files = log_report(tracker, ckpt["mlflow_run_id"], report, out)
+        if tracker is not None and ckpt.mlflow_run_id:
+            files = log_report(tracker, ckpt.mlflow_run_id, report, out)
         else:
             files = plots(report, out)
         gate_ok, gate_msg = gate(current, previous, spec.gate.metric, spec.gate.margin)
-    if tracker is not None and ckpt.get("mlflow_run_id"):
-        tracker.log_metrics_to_run(ckpt["mlflow_run_id"], {f"eval_{k}": v for k, v in _clean(offline).items()
-                                                           if isinstance(v, int | float)})
+    if tracker is not None and ckpt.mlflow_run_id:
+        tracker.log_metrics_to_run(ckpt.mlflow_run_id, {f"eval_{k}": v for k, v in _clean(offline).items()
+                                                        if isinstance(v, int | float)})
     report_md = slices_markdown(_clean(offline), slices, spec.eval.query) + "\n" + report_md
-    result = {"checkpoint": str(ckpt_dir), "corpus_ref": ckpt["corpus_ref"], "query": spec.eval.query,
-              "offline": _clean(offline), "slices": slices, "online": _summary(current), "base_online": _summary(base),
-              "previous_online": _summary(previous), "verdict": verdict, "gate_passed": gate_ok,
-              "gate_message": gate_msg, "report_markdown": report_md, "plots": [str(f) for f in files if str(f).endswith(".png")],
-              "mlflow_run_id": ckpt.get("mlflow_run_id")}
-    _write(ckpt_dir / "eval" / "gate.json", {"passed": gate_ok, "message": gate_msg})
+    verdict_gate = Gate(gate_ok, gate_msg)
+    _write(ckpt_dir / "eval" / GATE_FILE, {"passed": gate_ok, "message": gate_msg})
     if gate_ok:
-        (checkpoints / "LATEST").write_text(str(ckpt_dir))
-        if tracker is not None and ckpt.get("model_version"):
-            tracker.promote(ckpt["registered_model"], ckpt["model_version"])  # models:/tracemill-<corpus>@champion
-    return result
+        promote(checkpoints, ckpt_dir)
+        if tracker is not None and ckpt.registration.model_version:  # models:/tracemill-<corpus>@champion
+            tracker.promote(ckpt.registration.registered_model, ckpt.registration.model_version)
+    return EvalResult(
+        checkpoint=str(ckpt_dir), corpus_ref=ckpt.corpus_ref, query=spec.eval.query, offline=_clean(offline),
+        slices=slices, online=_summary(current), base_online=_summary(base), previous_online=_summary(previous),
+        verdict=verdict, gate=verdict_gate, report_markdown=report_md,
+        plots=[str(f) for f in files if str(f).endswith(".png")], mlflow_run_id=ckpt.mlflow_run_id)
 
 
-def previous_online(spec: CorpusSpec, ckpt: dict[str, Any], prev: dict[str, Any] | None) -> dict[str, Any] | None:
+def previous_online(spec: CorpusSpec, ckpt: Mapping[str, Any], prev: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """What a new checkpoint must not be worse than: the previous checkpoint of the same corpus, or — for
-    the first DPO/RL checkpoint — the checkpoint it started from (e.g. SFT), on the same held-out tasks."""
+    the first DPO/RL checkpoint — the checkpoint it started from (e.g. SFT), on the same held-out tasks.
+    Checkpoints are `CheckpointInfo`s or their JSON (both map the summary file's keys)."""
     name = f"online-{spec.online.seed}-{spec.online.n_tasks}.json"
     if prev is not None:
         return _read(Path(prev["checkpoint_dir"]) / "eval" / name)
@@ -183,7 +197,7 @@ def pop_examples(tables: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[
     return {name: ex for name, m in tables.items() if (ex := m.pop("per_example", None))}
 
 
-def previous_model(spec: CorpusSpec, ckpt: dict[str, Any], prev: dict[str, Any] | None) -> str | None:
+def previous_model(spec: CorpusSpec, ckpt: Mapping[str, Any], prev: Mapping[str, Any] | None) -> str | None:
     """The model a new checkpoint is compared with: the previous checkpoint of the corpus, else the
     checkpoint it started from (init_from), else none."""
     if prev is not None:
@@ -215,14 +229,8 @@ def _summary(rep: dict[str, Any] | None) -> dict[str, Any]:
     return _clean({k: rep.get(k) for k in keys})
 
 
-def promoted_checkpoint(checkpoints: Path) -> str | None:
-    """The checkpoint that passed its gate most recently (what downstream consumers should use)."""
-    latest = checkpoints / "LATEST"
-    return latest.read_text().strip() if latest.exists() else None
-
-
-def last_gate(checkpoints: Path) -> dict[str, Any]:
+def last_gate(checkpoints: Path) -> Gate:
     """The gate verdict of the newest evaluated checkpoint."""
     done = finished_checkpoints(checkpoints)
-    gate = _read(Path(done[-1]["checkpoint_dir"]) / "eval" / "gate.json") if done else None
-    return gate or {"passed": False, "message": "no evaluated checkpoint yet"}
+    verdict = _read(Path(done[-1].checkpoint_dir) / "eval" / GATE_FILE) if done else None
+    return Gate(**verdict) if verdict else Gate(False, "no evaluated checkpoint yet")

@@ -17,49 +17,12 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from pydantic import Field, model_validator
-
 from pipeline.environment import DEFAULT_ENVIRONMENT, RewardFunction, load_environment
-from pipeline.train.preference import (
-    LoraFields,
-    common_args,
-    load_policy,
-    lora_config,
-    prompt_text,
-    run_tracked,
-)
-from pipeline.train.sft import RecipeBase, TrainResult
-
-
-class RLRecipe(RecipeBase, LoraFields):
-    """Everything that decides a GRPO run; logged as MLflow params and saved next to the model."""
-
-    base_model: str = Field(description="HF model id or local model directory to start from (ideally SFT-trained).")
-    output_dir: str = Field(description="Where the tuned model + tokenizer are saved (plain HF layout, LoRA merged).")
-    max_steps: int = Field(50, ge=1, description="Optimizer steps.")
-    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
-    per_device_batch_size: int = Field(8, ge=1, description="Completions per step; a multiple of num_generations.")
-    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group GRPO normalises in).")
-    max_completion_length: int = Field(48, ge=1, description="Generated tokens per completion (one assistant turn).")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature during rollouts.")
-    beta: float = Field(0.0, ge=0, description="KL coefficient to the reference model; 0 (TRL's default) loads none.")
-    reward_weights: list[float] | None = Field(
-        None, description="Weights of (final_answer, tool_call, format) rewards; None = all 1.")
-    seed: int = Field(0, description="Seed for data order and sampling.")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps with linear warmup.")
-    lr_scheduler_type: str = Field("constant", description="transformers scheduler name.")
-    logging_steps: int = Field(1, ge=1, description="Log loss / rewards every N steps.")
-    lora: bool = Field(False, description="Train LoRA adapters instead of all weights.")
-    run_name: str | None = Field(None, description="MLflow run name (default: grpo-<output dir name>).")
-
-    @model_validator(mode="after")
-    def _whole_groups(self) -> RLRecipe:
-        if (self.per_device_batch_size * self.gradient_accumulation_steps * self.devices) % self.num_generations:
-            raise ValueError("per_device_batch_size * gradient_accumulation_steps * devices must be a multiple of "
-                             "num_generations (whole groups per generation batch)")
-        if self.reward_weights is not None and len(self.reward_weights) != 3:
-            raise ValueError("reward_weights needs 3 values: final_answer, tool_call, format")
-        return self
+from pipeline.train import launch
+from pipeline.train.recipes import RLRecipe
+from pipeline.train.result import TrainResult
+from pipeline.train.text_columns import prompt_text
+from pipeline.train.tracked_run import common_args, load_policy, lora_config, run_tracked
 
 
 def rl_dataset(rows: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, str]], int]:
@@ -112,8 +75,6 @@ def train_grpo(rows: Iterable[Mapping[str, Any]], recipe: RLRecipe, tracker: Any
         raise ValueError(f"no usable RL row ({skipped} skipped): nothing to train on")
     params = {"train_rows": len(data), "skipped_rows": skipped,
               "reward_functions": "final_answer_reward,tool_call_reward,format_reward"}
-    from pipeline.train import launch
-
     if launch.should_launch(recipe.devices):
         return launch.launch("grpo", {"data": data, "params": params}, recipe, tracker, run_tags)
     return fit_grpo(data, params, recipe, tracker, run_tags, environment=environment)
@@ -124,3 +85,9 @@ def fit_grpo(data: list[dict[str, str]], params: Mapping[str, Any], recipe: RLRe
              environment: str = DEFAULT_ENVIRONMENT) -> TrainResult:
     """Train on prepared prompts in this process (one rank of a launched group, or alone)."""
     return run_tracked("grpo", recipe, _build(data, recipe, environment), params, tracker, run_tags, callbacks)
+
+
+def fit_launched(payload: Mapping[str, Any], recipe: RLRecipe, tracker: Any = None,
+                 run_tags: Mapping[str, str] | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """One rank of a launched group: `payload` is the prompts and params `train_grpo` prepared."""
+    return fit_grpo(payload["data"], payload["params"], recipe, tracker, run_tags, callbacks)

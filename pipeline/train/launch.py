@@ -2,7 +2,7 @@
 
 Why a child group and not `accelerate launch tracemill …` around the whole pipeline: the Dagster step, the CLI
 and tests call `train_sft` / `train_pref` / `train_grpo` in-process; when `recipe.devices > 1` those hand their
-*prepared* rows (plain ints and strings, as JSON) to `pipeline.train.worker`, one process per device (DDP), and
+*prepared* rows (plain ints and strings, as JSON, or a corpus stream's settings) to `pipeline.train.worker`, one process per device (DDP), and
 return the same `TrainResult` as a single-process run. The parent owns the MLflow run (so a crashed or killed
 group still ends it FAILED, and there is one run per training); rank 0 logs into it by run id, saves the
 checkpoint and writes the result; every rank writes a short report (`tracemill_launch.json` in the checkpoint).
@@ -34,6 +34,7 @@ import orjson
 
 from pipeline.progress import report
 from pipeline.train.devices import machine_facts, settings_for
+from pipeline.train.result import TrainResult
 
 PROGRESS = "@@tracemill-progress "  # worker → parent step reports, not echoed
 WORKER_ENV = "TRACEMILL_WORKER"
@@ -125,18 +126,16 @@ def _echo_stderr(line: str) -> None:
 
 def launch(kind: str, payload: Mapping[str, Any], recipe: Any, tracker: Any = None,
            run_tags: Mapping[str, str] | None = None, echo: Callable[[str], None] = _echo_stderr) -> Any:
-    """Train `payload` (prepared rows) with `recipe.devices` processes; returns rank 0's `TrainResult`.
+    """Train `payload` (prepared rows, or a corpus stream's settings) with `recipe.devices` processes, each
+    running the `kind` training method's `fit_launched`; returns rank 0's `TrainResult`.
     Child output goes to `echo` (stderr: stdout stays the caller's, e.g. `--json`)."""
-    from pipeline.train.sft import TrainResult
-
     devices, settings = recipe.devices, settings_for(recipe.device)
     if settings.device == "cuda" and machine_facts().gpus < devices:
         raise ValueError(f"devices={devices} but only {machine_facts().gpus} CUDA device(s) are visible")
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    trainer = kind.removesuffix("_corpus")  # sft_corpus: SFT fed by a corpus stream
-    tags = {"trainer": trainer, "launcher": "accelerate", "devices": str(devices), **dict(run_tags or {})}
-    run_ctx = (tracker.start_run(recipe.run_name or f"{trainer}-{out.name}", tags=tags)
+    tags = {"trainer": kind, "launcher": "accelerate", "devices": str(devices), **dict(run_tags or {})}
+    run_ctx = (tracker.start_run(recipe.run_name or f"{kind}-{out.name}", tags=tags)
                if tracker is not None else contextlib.nullcontext(None))
     with tempfile.TemporaryDirectory(prefix="tracemill-launch-") as tmp, run_ctx as run:
         work = Path(tmp)

@@ -6,7 +6,7 @@ blocks, and pads a whole buffer with a handful of numpy calls while a thread pre
 
 An epoch is a pure function of (seed, epoch, rank, world_size) and the row lengths:
 1. rows: the version's rows (or a TQL query's, by row number in the version) minus rows with no
-   trainable token after truncation, i.e. the rows `training.prepare_rows` keeps. That costs one pass
+   trainable token after truncation, i.e. the rows `sft.prepare_rows` keeps. That costs one pass
    over `loss_mask` (1 byte a token) at construction, which also gives the lengths (`len()` is exact,
    batches are planned before any token is read) and run-length codes the masks (epochs then read
    only `input_ids`).
@@ -18,89 +18,26 @@ An epoch is a pure function of (seed, epoch, rank, world_size) and the row lengt
 4. each rank walks its segment in buffers of ~`buffer_blocks * block_size` rows, a multiple of
    `batch_size` so only the last batch can be short: rows are shuffled in the buffer, sorted by length
    (`group_by_length`), cut into batches, and the batch order is shuffled.
-Truncation keeps the start of a sequence, as `training.prepare_rows` does.
+Truncation keeps the start of a sequence, as `sft.prepare_rows` does.
 """
 
 from __future__ import annotations
 
 import sys
-import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.corpus.store import open_corpus
+from pipeline.train.blocks import ARENA, IGNORE, ArenaPool, Buffer, read_rows, run_lengths, take
 
-IGNORE = -100  # label of tokens without loss (transformers' ignore_index)
 ROW_COL = "tmrow"  # row-number column added under a query; TQL identifiers may not start with "_"
 TOKEN_COLS = ("input_ids", "loss_mask")
-ARENA = (("input_ids", np.int64), ("attention_mask", np.int64), ("labels", np.int64), ("loss_mask", np.uint8))
 Plan = list[tuple[np.ndarray, list[np.ndarray]]]  # per buffer: stream positions, batches (buffer-local)
-
-
-def read_rows(dataset: Any, column: str, idx: np.ndarray) -> Any:
-    """Rows `idx` (ascending) of a column: one span read, then picked, unless the span is over 16x the
-    rows wanted (an index-list read costs ~30 us a row in Deeplake 4.7, a span ~1.5 us)."""
-    lo, hi = int(idx[0]), int(idx[-1]) + 1
-    if hi - lo > 16 * len(idx):
-        return dataset[column][idx.tolist()]
-    values = dataset[column][lo:hi]
-    if hi - lo == len(idx):
-        return values
-    return values[idx - lo] if isinstance(values, np.ndarray) else list(_take(values, idx - lo))
-
-
-def _take(items: Sequence[Any], order: np.ndarray, cut: int | None = None) -> Sequence[Any]:
-    """`items` in `order` (a C-level gather), each cut to `cut` when given."""
-    idx = order.tolist()
-    picked = (items[idx[0]],) if len(idx) == 1 else itemgetter(*idx)(items)
-    return picked if cut is None else [a[:cut] for a in picked]
-
-
-@dataclass
-class _Buffer:
-    """A buffer's rows in yield order: flat (row after row) and, when padded, one arena per tensor that
-    every batch of the buffer is a view of."""
-
-    rows: np.ndarray  # row number in the version
-    lens: np.ndarray  # truncated lengths
-    starts: np.ndarray  # offset of each row in `ids` / `labels`
-    ids: np.ndarray  # int32 token ids, truncated rows back to back
-    labels: np.ndarray  # int32, IGNORE where loss_mask == 0
-    extra: dict[str, Any]
-    spans: list[tuple[int, int, int, int]]  # per batch: first row, rows, arena offset, width
-    arena: dict[str, np.ndarray] | None = None
-
-
-class _ArenaPool:
-    """Buffer memory is reused once nothing views it any more (its refcount is back to the pool's own):
-    fresh ~50 MB buffers cost page faults worth a quarter of the loader's time. A batch the consumer
-    keeps just keeps its buffer's memory out of the pool."""
-
-    def __init__(self, size: int) -> None:
-        self.size, self.raw, self.lock = size, [], threading.Lock()
-
-    def take(self, layout: list[tuple[str, Any, int]]) -> dict[str, np.ndarray]:
-        """Arrays (name, dtype, length) carved from one block, widest dtype first so all are aligned."""
-        layout = sorted(layout, key=lambda x: -np.dtype(x[1]).itemsize)
-        sizes = [n * np.dtype(t).itemsize for _, t, n in layout]
-        with self.lock:  # `self.raw[i]` is referenced by the list and getrefcount's argument only
-            free = [i for i in range(len(self.raw)) if sys.getrefcount(self.raw[i]) == 2]
-            fits = [i for i in free if self.raw[i].nbytes >= sum(sizes)]
-            raw = self.raw[fits[0]] if fits else np.empty(sum(sizes) * 5 // 4, np.uint8)
-            if not fits and free:
-                self.raw[free[0]] = raw  # a free block that is too small gives way
-            elif not fits and len(self.raw) < self.size:
-                self.raw.append(raw)
-        ends = np.cumsum(sizes).tolist()
-        return {name: raw[end - k:end].view(t)
-                for (name, t, _), k, end in zip(layout, sizes, ends, strict=True)}
 
 
 class CorpusLoader:
@@ -128,7 +65,7 @@ class CorpusLoader:
         self._ds = self.corpus.dataset
         rows = self._select(query)
         self._rows, self._full, self._lens, self._mask_runs = self._scan(rows, skip_untrainable, cache_masks)
-        self._arenas = _ArenaPool(prefetch + 3)
+        self._arenas = ArenaPool(prefetch + 3)
         self.stats = {"batches": 0, "rows": 0, "tokens": 0, "slots": 0}
 
     def _select(self, query: str | None) -> np.ndarray:
@@ -142,7 +79,7 @@ class CorpusLoader:
 
     def _scan(self, rows: np.ndarray, skip: bool, cache: bool | None) -> tuple[np.ndarray, ...]:
         """Full and truncated lengths; drops rows with no loss on tokens 1..max_length-1 (token 0 is never
-        predicted), like `training.prepare_rows`: they give NaN or silently zero losses. Also keeps the
+        predicted), like `sft.prepare_rows`: they give NaN or silently zero losses. Also keeps the
         truncated masks run-length coded: a loss mask is a few assistant spans, so epochs need not read
         `loss_mask` again (that read and its per-row arrays were a third of the time). Masks more
         fragmented than a run per 8 tokens are read per buffer instead (`cache_masks=None`, auto)."""
@@ -158,7 +95,7 @@ class CorpusLoader:
                 hits = np.concatenate([[0], np.cumsum(flat)])
                 keep[i:i + len(lens)] = (cut >= 2) & (hits[starts + cut] > hits[starts + np.minimum(cut, 1)])
             if runs is not None and cache is not False:
-                runs.append(_runs(flat, starts, cut))
+                runs.append(run_lengths(flat, starts, cut))
                 n_runs, n_tokens = n_runs + len(runs[-1][0]), n_tokens + int(cut.sum())
                 runs = None if cache is None and 8 * n_runs > n_tokens else runs
         mask_runs = None
@@ -225,7 +162,7 @@ class CorpusLoader:
         """Share of pad slots in the batches yielded so far by the current (or last) pass."""
         return 1 - self.stats["tokens"] / self.stats["slots"] if self.stats["slots"] else 0.0
 
-    def load(self, pos: np.ndarray, batches: list[np.ndarray], pad: bool = True) -> _Buffer:
+    def load(self, pos: np.ndarray, batches: list[np.ndarray], pad: bool = True) -> Buffer:
         """Read the rows at stream positions `pos` (one span read per run of consecutive positions), lay
         them out in batch order and, with `pad`, fill the arena that every batch is a view of."""
         ids, masks, extra = [], [], {c: [] for c in self.extra}
@@ -249,9 +186,9 @@ class CorpusLoader:
         mem = self._arenas.take([("ids", np.int32, n), ("flat_labels", np.int32, n), ("mask", np.uint8, n),
                                  ("no_loss", np.bool_, n), *((name, t, slots) for name, t in ARENA)])
         flat, labels, no_loss = mem["ids"], mem["flat_labels"], mem["no_loss"]
-        np.concatenate(_take(ids, order, cut), out=flat)
+        np.concatenate(take(ids, order, cut), out=flat)
         if self._mask_runs is None:
-            np.equal(np.concatenate(_take(masks, order, cut), out=mem["mask"]), 0, out=no_loss)
+            np.equal(np.concatenate(take(masks, order, cut), out=mem["mask"]), 0, out=no_loss)
         else:  # expand the rows' runs, gathered in batch order
             run_lens, run_no_loss, first, count = self._mask_runs
             first, count = first[pos[order]], count[pos[order]]
@@ -260,8 +197,8 @@ class CorpusLoader:
         np.copyto(labels, flat)
         np.copyto(labels, np.int32(IGNORE), where=no_loss)
         extra = {c: np.concatenate(v)[order] if isinstance(v[0], np.ndarray)
-                 else list(_take([x for part in v for x in part], order)) for c, v in extra.items()}
-        buf = _Buffer(self._rows[pos][order], lens, np.cumsum(lens) - lens, flat, labels, extra, spans)
+                 else list(take([x for part in v for x in part], order)) for c, v in extra.items()}
+        buf = Buffer(self._rows[pos][order], lens, np.cumsum(lens) - lens, flat, labels, extra, spans)
         if pad:  # row r of batch b fills arena[offset_b + r * width_b:][:width_b], left-aligned
             runs = np.empty(2 * len(lens), np.int64)  # per row: its tokens, then its padding
             # `real` marks token slots (vs padding) of the whole arena, in one repeat
@@ -275,7 +212,7 @@ class CorpusLoader:
             np.bitwise_xor(arena["loss_mask"], real.view(np.uint8), out=arena["loss_mask"])  # real & ~no_loss
         return buf
 
-    def _buffers(self, epoch: int, pad: bool = True) -> Iterator[_Buffer]:
+    def _buffers(self, epoch: int, pad: bool = True) -> Iterator[Buffer]:
         """Buffers in plan order, `prefetch` of them built ahead by as many threads (Deeplake reads and
         large numpy steps release the GIL, so this overlaps with the consumer's work)."""
         plan = self.plan(epoch)
@@ -309,21 +246,11 @@ class CorpusLoader:
 
     def iter_rows(self, epoch: int | None = None) -> Iterator[dict[str, list[int]]]:
         """Rows in batch order as `{"input_ids": [...], "assistant_masks": [...]}`: TRL's pre-tokenized
-        form, truncated and filtered like `training.prepare_rows`."""
+        form, truncated and filtered like `sft.prepare_rows`."""
         for buf in self._buffers(self.epoch if epoch is None else epoch, pad=False):
             for s, k in zip(buf.starts.tolist(), buf.lens.tolist(), strict=True):
                 yield {"input_ids": buf.ids[s:s + k].tolist(),
                        "assistant_masks": (buf.labels[s:s + k] != IGNORE).astype(np.int64).tolist()}
-
-
-def _runs(flat: np.ndarray, starts: np.ndarray, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run-length code of each row's first `cut` values: run lengths, run values, runs per row."""
-    bounds = np.union1d(np.flatnonzero(flat[1:] != flat[:-1]) + 1, starts)  # every row starts a run
-    row = np.searchsorted(starts, bounds, side="right") - 1
-    stop = starts[row] + cut[row]
-    ok = bounds < stop
-    lengths = np.minimum(np.append(bounds[1:], len(flat)), stop) - bounds
-    return lengths[ok].astype(np.int32), flat[bounds[ok]], np.bincount(row[ok], minlength=len(starts))
 
 
 def _iterable_rows(config: dict[str, Any], epochs: int | None) -> Iterator[dict[str, list[int]]]:

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from pipeline.train.loader import IGNORE, CorpusLoader, _Buffer
+from pipeline.train.blocks import IGNORE, Buffer
+from pipeline.train.loader import CorpusLoader
 
 
 def _pack(lens: np.ndarray, capacity: int) -> list[list[int]]:
@@ -45,7 +46,7 @@ def packed_batches(loader: CorpusLoader, *, pack_length: int | None = None, rows
             yield _collate_packed(buf, packs[g:g + rows], width, loader.pad_id, mask_4d)
 
 
-def _collate_packed(buf: _Buffer, packs: list[list[int]], width: int, pad_id: int,
+def _collate_packed(buf: Buffer, packs: list[list[int]], width: int, pad_id: int,
                     mask_4d: bool) -> dict[str, torch.Tensor]:
     ids = np.full((len(packs), width), pad_id, np.int64)
     labels = np.full_like(ids, IGNORE)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.chat_format import CHAT_TEMPLATE, END, MARKUP_TOKENS, PAD, SPECIAL_TOKENS
+from pipeline.train.tracked_run import quiet_progress
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
@@ -61,8 +62,6 @@ def build_tiny_model(texts: Iterable[str], out_dir: str | Path, *, vocab_size: i
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = None
-    from pipeline.train.sft import quiet_progress
-
     with quiet_progress():
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -1,8 +1,8 @@
 """One rank of a launched training: `python -m pipeline.train.worker <spec.json> <data.json>` under
 `accelerate launch` (see `pipeline.train.launch`, which writes both files and reads the results back).
 
-Every rank runs the same `fit_*` function as a single-process run on the same prepared rows (the Trainer's
-distributed sampler gives each rank its share). Rank 0 logs into the MLflow run the parent opened
+Every rank runs its training method's `fit_launched` (`pipeline.train.methods`): the same `fit_*` function as a
+single-process run, on the same prepared rows (the Trainer's distributed sampler gives each rank its share). Rank 0 logs into the MLflow run the parent opened
 (`AttachedTracker`: no second run, and the parent ends it whatever happens here), reports steps to the
 parent's progress bar through its output, and writes the result; every rank writes a short report
 (device, steps, a checksum of its weights: equal on all ranks when DDP kept them in sync).
@@ -21,8 +21,10 @@ from typing import Any
 import orjson
 
 from pipeline import progress
+from pipeline.tracking import MlflowTracker, TrackedRun
 from pipeline.train.devices import is_main_process, rank
 from pipeline.train.launch import PROGRESS
+from pipeline.train.methods import method_named
 
 
 class AttachedTracker:
@@ -35,8 +37,6 @@ class AttachedTracker:
     @contextlib.contextmanager
     def start_run(self, name: str, params: Mapping[str, Any] | None = None,
                   tags: Mapping[str, Any] | None = None) -> Iterator[Any]:
-        from pipeline.tracking import TrackedRun
-
         if params:
             self.inner.log_params(params, run_id=self.run_id)
         if tags:
@@ -60,30 +60,6 @@ def _rank_report(ranks_dir: Path) -> Any:
     return RankReport()
 
 
-def _fit(kind: str, payload: dict[str, Any], recipe: dict[str, Any], tracker: Any, tags: dict[str, str],
-         callbacks: list[Any]) -> Any:
-    if kind == "sft":
-        from pipeline.train.sft import SFTRecipe, fit_sft
-
-        return fit_sft(payload["ids"], payload["masks"], payload["skipped"], SFTRecipe.model_validate(recipe),
-                       tracker, tags, callbacks)
-    if kind == "sft_corpus":
-        from pipeline.train.sft import SFTRecipe, fit_sft_corpus
-
-        return fit_sft_corpus(payload["corpus"], payload["stats"], SFTRecipe.model_validate(recipe), tracker, tags,
-                              callbacks)
-    if kind in ("dpo", "kto"):
-        from pipeline.train.preference import PrefRecipe, fit_pref
-
-        return fit_pref(kind, payload["data"], payload["params"], PrefRecipe.model_validate(recipe), tracker, tags,
-                        callbacks)
-    if kind == "grpo":
-        from pipeline.train.grpo import RLRecipe, fit_grpo
-
-        return fit_grpo(payload["data"], payload["params"], RLRecipe.model_validate(recipe), tracker, tags, callbacks)
-    raise ValueError(f"unknown training kind {kind!r}")
-
-
 def main(argv: list[str]) -> None:
     """Train; a failure also leaves `error_rank<r>.txt` (its traceback) for the parent's error message, since
     torchrun's own summary names the failed rank but not the exception."""
@@ -103,13 +79,12 @@ def _main(spec: dict[str, Any], argv: list[str]) -> None:
             print(f"{PROGRESS}{done} {total or 0} {'nan' if loss is None else loss}", flush=True)
 
         if (t := spec["tracking"]) is not None:
-            from pipeline.tracking import MlflowTracker
-
             tracker = AttachedTracker(MlflowTracker(t["tracking_uri"], t["experiment"], t["artifact_root"]),
                                       t["run_id"])
+    method = method_named(spec["kind"])
     with progress.reporting_to(to_parent):
-        result = _fit(spec["kind"], payload, spec["recipe"], tracker, spec["run_tags"],
-                      [_rank_report(Path(spec["ranks_dir"]))])
+        result = method.fit_launched(payload, method.recipe.model_validate(spec["recipe"]), tracker,
+                                     spec["run_tags"], [_rank_report(Path(spec["ranks_dir"]))])
     if is_main_process():
         data = dataclasses.asdict(result) | {"checkpoint_dir": str(result.checkpoint_dir)}
         Path(spec["result_path"]).write_bytes(orjson.dumps(data))
