@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec
 from pipeline.corpus.store import open_corpus, resolve_corpus_url
 from pipeline.evaluate.compare import build_report, gate, offline_section
+from pipeline.evaluate.offline import evaluate_checkpoint, preference_accuracy
 from pipeline.evaluate.online import online_eval
 from pipeline.evaluate.plots import plots
 from pipeline.evaluate.publish import log_report
@@ -74,6 +75,23 @@ def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
+def _eval_generation(spec: CorpusSpec, checkpoint_dir: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Teacher-forced loss and generation accuracy; prompts look like the training sequences did, and the
+    tool schemas still check the generated arguments."""
+    return evaluate_checkpoint(checkpoint_dir, rows, max_examples=spec.eval.max_examples,
+                               max_new_tokens=spec.eval.max_new_tokens, tools_in_prompt=spec.tools_in_prompt)
+
+
+def _eval_preference(spec: CorpusSpec, checkpoint_dir: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How often the checkpoint prefers the chosen completion (KTO rows: the desirable one)."""
+    return preference_accuracy(checkpoint_dir, rows, tools_in_prompt=spec.tools_in_prompt)
+
+
+# What a training method's `offline_eval` names (pipeline.train.methods): how its checkpoints are scored.
+OFFLINE_EVALUATIONS: dict[str, Callable[[CorpusSpec, str, list[dict[str, Any]]], dict[str, Any]]] = {
+    "generation": _eval_generation, "preference": _eval_preference}
+
+
 def offline_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str, query: str | None = None) -> dict[str, Any]:
     """The training method's offline metrics on one slice (a TQL query) of the trained version."""
     with quiet_progress():  # no 'Loading weights' bar per model and slice in the run log
@@ -82,10 +100,10 @@ def offline_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str, quer
 
 def _offline_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str, query: str | None) -> dict[str, Any]:
     rows = open_corpus(corpus_url).query(query or spec.eval.query).rows()
-    evaluate = method_for(spec.format).offline_eval
-    if not rows or evaluate is None:
+    kind = method_for(spec.format).offline_eval
+    if not rows or kind is None:
         return {"n_rows": len(rows)}
-    return evaluate(spec, checkpoint_dir, rows) | {"n_rows": len(rows)}
+    return OFFLINE_EVALUATIONS[kind](spec, checkpoint_dir, rows) | {"n_rows": len(rows)}
 
 
 def slice_metrics(spec: CorpusSpec, corpus_url: str, checkpoint_dir: str) -> dict[str, dict[str, Any]]:
@@ -116,7 +134,7 @@ def _online(spec: CorpusSpec, checkpoint_dir: str | None, ws: Workspace | None, 
         return cached
     rep = online_eval(checkpoint_dir, seed=spec.online.seed, n_tasks=spec.online.n_tasks,
                       max_steps=spec.online.max_steps, workspace=ws, tag=tag,
-                      tools_in_prompt=spec.tools_in_prompt)
+                      tools_in_prompt=spec.tools_in_prompt, environment=spec.environment)
     _write(cache, rep)
     return rep
 

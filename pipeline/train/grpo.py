@@ -47,8 +47,7 @@ def reward_functions(eos_token_id: int | None, environment: str = DEFAULT_ENVIRO
     return load_environment(environment).reward_functions(eos_token_id)
 
 
-def _build(data: list[dict[str, str]], recipe: RLRecipe,
-           environment: str = DEFAULT_ENVIRONMENT) -> Callable[[list], Any]:
+def _build(data: list[dict[str, str]], recipe: RLRecipe) -> Callable[[list], Any]:
     def build(callbacks: list) -> Any:
         import datasets
         from trl import GRPOConfig, GRPOTrainer
@@ -58,7 +57,7 @@ def _build(data: list[dict[str, str]], recipe: RLRecipe,
             **common_args(recipe), num_generations=recipe.num_generations,
             max_completion_length=recipe.max_completion_length, temperature=recipe.temperature, beta=recipe.beta,
             reward_weights=recipe.reward_weights, use_vllm=False, log_completions=False)
-        return GRPOTrainer(model=model, reward_funcs=reward_functions(tokenizer.eos_token_id, environment), args=config,
+        return GRPOTrainer(model=model, reward_funcs=reward_functions(tokenizer.eos_token_id, recipe.environment), args=config,
                            train_dataset=datasets.Dataset.from_list(data), processing_class=tokenizer,
                            callbacks=callbacks,
                            peft_config=lora_config(recipe.lora_r, recipe.lora_alpha) if recipe.lora else None)
@@ -67,7 +66,7 @@ def _build(data: list[dict[str, str]], recipe: RLRecipe,
 
 
 def train_grpo(rows: Iterable[Mapping[str, Any]], recipe: RLRecipe, tracker: Any = None,
-               run_tags: Mapping[str, str] | None = None, environment: str = DEFAULT_ENVIRONMENT) -> TrainResult:
+               run_tags: Mapping[str, str] | None = None) -> TrainResult:
     """GRPO on `prompt/ground_truth/task_id/tools` rows; saves a plain HF model to `recipe.output_dir`.
     `TrainResult.tokens` counts prompt + completion tokens (TRL's `num_input_tokens_seen`)."""
     data, skipped = rl_dataset(rows)
@@ -77,14 +76,13 @@ def train_grpo(rows: Iterable[Mapping[str, Any]], recipe: RLRecipe, tracker: Any
               "reward_functions": "final_answer_reward,tool_call_reward,format_reward"}
     if launch.should_launch(recipe.devices):
         return launch.launch("grpo", {"data": data, "params": params}, recipe, tracker, run_tags)
-    return fit_grpo(data, params, recipe, tracker, run_tags, environment=environment)
+    return fit_grpo(data, params, recipe, tracker, run_tags)
 
 
 def fit_grpo(data: list[dict[str, str]], params: Mapping[str, Any], recipe: RLRecipe, tracker: Any = None,
-             run_tags: Mapping[str, str] | None = None, callbacks: Sequence[Any] = (),
-             environment: str = DEFAULT_ENVIRONMENT) -> TrainResult:
+             run_tags: Mapping[str, str] | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
     """Train on prepared prompts in this process (one rank of a launched group, or alone)."""
-    return run_tracked("grpo", recipe, _build(data, recipe, environment), params, tracker, run_tags, callbacks)
+    return run_tracked("grpo", recipe, _build(data, recipe), params, tracker, run_tags, callbacks)
 
 
 def fit_launched(payload: Mapping[str, Any], recipe: RLRecipe, tracker: Any = None,

@@ -15,10 +15,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from pipeline.config import CorpusSpec, TrainSettings
-from pipeline.evaluate.offline import evaluate_checkpoint, preference_accuracy
+from pipeline.config import TrainSettings
 from pipeline.train import grpo, preference, sft
 from pipeline.train.recipes import PrefRecipe, RecipeBase, RLRecipe, SFTRecipe
 from pipeline.train.result import TrainResult
@@ -57,8 +56,10 @@ class TrainingMethod:
     tag; `corpus_format` the row shape it trains on (a corpus spec's `format`, a snapshot's lineage).
     `make_recipe(settings, base_model, output_dir)` maps a spec's `train:` block to the recipe; `train`
     runs it on a split (launching a group when the recipe asks for several devices); `fit_launched` is
-    what each rank of that group runs; `offline_eval(spec, checkpoint_dir, rows)` scores a checkpoint
-    on held-out rows of the same shape (None: the method has no offline metric, only online eval)."""
+    what each rank of that group runs; `offline_eval` names how the evaluation room scores a checkpoint on
+    held-out rows of the same shape (`pipeline.evaluate.stage.OFFLINE_EVALUATIONS`; None: no offline
+    metric, only online eval). A name, not the function: evaluation sits above training (it needs
+    checkpoints), and training must not import it."""
 
     name: str
     corpus_format: str
@@ -66,7 +67,7 @@ class TrainingMethod:
     make_recipe: Callable[[TrainSettings, str, str], RecipeBase]
     train: Callable[[TrainSplit, Any, Any, Tags], TrainResult]
     fit_launched: Callable[[Mapping[str, Any], Any, Any, Tags, Sequence[Any]], TrainResult]
-    offline_eval: Callable[[CorpusSpec, str, list[dict[str, Any]]], dict[str, Any]] | None
+    offline_eval: Literal["generation", "preference"] | None
 
 
 def _train_sft(split: TrainSplit, recipe: SFTRecipe, tracker: Any, tags: Tags) -> TrainResult:
@@ -82,22 +83,10 @@ def _train_grpo(split: TrainSplit, recipe: RLRecipe, tracker: Any, tags: Tags) -
     return grpo.train_grpo(split.rows(), recipe, tracker=tracker, run_tags=tags)
 
 
-def _eval_sft(spec: CorpusSpec, checkpoint_dir: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Teacher-forced loss and generation accuracy; prompts look like the training sequences did, and the
-    tool schemas still check the generated arguments."""
-    return evaluate_checkpoint(checkpoint_dir, rows, max_examples=spec.eval.max_examples,
-                               max_new_tokens=spec.eval.max_new_tokens, tools_in_prompt=spec.tools_in_prompt)
-
-
-def _eval_pref(spec: CorpusSpec, checkpoint_dir: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """How often the checkpoint prefers the chosen completion (KTO rows: the desirable one)."""
-    return preference_accuracy(checkpoint_dir, rows, tools_in_prompt=spec.tools_in_prompt)
-
-
 METHODS: tuple[TrainingMethod, ...] = (
-    TrainingMethod("sft", "sft", SFTRecipe, SFTRecipe.from_settings, _train_sft, sft.fit_launched, _eval_sft),
+    TrainingMethod("sft", "sft", SFTRecipe, SFTRecipe.from_settings, _train_sft, sft.fit_launched, "generation"),
     *(TrainingMethod(kind, kind, PrefRecipe, functools.partial(PrefRecipe.from_settings, trainer=kind), _train_pref,
-                     preference.fit_launched, _eval_pref) for kind in ("dpo", "kto")),
+                     preference.fit_launched, "preference") for kind in ("dpo", "kto")),
     TrainingMethod("grpo", "rl", RLRecipe, RLRecipe.from_settings, _train_grpo, grpo.fit_launched, None),
 )
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.config import TrainSettings
+from pipeline.environment import DEFAULT_ENVIRONMENT
 
 DEVICES_HELP = ("Processes (one per GPU) that train together with DDP; > 1 starts them with `accelerate launch` "
                 "(on CPU: gloo, for tests).")
@@ -103,6 +104,8 @@ class RLRecipe(RecipeBase, LoraFields):
     beta: float = Field(0.0, ge=0, description="KL coefficient to the reference model; 0 (TRL's default) loads none.")
     reward_weights: list[float] | None = Field(
         None, description="Weights of (final_answer, tool_call, format) rewards; None = all 1.")
+    environment: str = Field(DEFAULT_ENVIRONMENT, description="`module:factory` of the environment whose reward "
+                             "functions score the rollouts (a corpus spec's `environment`).")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="No warmup: a few dozen steps of noisy rewards.")
     lr_scheduler_type: str = Field("constant", description="Constant: rewards, not a schedule, say when to stop.")
 

@@ -61,6 +61,8 @@ def train_corpus(spec: CorpusSpec, corpus_root: str, base_model_path: str, check
         return CheckpointInfo.read(summary_path, reused=True)
     method = method_for(spec.format)
     recipe = method.make_recipe(spec.train, start, str(out))
+    if "environment" in type(recipe).model_fields:  # a method that acts (GRPO) acts in the spec's environment
+        recipe = recipe.model_copy(update={"environment": spec.environment})
     split = TrainSplit(corpus, ref, corpus_root, tools_in_prompt=spec.tools_in_prompt)
     res = method.train(split, recipe, tracker, {**(tags or {}), "corpus": ref, "format": spec.format,
                                                 "content_hash": corpus.lineage.get("content_hash", ""),
