@@ -1,4 +1,4 @@
-"""GRPO with TRL on tracemill's chat format and the demo world's verifiable rewards, tracked in MLflow.
+"""GRPO with TRL on tracemill's chat format and the reward functions of the corpus's environment, tracked in MLflow.
 
 Single-turn: each prompt (tool list + system + user, rendered as *text* with `chat_format.render_prompt`,
 ending with the assistant header) gets `num_generations` sampled next turns, scored by the reward functions
