@@ -105,7 +105,7 @@ def test_terminal_snapshot_and_train_land_where_the_assets_look(tmp_path, home, 
     MLflow run that the CLI writes are exactly where the Dagster resources of that profile read."""
     from pipeline.capture.workspace import Workspace
     from pipeline.corpus.store import list_versions
-    from pipeline.demo.world import populate
+    from pipeline.demo.agents import populate
 
     _write_config(tmp_path)
     env = {"TRACEMILL_HOME": str(home), "TRACEMILL_CONFIG": str(tmp_path / "tracemill.yaml"),
