@@ -190,7 +190,9 @@ def _register_capture() -> None:
     from pipeline.cli.grade import grade
 
     app.command("grade")(grade)
-    from pipeline.cli.watch import watch; app.command("watch")(watch)  # noqa: E702
+    from pipeline.cli.watch import watch
+
+    app.command("watch")(watch)
 
 
 _register_capture()
