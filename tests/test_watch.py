@@ -108,8 +108,8 @@ def test_watcher_survives_sigkill_and_ships_every_session_exactly_once(tmp_path)
             proc, before = start()
     ws = Workspace("live", home)
     wait_for(lambda: latest_landed(ws) == tree.expected(), "the landing to catch up", proc)
-    proc.kill()
-    proc.wait()
+    proc.terminate()  # SIGTERM: the pass in flight finishes and saves its cursor
+    assert proc.wait(timeout=60) == 0
     assert kills >= 4
 
     again = subprocess.run([*watch_cmd(tree, home, "--state", str(state)), "--once", "--json"], env=env, cwd=ROOT,
