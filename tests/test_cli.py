@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 FIXTURES = Path(os.environ.get("TRACEMILL_FIXTURES") or Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "realworld")
@@ -82,9 +83,10 @@ def test_import_without_timestamps_says_how_to_place_them_in_a_day(tmp_path):
     src = FIXTURES / "sharegpt" / "fastchat_dummy_conversation.first5.json"
     out = tm("import", str(src), "-w", "sg", home=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "landed on 1970-01-01" in out.stderr and "--default-time" in out.stderr
+    today = datetime.now(UTC).date().isoformat()  # issue 15: timeless files land on their import day, not 1970
+    assert f"landed on {today}" in out.stderr and "--default-time" in out.stderr
     placed = tm("import", str(src), "-w", "sg", "--default-time", "2026-11-20", home=tmp_path)
     assert placed.returncode == 0 and "landed on" not in placed.stderr
     from pipeline.capture.workspace import Workspace
 
-    assert Workspace("sg", tmp_path).days("trajectory") == ["1970-01-01", "2026-11-20"]
+    assert Workspace("sg", tmp_path).days("trajectory") == sorted([today, "2026-11-20"])

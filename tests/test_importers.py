@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -232,7 +233,8 @@ def test_reimport_is_byte_stable_and_timeless_sources_get_the_fixed_epoch():
         assert [t.model_dump_json() for t in a.trajectories] == [t.model_dump_json() for t in b.trajectories]
         assert [o.outcome_id for o in a.outcomes] == [o.outcome_id for o in b.outcomes]
     tau = import_file(FIX / "tau_bench/gpt-4o-airline.subset5.json").trajectories[0]
-    assert tau.day == "1970-01-01" and tau.metadata["time_source"] == "default"
+    today = datetime.now(UTC).date().isoformat()  # issue 15: the import day, no longer 1970-01-01
+    assert tau.day == today and tau.metadata["time_source"] == "default"
     lf = import_file(FIX / "langfuse_trace_export/langgraph-2025-08-22.json").trajectories[0]
     assert lf.day == "2025-08-22" and lf.metadata["time_source"] == "source"
 

@@ -99,14 +99,14 @@ def import_cmd(
     format: Annotated[str | None, typer.Option("--format", "-f", help="Skip detection: one of `tracemill formats`.")] = None,
     agent: Annotated[str | None, typer.Option(help="Agent name when the source has none.")] = None,
     default_time: Annotated[str | None, typer.Option(
-        help="Start time (ISO) for records without timestamps; default 1970-01-01 keeps re-imports identical.")] = None,
+        help="Start time (ISO) for records without timestamps; default: the day they are first imported.")] = None,
     create: Annotated[bool, typer.Option(help="Create the workspace if missing.")] = False,
     home: HomeOpt = None, json: JsonOpt = False,
 ):
     """Import third-party trajectory files (format detected from the content)."""
     from datetime import UTC, datetime
 
-    from pipeline.capture.importers import DEFAULT_TIME, FORMATS, import_paths
+    from pipeline.capture.importers import FORMATS, import_paths
 
     if format and format not in FORMATS:
         fail(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
@@ -114,7 +114,7 @@ def import_cmd(
     if missing:
         fail(f"no such file or folder: {', '.join(missing)}")
     ws = Workspace.open(workspace, home=home) if create else open_ws(workspace, home)
-    when = DEFAULT_TIME
+    when = None
     if default_time:
         try:
             when = datetime.fromisoformat(default_time)
@@ -124,7 +124,7 @@ def import_cmd(
     summary = import_paths(paths, ws, format=format, progress=not json, agent=agent, default_time=when,
                            console=err)
     report = {"trajectories": summary.trajectories, "outcomes": summary.outcomes,
-              "preferences": summary.preferences,
+              "preferences": summary.preferences, "timeless_days": summary.timeless,
               "errors": [{"path": p, **e.__dict__} for p, e in summary.errors],
               "skipped": [{"path": p, "reason": r} for p, r in summary.skipped],
               "files": [{"path": f.path, "format": f.format, "trajectories": f.trajectories} for f in summary.files]}
@@ -142,11 +142,10 @@ def import_cmd(
                       f"into [bold]{ws.name}[/]")
         for p, e in summary.errors[:20]:
             err.print(f"[yellow]{p}[/] record {e.index}: {e.field}: {e.reason}")
-        epoch = DEFAULT_TIME.date().isoformat()
-        if not default_time and summary.trajectories and epoch in ws.days("trajectory"):
-            err.print(f"[yellow]note:[/] records without timestamps landed on {epoch}, before any day the "
-                      "pipeline ingests: re-import with --default-time YYYY-MM-DD to place them in a day "
-                      "partition (ids stay the same, so nothing is duplicated within that day)")
+        if not default_time and summary.timeless:
+            err.print(f"[yellow]note:[/] {sum(summary.timeless.values())} trajectories without timestamps landed on "
+                      f"{', '.join(summary.timeless)}: the day they were first imported here (a re-import keeps "
+                      "it); --default-time YYYY-MM-DD places them on another day")
     if summary.trajectories == 0 and (summary.errors or summary.skipped):
         raise typer.Exit(1)
 
@@ -179,6 +178,9 @@ def _register_capture() -> None:
     from pipeline.cli.grade import grade
 
     app.command("grade")(grade)
+    from pipeline.cli.watch import watch
+
+    app.command("watch")(watch)
 
 
 _register_capture()

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipeline.capture.importers.base import DEFAULT_TIME, Context, ImportResult, Item, RecordError
+from pipeline.capture.importers.base import Context, ImportResult, Item, RecordError, import_day
 from pipeline.capture.importers.detect import UnknownFormatError, detect_format
+from pipeline.capture.importers.import_days import ImportDays, index_path
 from pipeline.capture.importers.registry import FORMATS
 from pipeline.capture.importers.source import Source
 from pipeline.schema import Outcome, Preference, Trajectory
@@ -38,16 +39,17 @@ def _resolve(src: Source, fmt: str | None) -> str:
 
 
 def iter_file(path: str | os.PathLike, format: str | None = None, *, agent: str | None = None,
-              default_time: datetime = DEFAULT_TIME) -> tuple[str, Source, Iterator[Item]]:
-    """Open, detect and start converting one file; items are produced lazily."""
+              default_time: datetime | None = None) -> tuple[str, Source, Iterator[Item]]:
+    """Open, detect and start converting one file; items are produced lazily. Records without
+    timestamps start at `default_time`, by default the import day (see `base`)."""
     src = Source.open(path)
     fmt = _resolve(src, format)
-    ctx = Context(fmt=fmt, file=src.name, default_time=default_time, agent=agent)
+    ctx = Context(fmt=fmt, file=src.name, default_time=default_time or import_day(), agent=agent)
     return fmt, src, FORMATS[fmt].convert(src, ctx)
 
 
 def import_file(path: str | os.PathLike, format: str | None = None, *, agent: str | None = None,
-                default_time: datetime = DEFAULT_TIME) -> ImportResult:
+                default_time: datetime | None = None) -> ImportResult:
     """Convert one file. Raises `UnknownFormatError` only when the file as a whole is not a known
     format; individual bad records are returned in `errors`."""
     fmt, src, items = iter_file(path, format, agent=agent, default_time=default_time)
@@ -66,6 +68,7 @@ class FileSummary:
     preferences: int = 0
     errors: list[RecordError] = field(default_factory=list)
     skipped: str | None = None  # why the file was not imported at all
+    timeless: dict[str, int] = field(default_factory=dict)  # day → trajectories placed there for want of a time
 
 
 @dataclass
@@ -92,6 +95,16 @@ class ImportSummary:
     def skipped(self) -> list[tuple[str, str]]:
         return [(f.path, f.skipped) for f in self.files if f.skipped]
 
+    @property
+    def timeless(self) -> dict[str, int]:
+        """Day → trajectories without timestamps of their own that landed on it (the import day, or
+        the day of their first import), for the summary to say where they went."""
+        out: dict[str, int] = {}
+        for f in self.files:
+            for day, n in f.timeless.items():
+                out[day] = out.get(day, 0) + n
+        return dict(sorted(out.items()))
+
 
 def expand(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Files as given, directories walked recursively (sorted; hidden files skipped)."""
@@ -108,20 +121,27 @@ def expand(paths: Iterable[str | os.PathLike]) -> list[Path]:
 class _Batches:
     """Buffers items per kind and flushes them durably through the workspace."""
 
-    def __init__(self, ws: Workspace, size: int, fs: FileSummary):
-        self.ws, self.size, self.fs = ws, size, fs
+    def __init__(self, ws: Workspace, size: int, fs: FileSummary, days: ImportDays | None):
+        self.ws, self.size, self.fs, self.days = ws, size, fs, days
         self.buf: dict[type, list[Item]] = {Trajectory: [], Outcome: [], Preference: []}
 
     def add(self, item: Item) -> None:
         if isinstance(item, RecordError):
             self.fs.errors.append(item)
             return
+        if isinstance(item, Trajectory) and item.metadata.get("time_source") == "default":
+            item = self.days.place(item) if self.days else item
+            self.fs.timeless[item.day] = self.fs.timeless.get(item.day, 0) + 1
+        elif isinstance(item, Outcome) and self.days:
+            item = self.days.place_outcome(item)
         self.buf[type(item)].append(item)
         if len(self.buf[type(item)]) >= self.size:
             self.flush()
 
     def flush(self) -> None:
         t, o, p = self.buf[Trajectory], self.buf[Outcome], self.buf[Preference]
+        if self.days:
+            self.days.save()  # before the trajectories it places: see import_days
         if t:
             self.fs.trajectories += self.ws.write_trajectories(t)  # type: ignore[arg-type]
         if o:
@@ -134,9 +154,14 @@ class _Batches:
 
 def import_paths(paths: Iterable[str | os.PathLike], workspace: Workspace, format: str | None = None,
                  progress: bool = True, *, batch_size: int = 500, agent: str | None = None,
-                 default_time: datetime = DEFAULT_TIME, console: Console | None = None) -> ImportSummary:
-    """Import files and directories into `workspace` (durable, append-only landing)."""
+                 default_time: datetime | None = None, console: Console | None = None) -> ImportSummary:
+    """Import files and directories into `workspace` (durable, append-only landing). Without
+    `default_time`, records without timestamps go to the import day, or to the day the same
+    trajectory was first imported into this workspace (`ImportDays`), so re-imports never spread
+    one trajectory over two day partitions."""
     files = expand(paths)
+    days = None if default_time else ImportDays(index_path(workspace), import_day())
+    default_time = default_time or (days.today if days else None)
     summary = ImportSummary()
     total = sum(f.stat().st_size for f in files if f.exists())
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
@@ -156,7 +181,7 @@ def import_paths(paths: Iterable[str | os.PathLike], workspace: Workspace, forma
                 done += path.stat().st_size if path.exists() else 0
                 bar.update(task, completed=done)
                 continue
-            batches = _Batches(workspace, batch_size, fs)
+            batches = _Batches(workspace, batch_size, fs, days)
             for n, item in enumerate(items, start=1):
                 batches.add(item)
                 if n % 200 == 0:

@@ -5,11 +5,14 @@ errors) so that `import_paths` can stream a large JSONL file into the workspace 
 `import_file` simply collects everything. A record that cannot be converted becomes a `RecordError`
 naming its position and the field path that failed; it never stops the rest of the file.
 
-Determinism: ids come from the source's own ids or from a content hash, and a source without
-timestamps gets the fixed `DEFAULT_TIME` (the Unix epoch) plus `metadata["time_source"] = "default"`.
-The epoch is chosen over "now" or the file's mtime because both of those change between imports:
-the trajectory would land in another day partition, escape the per-day dedupe and be duplicated.
-Callers who want such data in a real partition pass `default_time=` explicitly (still stable).
+Determinism: ids come from the source's own ids or from a content hash. A source without timestamps
+starts at the beginning of the day it is imported (`import_day()`), plus `metadata["time_source"] =
+"default"`, so it lands in a day partition the pipeline ingests (the Unix epoch used before sat
+outside every partition). Day partitions dedupe by id only within a day, so a re-import on a later
+day must not move it: `import_paths` remembers the day each such trajectory was first imported into
+the workspace (`pipeline.capture.importers.import_days`) and places re-imports on that day. Callers
+who want another day pass `default_time=` explicitly. `DEFAULT_TIME` (the epoch) remains only as the
+sort key and fallback of code that orders records without times.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ from pipeline.capture.importers.source import Record
 from pipeline.schema import Message, Outcome, Preference, Trajectory, format_validation_error
 
 DEFAULT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def import_day(now: datetime | None = None) -> datetime:
+    """Midnight (UTC) of the import day: every timeless record of one import gets the same start,
+    so a file re-imported the same day is byte-identical."""
+    now = now or datetime.now(UTC)
+    return datetime(now.year, now.month, now.day, tzinfo=UTC)
 
 
 class FieldError(ValueError):
@@ -89,7 +99,7 @@ class Context:
 
     fmt: str
     file: str | None = None
-    default_time: datetime = DEFAULT_TIME
+    default_time: datetime = field(default_factory=import_day)
     agent: str | None = None
 
 
