@@ -14,13 +14,33 @@ from pipeline.train import stage as stage_train
 from pipeline.train.base_model import prepare_base_model
 
 
+def follows_updates() -> dg.AutomationCondition:
+    """`eager()` without "no dependency partition is missing".
+
+    Why: curated_<corpus> reads every joined day partition, and most days since `partitions_start` were
+    never materialized (today's is always missing until the nightly ingest), so plain `eager()` waited
+    forever and a re-join after late outcomes never reached a corpus. Missing days hold no trajectories;
+    an update of any day that does exist is what should re-curate. Still waits while a dependency or
+    the asset itself is in progress, and fires once per update (`since_last_handled`)."""
+    return dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()).with_label(
+        "eager_allow_missing_days")
+
+
+def built_once() -> dg.AutomationCondition:
+    """Build the base model the first time a joined day lands, then never again by itself.
+
+    Why: corpus_<corpus> needs it (eager waits for a missing dependency), and building it on every
+    join would only produce new materializations that re-trigger the corpus for nothing."""
+    return (follows_updates() & dg.AutomationCondition.missing()).with_label("missing_after_first_join")
+
+
 def gpu_tags(devices: int = 1) -> dict:
     """Kubernetes op tags: the training pod asks for as many GPUs as the spec trains on (`train.devices`)."""
     return {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": str(devices)}}}}}
 
 
 def build_model_asset(joined: dg.AssetsDefinition) -> dg.AssetsDefinition:
-    @dg.asset(group_name="model", deps=[joined], kinds={"pytorch"},
+    @dg.asset(group_name="model", deps=[joined], kinds={"pytorch"}, automation_condition=built_once(),
               description="The base model: a Hugging Face id/path, or a tiny local Llama whose BPE "
                           "tokenizer is trained on the workspace's own text (built once, then reused).")
     def base_model(tracemill: TracemillResource) -> dg.MaterializeResult:
@@ -37,7 +57,7 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
     name = spec.name
 
     @dg.asset(name=f"curated_{name}", group_name="curation", deps=[joined], kinds={"polars"},
-              automation_condition=dg.AutomationCondition.eager(),
+              automation_condition=follows_updates(),
               description=f"Joined trajectories filtered by `{spec.filter or 'everything'}`, quality rules, "
                           "PII/secret redaction, de-duplication and a stable train/eval split.")
     def curated(tracemill: TracemillResource) -> dg.MaterializeResult:

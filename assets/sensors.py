@@ -10,9 +10,15 @@ from assets.resources import TracemillResource
 from pipeline.lake.late import scan_new_outcomes
 
 
+def sensor_interval() -> int:
+    """TRACEMILL_SENSOR_INTERVAL: seconds between evaluations of both sensors (default 30; tests use 2,
+    and the daemon loops every ~5 s). Both, because a late outcome reaches a corpus only after a tick of
+    each: the re-join, then the re-curation."""
+    return int(os.environ.get("TRACEMILL_SENSOR_INTERVAL", "30"))
+
+
 def build_late_outcome_sensor(rejoin_job) -> dg.SensorDefinition:
-    # TRACEMILL_SENSOR_INTERVAL: seconds between evaluations (tests use 2; the daemon loops every ~5 s)
-    interval = int(os.environ.get("TRACEMILL_SENSOR_INTERVAL", "30"))
+    interval = sensor_interval()
 
     @dg.sensor(name="late_outcomes", job=rejoin_job, minimum_interval_seconds=interval,
                default_status=dg.DefaultSensorStatus.RUNNING,
@@ -35,4 +41,5 @@ def build_late_outcome_sensor(rejoin_job) -> dg.SensorDefinition:
 def automation_sensor() -> dg.AutomationConditionSensorDefinition:
     # The built-in automation sensor starts STOPPED; declaring it RUNNING makes corpora follow joins.
     return dg.AutomationConditionSensorDefinition("tracemill_automation", target=dg.AssetSelection.all(),
-                                                  default_status=dg.DefaultSensorStatus.RUNNING)
+                                                  default_status=dg.DefaultSensorStatus.RUNNING,
+                                                  minimum_interval_seconds=sensor_interval())

@@ -1,6 +1,6 @@
 """The live daemon, for real: `python -m assets.dev.ui` (dagster dev + mlflow ui) on free loopback ports and
 a temp home. Through the GraphQL API: the late-outcome sensor re-joins exactly the days whose rewards
-arrived late. In headless Chromium: the UI shows the tracemill asset graph. Then a stop by PID that
+arrived late, and a late reward yields a new corpus version with no manual step. In headless Chromium: the UI shows the tracemill asset graph. Then a stop by PID that
 leaves no process behind. Deselect with `-m "not live"`."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from pipeline.capture.workspace import Workspace
+from pipeline.corpus.store import list_versions
 from pipeline.demo.agents import DemoStats, populate
 from pipeline.lake.backfill import plan_backfill, run_backfill
 from pipeline.lake.late import trajectory_days
@@ -47,7 +48,7 @@ TICKS = """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { __ty
 RUNS = """query($f: RunsFilter) { runsOrError(filter: $f) { ... on Runs { results {
   runId status tags { key value } } } } }"""
 MATERIALIZATIONS = """query($k: AssetKeyInput!) { assetOrError(assetKey: $k) { ... on Asset {
-  assetMaterializations(limit: 100) { partition runId } } } }"""
+  assetMaterializations(limit: 100) { partition runId timestamp } } } }"""
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 GRAPH_NODES = ["raw_trajectories", "outcomes", "base_model", "curated_sft", "corpus_sft", "checkpoint_sft", "eval_sft"]
 
@@ -106,9 +107,20 @@ class Live:
         sensor = self.gql(TICKS, s={**LOCATION, "sensorName": "late_outcomes"})["sensorOrError"]
         return sensor.get("sensorState", {}).get("ticks", []) if sensor["__typename"] == "Sensor" else []
 
-    def sensor_runs(self) -> list[dict]:
-        runs = self.gql(RUNS, f={"tags": [{"key": "dagster/sensor_name", "value": "late_outcomes"}]})
+    def sensor_runs(self, sensor: str = "late_outcomes") -> list[dict]:
+        runs = self.gql(RUNS, f={"tags": [{"key": "dagster/sensor_name", "value": sensor}]})
         return runs["runsOrError"].get("results", [])
+
+    def latest_materialization(self, asset: str) -> float:
+        mats = self.gql(MATERIALIZATIONS, k={"path": [asset]})["assetOrError"].get("assetMaterializations", [])
+        return max((float(m["timestamp"]) for m in mats), default=0.0)
+
+    def caught_up(self) -> bool:
+        """No run queued or running, and the corpus was snapshotted after the latest join: nothing is
+        left for the automation to request."""
+        runs = self.gql(RUNS, f=None)["runsOrError"].get("results", [])
+        return (all(r["status"] in FINISHED for r in runs)
+                and self.latest_materialization("corpus_sft") > self.latest_materialization("joined_trajectories"))
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +201,44 @@ def test_late_outcomes_sensor_rejoins_exactly_the_touched_days(live):
     after = {d: _rewards(ws, d) for d in DAYS}
     assert all(after[d] > before[d] for d in LATE_DAYS) and after[DAYS[1]] == before[DAYS[1]]
     assert not ws.joined_path(NEW_DAY).exists()  # new days wait for the nightly ingest
+
+
+def _versions() -> list[dict]:
+    try:
+        return list_versions(CONFIG["corpora"][0]["target"])
+    except Exception:  # noqa: BLE001 - not created yet (the automation's first run may still be going)
+        return []
+
+
+def test_a_late_reward_becomes_a_new_corpus_version_by_itself(live):
+    """Issue 12, item 1: no manual step between a late reward landing and a new corpus version. The
+    re-join (late_outcomes) and the re-curation (tracemill_automation) are both the daemon's own runs,
+    although 30+ day partitions since partitions_start were never materialized."""
+    ws = Workspace.open("demo", home=live.home)
+    # the joins above already made the automation build the model, curate and snapshot: wait for quiet
+    wait_for(lambda: live.caught_up() and _versions(), 240, "the automation to snapshot the joins so far", every=2)
+    auto = live.sensor_runs("tracemill_automation")
+    assert auto and all(r["status"] == "SUCCESS" for r in auto), auto
+    before = _versions()
+
+    # a positive reward, late, for a trajectory of the control day that had none: a new corpus row
+    day_of = trajectory_days(ws)
+    late = [o for o in live.stats.late_outcomes
+            if day_of.get(o.trajectory_id) == DAYS[1] and o.name == "reward" and (o.value or 0) > 0]
+    assert late, "the demo world held back no positive reward for the control day"
+    assert ws.write_outcomes(late[:1]) == 1  # into the landing area, as an agent's SDK writes it
+
+    def new_version() -> list[dict] | None:
+        live.snapshot()
+        versions = _versions()
+        return versions if len(versions) > len(before) and live.caught_up() else None
+
+    after = wait_for(new_version, 240, "a new corpus version from the late reward", every=2)
+    assert len(after) == len(before) + 1 and after[-1]["row_count"] > before[-1]["row_count"], (before, after)
+    rejoined = {t["value"] for r in live.sensor_runs() for t in r["tags"] if t["key"] == "dagster/partition"}
+    assert DAYS[1] in rejoined  # the late_outcomes sensor re-joined the control day this time
+    runs = live.sensor_runs("tracemill_automation")
+    assert len(runs) > len(auto) and all(r["status"] == "SUCCESS" for r in runs), runs
 
 
 def test_dagster_ui_shows_the_asset_graph(live, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json as stdlib_json  # `json` is the --json option below
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,8 +12,9 @@ import typer
 
 from pipeline.cli.common import HomeOpt, JsonOpt, RootOpt, console, err, fail, settings
 from pipeline.config import TrainSettings
+from pipeline.jsonio import finite_or_none
 from pipeline.progress import progress_bar
-from pipeline.train.checkpoints import register
+from pipeline.train.checkpoints import LATEST_FILE, register
 from pipeline.train.methods import METHODS, TrainSplit, method_for
 
 train_app = typer.Typer(help="Fine-tune from a pinned corpus version (org/name@vN).", no_args_is_help=True)
@@ -96,16 +98,46 @@ for _method in METHODS:  # one `tracemill train <method>` command per training m
     train_app.command(_method.name)(_command(_method.corpus_format))
 
 
+def _report_folder(checkpoint: Path) -> Path:
+    """The checkpoint folder an argument names: itself, or the path a corpus's LATEST file holds (the file
+    itself or the `checkpoints/<corpus>` folder holding it), so the promoted checkpoint needs no copying."""
+    latest = checkpoint / LATEST_FILE if checkpoint.is_dir() and not (checkpoint / "eval").exists() else checkpoint
+    if latest.name != LATEST_FILE or not latest.is_file():
+        return checkpoint
+    named = Path(latest.read_text().strip())
+    if not named.is_absolute() and not named.exists():
+        named = latest.parent / named.name  # written relative to another working directory
+    if not named.is_dir():
+        fail(f"{latest} names {named}, which does not exist: re-run eval_<corpus> to promote a checkpoint again")
+    return named
+
+
+def _read_report(path: Path) -> dict:
+    """report.json as a dict; one written before reports held null for missing numbers (NaN, which is not
+    JSON) is still read, with those numbers as None."""
+    data = path.read_bytes()
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return finite_or_none(stdlib_json.loads(data))
+    except ValueError as exc:
+        fail(f"{path} is not valid JSON ({exc}): re-run eval_<corpus> to write it again")
+
+
 @eval_app.command("report")
-def eval_report(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder (evaluated by eval_<corpus>).")],
+def eval_report(checkpoint: Annotated[Path, typer.Argument(
+                    help="Checkpoint folder (evaluated by eval_<corpus>), or checkpoints/<corpus>/LATEST.")],
                 json: JsonOpt = False):
     """The checkpoint's eval report in the terminal: slices × metrics vs base and previous."""
     from pipeline.evaluate.render import rich_table
 
+    checkpoint = _report_folder(checkpoint)
     path = checkpoint / "eval" / "report.json"
     if not path.exists():
         fail(f"no report at {path}: materialize the eval_<corpus> asset (or run `make demo`) first")
-    report = orjson.loads(path.read_bytes())
+    report = _read_report(path)
     if json:
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
         return

@@ -16,7 +16,6 @@ and KTO trainers `json.loads` a string `tools` column themselves.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,7 @@ import polars as pl
 
 from pipeline.chat_format import canonical_arguments
 from pipeline.corpus.store import Corpus, open_corpus
+from pipeline.jsonio import dumps_json
 
 TRL_COLUMNS = {"sft": ("messages", "tools"), "dpo": ("prompt", "chosen", "rejected", "tools"),
                "kto": ("prompt", "completion", "label", "tools"), "rl": ("prompt", "ground_truth", "tools")}
@@ -50,7 +50,7 @@ def openai_arguments(arguments: Any) -> str:
     `pipeline.chat_format` renders, so a template that passes the string through renders what we train on.
     A string that is not JSON at all is kept as it is."""
     value = canonical_arguments(arguments)
-    return arguments if isinstance(value, str) and value == arguments else json.dumps(value, ensure_ascii=False)
+    return arguments if isinstance(value, str) and value == arguments else dumps_json(value, ensure_ascii=False)
 
 
 def openai_message(m: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from pipeline.jsonio import dumps_json
+
 __all__ = ["GROUPS", "KINDS", "Redactor"]
 
 SECRETS = ("private_key", "jwt", "anthropic_key", "openai_key", "aws_key", "github_token", "slack_token",
@@ -188,7 +190,7 @@ class Redactor:
         except (ValueError, RecursionError):  # not JSON after all, truncated, or absurdly deep: plain text
             return self._data(text, counts)
         counts.update(found)
-        return json.dumps(redacted, ensure_ascii=False) if found else text
+        return dumps_json(redacted, ensure_ascii=False) if found else text
 
     def _data(self, value: Any, counts: Counter[str]) -> Any:
         """Decoded JSON (or a plain string): every string value is redacted, keys are kept."""

@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.corpus import columns as io
+from pipeline.jsonio import dumps_json
 from pipeline.settings import current_settings
 
 HASH_COL = "row_hash"  # per-row content hash, stored so the next snapshot can compute a delta
@@ -185,7 +186,7 @@ def snapshot(rows: pl.DataFrame, url: str, *, lineage: dict[str, Any] | None = N
               "appended": delta.height, "removed": len(stale), "schema": keys,
               "derivation": derived, "row_hash": io.HASH_SCHEME,
               "created_at": datetime.now(UTC).isoformat(), "message": message}
-    text = json.dumps(record, default=str)
+    text = dumps_json(record, default=str)
     ds.metadata[MARKER] = "1"
     ds.metadata[f"{MARKER}.{version}"] = text  # browsable copy; the tag message is the source of truth
     ds.commit(message or f"tracemill snapshot {version}")

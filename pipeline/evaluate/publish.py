@@ -7,7 +7,6 @@ read the verdict vocabulary. Keeping it here keeps `compare`, `render` and `plot
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from pipeline.evaluate.plots import plots
 from pipeline.evaluate.render import markdown_report
 from pipeline.evaluate.verdict import finite
+from pipeline.jsonio import dumps_json
 
 
 def log_report(tracker: Any, run_id: str, report: Mapping[str, Any], out_dir: str | Path,
@@ -24,7 +24,7 @@ def log_report(tracker: Any, run_id: str, report: Mapping[str, Any], out_dir: st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(markdown_report(report))
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "report.json").write_text(dumps_json(report, indent=1, default=str))
     files = [out / "report.md", out / "report.json", *plots(report, out)]
     metrics = {f"{prefix}{k}": v for k, v in report["tables"]["checkpoint"]["all"].items()
                if finite(v) and k not in ("seed", "max_steps")}

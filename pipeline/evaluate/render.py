@@ -16,10 +16,10 @@ def _num(v: Any) -> str:
 
 
 def _delta(cmp: Mapping[str, Any] | None, metric: str) -> str:
-    if not cmp or metric not in cmp["deltas"] or metric in ("n_tasks", "n_rows"):
-        return "–"
+    if not cmp or not finite(cmp["deltas"].get(metric)) or metric in ("n_tasks", "n_rows"):
+        return "–"  # a missing number is NaN in memory and null once read back from report.json
     text = f"{cmp['deltas'][metric]:+.3f}"
-    if metric in cmp["ci"] and finite(cmp["ci"][metric][1]):
+    if finite((cmp["ci"].get(metric) or [None, None])[1]):
         _, lo, hi = cmp["ci"][metric]
         text += f" [{lo:+.3f}, {hi:+.3f}]"
     return text

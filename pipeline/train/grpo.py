@@ -13,11 +13,11 @@ our tokenizer; a tokenizer that adds one gets it here as in `chat_format.encode_
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pipeline.environment import DEFAULT_ENVIRONMENT, RewardFunction, load_environment
+from pipeline.jsonio import dumps_json
 from pipeline.train import launch
 from pipeline.train.recipes import RLRecipe
 from pipeline.train.result import TrainResult
@@ -35,7 +35,7 @@ def rl_dataset(rows: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, str]],
             if truth is None or truth == "":
                 raise ValueError("no ground truth")
             out.append({"prompt": prompt_text(row["prompt"], row.get("tools")),
-                        "ground_truth": truth if isinstance(truth, str) else json.dumps(truth),
+                        "ground_truth": truth if isinstance(truth, str) else dumps_json(truth),
                         "task_id": str(row.get("task_id") or "")})
         except (ValueError, KeyError, TypeError):
             skipped += 1

@@ -9,12 +9,12 @@ In a launched group every rank trains; only the main process writes files and ta
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.jsonio import dumps_json
 from pipeline.train.devices import is_main_process, load_causal_lm, settings_for, trainer_params
 from pipeline.train.recipes import RecipeBase, recipe_params
 from pipeline.train.result import TrainResult
@@ -106,7 +106,7 @@ def run_tracked(kind: str, recipe: RecipeBase, build: Callable[[list], Any], par
     recipe_path = out / "tracemill_recipe.json"
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        recipe_path.write_text(json.dumps(recipe.model_dump(), indent=2))
+        recipe_path.write_text(dumps_json(recipe.model_dump(), indent=2))
     sink: dict[str, list[float]] = {"loss": [], "grad_norm": [], "num_tokens": []}
     all_params = {**recipe_params(recipe), **params, "transformers": transformers.__version__, "trl": trl.__version__}
     run_ctx = (tracker.start_run(recipe.run_name or f"{kind}-{out.name}", params=all_params,

@@ -18,7 +18,6 @@ sort key and fallback of code that orders records without times.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import orjson
 from pydantic import ValidationError
 
 from pipeline.capture.importers.source import Record
+from pipeline.jsonio import dumps_json
 from pipeline.schema import Message, Outcome, Preference, Trajectory, format_validation_error
 
 DEFAULT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
@@ -159,7 +159,7 @@ def dumps(value: Any, *, sort_keys: bool = False) -> str:
         option = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS if sort_keys else 0
         return orjson.dumps(value, option=option, default=str).decode()
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys, default=str)
+        return dumps_json(value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys, default=str)
 
 
 def content_hash(value: Any, n: int = 20) -> str:
