@@ -223,12 +223,13 @@ def record(ws: Any, index: int, p: Planted, started_at: datetime) -> None:
     tools = [{"type": "function", "function": {"name": "lookup", "description": f"Looks up {v}", "parameters": {
         "type": "object", "properties": {"q": {"type": "string", "description": f"e.g. {v}", "default": v}}}}}]
     for attempt, reward in ((0, 1.0), (1, 0.0)):
-        tid = f"traj-{index}-{attempt}-{short}"
-        with ws.trajectory(f"agent {v}", trajectory_id=tid, task_id=f"task-{index}-{short}", model=f"model {v}",
+        # '|' around the value: `traj-1-0-123-45-6789` is one number, SSN or not; `traj/1/0/<key>` a path
+        tid = f"traj|{index}|{attempt}|{short}"
+        with ws.trajectory(f"agent {v}", trajectory_id=tid, task_id=f"task|{index}|{short}", model=f"model {v}",
                            tools=tools, started_at=started_at, metadata={"note": v, "task": {"question": v}}) as run:
             run.system(f"You help {v}.")
-            run.user(f"Please handle {v} for me.")
-            call = run.tool_call("lookup", {"q": v, "nested": [{"value": v}]}, call_id=f"call-{index}-{short}",
+            run.user(f"Please handle {v} for me (case {index}).")
+            call = run.tool_call("lookup", {"q": v, "nested": [{"value": v}]}, call_id=f"call|{index}|{short}",
                                  reasoning=f"I should look up {v}.", meta={"model": f"model {v}", "note": v})
             run.tool_result(call, f"found {v}" if attempt == 0 else {"result": v})
             run.assistant(f"Done with {v}, attempt {attempt}.", reasoning=f"The answer is {v}.")

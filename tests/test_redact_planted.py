@@ -8,7 +8,6 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import orjson
-import polars as pl
 import pytest
 
 from pipeline.capture.workspace import Workspace
@@ -57,11 +56,6 @@ def test_ids_stay_distinct_and_stable() -> None:
     assert Redactor(id_key=b"another key").redact_id("task 7 for jane@example.com") != a
 
 
-def _joined(ws: Workspace) -> pl.DataFrame:
-    lake_stages.refresh_lake(ws)
-    return lake_stages.read_joined(ws)
-
-
 @pytest.fixture(scope="module")
 def planted_ws(tmp_path_factory):
     home = tmp_path_factory.mktemp("planted")
@@ -69,7 +63,7 @@ def planted_ws(tmp_path_factory):
     values = planted(2, seed=3)
     for i, p in enumerate(values):
         record(ws, i, p, datetime(2026, 11, 20, 10, tzinfo=UTC))
-    ws.close()
+    lake_stages.refresh_lake(ws)
     return ws, values, home
 
 
@@ -97,5 +91,5 @@ def test_no_planted_value_reaches_a_corpus_in_any_field(planted_ws, tiny_model_d
 
 def test_redaction_can_be_turned_off(planted_ws) -> None:
     ws, values, _ = planted_ws
-    rows, stats = build_rows("sft", _joined(ws), None, {"redact": False})
+    rows, stats = build_rows("sft", lake_stages.read_joined(ws), None, {"redact": False})
     assert not stats.redactions and set(p.category for p in leaks(values, rows.write_csv())) == set(GENERATORS)

@@ -143,6 +143,20 @@ class Redactor:
         """A JSON document (tool definitions, metadata) redacted value by value; unchanged text when clean."""
         return text if not text else self._json(text, counts)
 
+    def redact_fields(self, row: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
+        """A corpus row's own fields: ids pseudonymised (`redact_id`), `tools` as JSON, other strings
+        (agent, model, source) as text. Conversation columns are redacted before, as messages."""
+        out = {}
+        for key, value in row.items():
+            if key in _IDS:
+                value = self.redact_id(value, counts)
+            elif key == "tools":
+                value = self.redact_json(value, counts)
+            elif key in ("agent", "model", "source") and isinstance(value, str):
+                value = self._data(value, counts)
+            out[key] = value
+        return out
+
     def redact_messages(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Counter[str]]:
         """Redacted copies of chat messages (the input is not modified) and counts per kind.
 
