@@ -16,6 +16,8 @@ from pipeline.corpus import stages
 from pipeline.corpus.redact import Redactor
 from pipeline.corpus.rows import build_rows
 from pipeline.corpus.store import open_corpus
+from pipeline.demo.agents import populate
+from pipeline.evaluate.online import online_eval
 from pipeline.lake import stages as lake_stages
 from tests.redact_planted import GENERATORS, leaks, planted, record
 
@@ -93,3 +95,28 @@ def test_redaction_can_be_turned_off(planted_ws) -> None:
     ws, values, _ = planted_ws
     rows, stats = build_rows("sft", lake_stages.read_joined(ws), None, {"redact": False})
     assert not stats.redactions and set(p.category for p in leaks(values, rows.write_csv())) == set(GENERATORS)
+
+
+def test_demo_world_survives_redaction_unchanged(tmp_path) -> None:
+    """Prices, quantities, currencies, task ids and calculator expressions are not PII: every format's rows
+    are identical with and without redaction."""
+    ws = Workspace.open("demo", home=tmp_path)
+    populate(ws, days=["2026-11-16"], per_day=40, seed=1)
+    lake_stages.refresh_lake(ws)
+    joined = lake_stages.read_joined(ws)
+    for fmt in ("sft", "dpo", "kto", "rl"):
+        redacted, stats = build_rows(fmt, joined, None, {"redact": True})
+        plain, _ = build_rows(fmt, joined, None, {"redact": False})
+        assert redacted.height > 0 and not stats.redactions, (fmt, dict(stats.redactions))
+        assert redacted.equals(plain), fmt
+
+
+def test_online_eval_report_is_redacted() -> None:
+    """What a model wrote reaches eval reports (online-*.json, MLflow): it is redacted like a corpus."""
+    def leaky(task):
+        return lambda messages: "Mail jane.doe@example.com, key AKIAIOSFODNN7EXAMPLE. The answer is 7.83 USD."
+
+    report = online_eval(None, seed=0, n_tasks=3, policy_factory=leaky)
+    answers = [t["final_answer"] for t in report["tasks"]]
+    assert answers == ["Mail [REDACTED:email], key [REDACTED:aws_key]. The answer is 7.83 USD."] * 3
+    assert all(isinstance(t["task"], dict) and t["task"]["task_id"] for t in report["tasks"])

@@ -143,6 +143,12 @@ class Redactor:
         """A JSON document (tool definitions, metadata) redacted value by value; unchanged text when clean."""
         return text if not text else self._json(text, counts)
 
+    def redact_data(self, value: Any) -> tuple[Any, Counter[str]]:
+        """Redacted copy of decoded JSON (an eval report's per-task answers): every string value, and any
+        scalar under a key that names a secret."""
+        counts: Counter[str] = Counter()
+        return self._data(value, counts), counts
+
     def redact_fields(self, row: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
         """A corpus row's own fields: ids pseudonymised (`redact_id`), `tools` as JSON, other strings
         (agent, model, source) as text. Conversation columns are redacted before, as messages."""
