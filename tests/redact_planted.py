@@ -236,6 +236,19 @@ def record(ws: Any, index: int, p: Planted, started_at: datetime) -> None:
         ws.record_outcome(tid, "reward", reward)
 
 
+def corpus_text(df: Any, tokenizer: Any) -> str:
+    """Everything a corpus version holds as text: its rows as JSON (escaped) and as plain values, and every
+    token-id column decoded with the tokenizer it was built with."""
+    import orjson
+
+    text = df.drop([c for c in df.columns if c.endswith(("_ids", "_mask"))])
+    blob = orjson.dumps(text.to_dicts(), default=str).decode()
+    blob += "\n".join(str(v) for col in text.columns for v in text[col].to_list())
+    for col in [c for c in df.columns if c.endswith("_ids")]:
+        blob += "".join(tokenizer.decode(ids) for ids in df[col].to_list())
+    return blob
+
+
 def leaks(planted_values: list[Planted], blob: str) -> Iterator[Planted]:
     """The planted values whose secret (as written, or without its spaces and dashes) occurs in `blob`."""
     squeezed = blob.replace(" ", "").replace("-", "")

@@ -19,7 +19,7 @@ from pipeline.corpus.store import open_corpus
 from pipeline.demo.agents import populate
 from pipeline.evaluate.online import online_eval
 from pipeline.lake import stages as lake_stages
-from tests.redact_planted import GENERATORS, leaks, planted, record
+from tests.redact_planted import GENERATORS, corpus_text, leaks, planted, record
 
 REDACTOR = Redactor()
 
@@ -81,13 +81,7 @@ def test_no_planted_value_reaches_a_corpus_in_any_field(planted_ws, tiny_model_d
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    text = df.drop([c for c in df.columns if c.endswith(("_ids", "_mask"))])
-    blob = orjson.dumps(text.to_dicts(), default=str).decode() + orjson.dumps(text.to_dicts(), default=str,
-                                                                              option=orjson.OPT_INDENT_2).decode()
-    blob += "\n".join(str(v) for col in text.columns for v in text[col].to_list())  # unescaped text too
-    for col in [c for c in df.columns if c.endswith("_ids")]:
-        blob += "".join(tok.decode(ids) for ids in df[col].to_list())
-    leaked = Counter(p.category for p in leaks(values, blob))
+    leaked = Counter(p.category for p in leaks(values, corpus_text(df, tok)))
     assert not leaked, f"leaked into the {fmt} corpus: {dict(leaked)}"
 
 
