@@ -58,7 +58,7 @@ REDACTOR = Redactor()
         ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA (truncated)", "b3BlbnNzaC1rZXktdjEAAAAA", "private_key"),
         ("secret=jvNTGrbd5nXKWyUlMxrxT2hHl+v8YUkZLHXneU4d", "jvNTGrbd5nXKWyUlMxrxT2hHl+v8YUkZLHXneU4d", "high_entropy"),
         ("'x-api-key': 'Ab3dE9fGh2JkL5mNp8QrS1tUv4WxY7zA'", "Ab3dE9fGh2JkL5mNp8QrS1tUv4WxY7zA", "high_entropy"),
-        ("HF_TOKEN=hf_94wBhPGp6KrrTH3KDchhKpRxZwd6dmHWLL", "hf_94wBhPGp6KrrTH3KDchhKpRxZwd6dmHWLL", "high_entropy"),
+        ("HF_TOKEN=hf_94wBhPGp6KrrTH3KDchhKpRxZwd6dmHWLL", "hf_94wBhPGp6KrrTH3KDchhKpRxZwd6dmHWLL", "service_token"),
     ],
 )
 def test_each_kind_is_caught(text: str, secret: str, kind: str) -> None:

@@ -78,15 +78,21 @@ def split_of(key: str, eval_fraction: float) -> str:
     return "eval" if bucket < eval_fraction else "train"
 
 
+def redactor_for(redact: bool | Redactor) -> Redactor | None:
+    """The redactor a `redact` option asks for: a given one (a workspace's, with its id key), a default
+    one for True, none for False."""
+    return redact if isinstance(redact, Redactor) else Redactor() if redact else None
+
+
 def curate(joined: pl.DataFrame, *, filter_expr: str = "", eval_fraction: float = 0.2,
-           redact: bool = True) -> tuple[pl.DataFrame, CurationStats]:
-    """Curated corpus rows (see CURATED_SCHEMA) and the counts behind them."""
+           redact: bool | Redactor = True) -> tuple[pl.DataFrame, CurationStats]:
+    """Curated corpus rows (see CURATED_SCHEMA) and the counts behind them. Every text that reaches the
+    corpus is redacted (messages, tools, agent, model; ids pseudonymised); the split is taken from the
+    original task id, so redaction never moves a task between splits."""
     stats = CurationStats(input_rows=joined.height)
     df = apply_filter(joined, filter_expr) if joined.height else joined
     stats.after_filter = df.height
-    redactor = None
-    if redact:
-        redactor = Redactor()
+    redactor = redactor_for(redact)
     rows, seen = [], set()
     for r in df.sort("started_at", "trajectory_id").iter_rows(named=True):
         messages = orjson.loads(r["messages_json"])
@@ -104,11 +110,12 @@ def curate(joined: pl.DataFrame, *, filter_expr: str = "", eval_fraction: float 
         seen.add(digest)
         split = split_of(r.get("task_id") or r["trajectory_id"], eval_fraction)
         stats.splits[split] += 1
-        rows.append({
+        row = {
             "trajectory_id": r["trajectory_id"], "task_id": r.get("task_id"), "agent": r.get("agent"),
             "model": r.get("model"), "day": r.get("day"), "reward": r.get("reward"), "split": split,
             "messages": orjson.dumps(messages).decode(), "tools": r.get("tools_json") or "[]",
             "content_hash": digest, "n_messages": len(messages), "n_tool_calls": r.get("n_tool_calls"),
-        })
+        }
+        rows.append(redactor.redact_fields(row, stats.redactions) if redactor is not None else row)
     stats.kept = len(rows)
     return pl.DataFrame(rows, schema=CURATED_SCHEMA), stats

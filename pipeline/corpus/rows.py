@@ -18,7 +18,14 @@ from typing import Any
 import orjson
 import polars as pl
 
-from pipeline.corpus.curate import CurationStats, content_hash, curate, quality_problem, split_of
+from pipeline.corpus.curate import (
+    CurationStats,
+    content_hash,
+    curate,
+    quality_problem,
+    redactor_for,
+    split_of,
+)
 from pipeline.corpus.redact import Redactor
 from pipeline.lake.filters import apply_filter
 from pipeline.lake.ingest import PREFERENCE_SCHEMA
@@ -47,7 +54,8 @@ class FormatStats(CurationStats):
 
 @dataclass(frozen=True)
 class Attempt:
-    """One cleaned trajectory: redacted messages cut into prompt and completion."""
+    """One cleaned trajectory: redacted messages cut into prompt and completion, redacted tools. The ids
+    are the lake's (preferences name them); `public_id` / `public_task` are what a corpus row shows."""
 
     trajectory_id: str
     task_id: str | None
@@ -57,6 +65,8 @@ class Attempt:
     tools: str
     metadata: dict[str, Any]
     prompt_key: str  # same key = same prompt text and tools: the condition for comparing completions
+    public_id: str = ""
+    public_task: str | None = None
 
 
 def prompt_and_completion(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -80,7 +90,7 @@ def _cut_problem(messages: list[dict[str, Any]]) -> str | None:
 
 
 def clean_attempts(joined: pl.DataFrame, stats: FormatStats, *, filter_expr: str = "",
-                   redactor: Any = None) -> tuple[list[Attempt], dict[str, str]]:
+                   redactor: Redactor | None = None) -> tuple[list[Attempt], dict[str, str]]:
     """Attempts that pass filter → quality → redaction → dedupe (pipeline.corpus.curate's order and rules),
     in (started_at, trajectory_id) order, and the reason every other trajectory id was dropped."""
     stats.input_rows = joined.height
@@ -103,10 +113,14 @@ def clean_attempts(joined: pl.DataFrame, stats: FormatStats, *, filter_expr: str
             continue
         seen.add(digest)
         prompt, completion = prompt_and_completion(messages)
-        tools = r.get("tools_json") or "[]"  # the prompt key: role and text only (step `meta` differs per run)
+        public = {"trajectory_id": r["trajectory_id"], "task_id": r.get("task_id"), "tools": r.get("tools_json") or "[]"}
+        if redactor is not None:
+            public = redactor.redact_fields(public, stats.redactions)
+        tools = public["tools"]  # the prompt key: role and text only (step `meta` differs per run)
         key = orjson.dumps([[m.get("role"), m.get("content")] for m in prompt] + [orjson.loads(tools)], option=_SORTED)
         kept.append(Attempt(r["trajectory_id"], r.get("task_id"), r["reward"], prompt, completion, tools,
-                            orjson.loads(r.get("metadata_json") or "{}"), hashlib.sha1(key).hexdigest()))
+                            orjson.loads(r.get("metadata_json") or "{}"), hashlib.sha1(key).hexdigest(),
+                            public["trajectory_id"], public["task_id"]))
     return kept, gone
 
 
@@ -116,11 +130,13 @@ def _finish(rows: list[dict], schema: dict[str, Any], stats: FormatStats) -> tup
     return pl.DataFrame(rows, schema=schema), stats
 
 
-def _pair(chosen: Attempt, rejected: Attempt, source: str, task_id: str | None, eval_fraction: float) -> dict:
-    pair_id = "p-" + hashlib.sha1(f"{chosen.trajectory_id}\x1f{rejected.trajectory_id}".encode()).hexdigest()[:16]
-    return {"pair_id": pair_id, "task_id": task_id, "prompt": _dumps(chosen.prompt),
+def _pair(chosen: Attempt, rejected: Attempt, source: str, task_id: str | None, eval_fraction: float,
+          public_task: str | None) -> dict:
+    """A DPO row; its ids are the public ones (the pair id is hashed from them too), its split the task's."""
+    pair_id = "p-" + hashlib.sha1(f"{chosen.public_id}\x1f{rejected.public_id}".encode()).hexdigest()[:16]
+    return {"pair_id": pair_id, "task_id": public_task, "prompt": _dumps(chosen.prompt),
             "chosen": _dumps(chosen.completion), "rejected": _dumps(rejected.completion),
-            "chosen_id": chosen.trajectory_id, "rejected_id": rejected.trajectory_id,
+            "chosen_id": chosen.public_id, "rejected_id": rejected.public_id,
             "chosen_reward": chosen.reward, "rejected_reward": rejected.reward, "source": source,
             "split": split_of(task_id or chosen.trajectory_id, eval_fraction), "tools": chosen.tools}
 
@@ -140,14 +156,14 @@ def _preference_problem(pref: dict[str, Any], by_id: dict[str, Attempt], gone: d
 
 def dpo_pairs(joined: pl.DataFrame, preferences: pl.DataFrame | None = None, *, min_margin: float = 0.5,
               max_pairs_per_task: int = 4, eval_fraction: float = 0.2, filter_expr: str = "",
-              redact: bool = True) -> tuple[pl.DataFrame, FormatStats]:
+              redact: bool | Redactor = True) -> tuple[pl.DataFrame, FormatStats]:
     """Chosen/rejected pairs (DPO_SCHEMA). Explicit preferences come first (a later judgement of a pair wins)
     and replace outcome pairs of the same two trajectories; outcome pairs join attempts at one task *and*
     prompt whose rewards differ by ≥ min_margin, widest first, at most max_pairs_per_task per task."""
     if min_margin <= 0:
         raise ValueError("min_margin must be > 0: a pair needs a strictly better chosen completion")
-    stats = FormatStats()
-    attempts, gone = clean_attempts(joined, stats, filter_expr=filter_expr, redactor=Redactor() if redact else None)
+    stats, redactor = FormatStats(), redactor_for(redact)
+    attempts, gone = clean_attempts(joined, stats, filter_expr=filter_expr, redactor=redactor)
     stats.dropped = Counter({f"trajectory_{k}": n for k, n in stats.dropped.items()})  # apart from pair drops
     by_id = {a.trajectory_id: a for a in attempts}
     pairs: dict[frozenset[str], dict[str, Any]] = {}
@@ -159,9 +175,10 @@ def dpo_pairs(joined: pl.DataFrame, preferences: pl.DataFrame | None = None, *, 
         key = frozenset((p["chosen"], p["rejected"]))
         if key in pairs:
             stats.dropped["preference_superseded"] += 1
-        chosen = by_id[p["chosen"]]
-        pairs[key] = _pair(chosen, by_id[p["rejected"]], "preference", chosen.task_id or p.get("task_id"),
-                           eval_fraction)
+        chosen, claimed = by_id[p["chosen"]], p.get("task_id")
+        public = chosen.public_task if chosen.task_id or redactor is None else redactor.redact_id(claimed, stats.redactions)
+        pairs[key] = _pair(chosen, by_id[p["rejected"]], "preference", chosen.task_id or claimed, eval_fraction,
+                           public)
     groups: dict[tuple[str, str], list[Attempt]] = defaultdict(list)
     for a in (a for a in attempts if a.task_id is not None and a.reward is not None):
         groups[(a.task_id, a.prompt_key)].append(a)
@@ -176,7 +193,7 @@ def dpo_pairs(joined: pl.DataFrame, preferences: pl.DataFrame | None = None, *, 
             elif taken >= max_pairs_per_task:
                 stats.dropped["over_max_pairs_per_task"] += 1
             else:
-                pairs[key] = _pair(chosen, rejected, "outcome", task_id, eval_fraction)
+                pairs[key] = _pair(chosen, rejected, "outcome", task_id, eval_fraction, chosen.public_task)
                 taken += 1
     rows = sorted(pairs.values(), key=lambda p: (p["task_id"] or "", p["source"], p["chosen_id"], p["rejected_id"]))
     stats.sources.update(p["source"] for p in rows)
@@ -184,27 +201,27 @@ def dpo_pairs(joined: pl.DataFrame, preferences: pl.DataFrame | None = None, *, 
 
 
 def kto_rows(joined: pl.DataFrame, *, threshold: float = 0.5, eval_fraction: float = 0.2, filter_expr: str = "",
-             redact: bool = True) -> tuple[pl.DataFrame, FormatStats]:
+             redact: bool | Redactor = True) -> tuple[pl.DataFrame, FormatStats]:
     """One unpaired example per attempt (KTO_SCHEMA): label = reward ≥ threshold; no reward, no row."""
     stats = FormatStats()
-    attempts, _ = clean_attempts(joined, stats, filter_expr=filter_expr, redactor=Redactor() if redact else None)
+    attempts, _ = clean_attempts(joined, stats, filter_expr=filter_expr, redactor=redactor_for(redact))
     rows = []
     for a in attempts:
         if a.reward is None:
             stats.dropped["no_reward"] += 1
             continue
-        rows.append({"trajectory_id": a.trajectory_id, "task_id": a.task_id, "prompt": _dumps(a.prompt),
+        rows.append({"trajectory_id": a.public_id, "task_id": a.public_task, "prompt": _dumps(a.prompt),
                      "completion": _dumps(a.completion), "label": a.reward >= threshold, "reward": a.reward,
                      "split": split_of(a.task_id or a.trajectory_id, eval_fraction), "tools": a.tools})
     return _finish(rows, KTO_SCHEMA, stats)
 
 
 def rl_rows(joined: pl.DataFrame, eval_fraction: float = 0.2, *, threshold: float = 0.5, filter_expr: str = "",
-            redact: bool = True) -> tuple[pl.DataFrame, FormatStats]:
+            redact: bool | Redactor = True) -> tuple[pl.DataFrame, FormatStats]:
     """One prompt per task (RL_SCHEMA; no task id: its own task), the best-rewarded attempt's. Ground truth
     (redacted: it reaches the corpus) is any attempt's `metadata["task"]` dict, else the best attempt's
     final answer when its reward ≥ threshold (a failed attempt's answer is no truth)."""
-    stats, redactor = FormatStats(), Redactor() if redact else None
+    stats, redactor = FormatStats(), redactor_for(redact)
     attempts, _ = clean_attempts(joined, stats, filter_expr=filter_expr, redactor=redactor)
     tasks: dict[str, list[Attempt]] = defaultdict(list)
     for a in attempts:
@@ -224,17 +241,19 @@ def rl_rows(joined: pl.DataFrame, eval_fraction: float = 0.2, *, threshold: floa
             [msg], counts = redactor.redact_messages([{"role": "user", "content": truth}])
             truth = msg["content"]
             stats.redactions.update(counts)
-        rows.append({"task_id": key, "prompt": _dumps(top.prompt), "ground_truth": truth,
+        rows.append({"task_id": top.public_task if top.task_id else top.public_id, "prompt": _dumps(top.prompt),
+                     "ground_truth": truth,
                      "split": split_of(key, eval_fraction), "tools": top.tools})
         stats.sources["metadata_task" if task is not None else "best_answer"] += 1
     return _finish(rows, RL_SCHEMA, stats)
 
 
 def build_rows(format: str, joined: pl.DataFrame, preferences: pl.DataFrame | None = None,
-               spec_options: Mapping[str, Any] | Any = None) -> tuple[pl.DataFrame, Any]:
+               spec_options: Mapping[str, Any] | Any = None, redactor: Redactor | None = None) -> tuple[pl.DataFrame, Any]:
     """Rows of one corpus format. `spec_options` is a CorpusSpec (its filter, eval_fraction, redact) or a
     mapping of those plus the format's own options (dpo: min_margin, max_pairs_per_task; kto/rl:
-    threshold); an unknown key is an error, so a typo never silently falls back to a default."""
+    threshold); an unknown key is an error, so a typo never silently falls back to a default. `redactor`
+    (a workspace's, keyed for its ids) is used where the options ask for redaction."""
     if format not in TRAINING_FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(TRAINING_FORMATS)}")
     allowed = {"filter", "eval_fraction", "redact", *_OPTIONS.get(format, ())}
@@ -243,7 +262,7 @@ def build_rows(format: str, joined: pl.DataFrame, preferences: pl.DataFrame | No
     if unknown := sorted(set(opts) - allowed):
         raise ValueError(f"unknown {format} options {unknown}; allowed: {sorted(allowed)}")
     common = {"filter_expr": opts.pop("filter", "") or "", "eval_fraction": opts.pop("eval_fraction", 0.2),
-              "redact": opts.pop("redact", True)}
+              "redact": (redactor or True) if opts.pop("redact", True) else False}
     if format == "dpo":
         return dpo_pairs(joined, preferences, **common, **opts)
     return {"sft": curate, "kto": kto_rows, "rl": rl_rows}[format](joined, **common, **opts)

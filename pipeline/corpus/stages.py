@@ -5,6 +5,8 @@ call these and only turn their results into metadata, so every stage also runs w
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +17,7 @@ from pipeline import storage
 from pipeline.capture.workspace import Workspace
 from pipeline.config import CorpusSpec
 from pipeline.corpus.curate import CurationStats
+from pipeline.corpus.redact import Redactor
 from pipeline.corpus.rows import build_rows
 from pipeline.corpus.token_cache import tokenize_with_cache
 from pipeline.corpus.tokenize import tokenize_format_rows
@@ -46,10 +49,34 @@ class CorpusCheck:
         return asdict(self)
 
 
+def redaction_key(ws: Workspace) -> bytes:
+    """The workspace's key for the hash a redacted id keeps (`Redactor.redact_id`): random, made once, kept
+    next to the lake and never in a corpus, so the pseudonym of `traj-<phone>` cannot be found by hashing
+    every phone number, yet stays the same from one snapshot to the next."""
+    path, key = ws.root / "redaction.key", secrets.token_hex(32).encode()
+    if storage.is_remote(path):
+        if not path.exists():
+            path.write_bytes(key)
+    elif not path.exists():  # owner-only from the first byte; link() never replaces: a racing curation keeps one key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_bytes().strip()
+
+
 def curate_corpus(ws: Workspace, spec: CorpusSpec) -> tuple[pl.DataFrame, CurationStats]:
     """Rows of the spec's format (sft/dpo/kto/rl) from every joined partition (+ explicit preferences)."""
     prefs = storage.read_parquet(ws.preferences_path) if ws.preferences_path.exists() else None
-    df, stats = build_rows(spec.format, read_joined(ws), prefs, spec)
+    redactor = Redactor(id_key=redaction_key(ws)) if spec.redact else None
+    df, stats = build_rows(spec.format, read_joined(ws), prefs, spec, redactor)
     lake.write_parquet(df, ws.curated_path(spec.name))
     event(log, "curated", workspace=ws.name, corpus=spec.name, format=spec.format, rows_in=stats.input_rows,
           after_filter=stats.after_filter, rows_out=df.height, dropped=dict(stats.dropped),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.chat_format import END, parse_assistant_output, tokenize_prompt
+from pipeline.corpus.redact import Redactor
 from pipeline.environment import DEFAULT_ENVIRONMENT, Environment, EnvTask, Policy, load_environment
 from pipeline.schema import utcnow
 
@@ -219,9 +220,11 @@ def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: in
                         "world": env.name, "eval_index": i}
                 _capture(workspace, tid, agent, name, task, messages, turns, result["reward"], meta, env.tools)
     elapsed = time.perf_counter() - started
+    # the report (eval/online-*.json, MLflow, Dagster metadata) shows what the model wrote: redacted like a corpus
+    tasks, _ = Redactor().redact_data(results)
     return {"checkpoint": ckpt, "agent": agent, "eval_tag": tag, "seed": seed, "max_steps": max_steps,
             **summarize(results), "seconds": elapsed,
-            "seconds_per_rollout": elapsed / len(results) if results else math.nan, "tasks": results}
+            "seconds_per_rollout": elapsed / len(results) if results else math.nan, "tasks": tasks}
 
 
 def per_task(report: Mapping[str, Any], key: str = "reward") -> list[float]:
