@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from pipeline.corpus import redact_rules as rules
-from pipeline.jsonio import dumps_json
 
 __all__ = ["GROUPS", "KINDS", "Redactor"]
 
@@ -208,7 +207,8 @@ class Redactor:
         except (ValueError, RecursionError):  # not JSON after all, truncated, or absurdly deep: plain text
             return self._data(text, counts)
         counts.update(found)
-        return dumps_json(redacted, ensure_ascii=False) if found else text
+        # json.dumps, not jsonio: arguments keep what they held (an `Infinity` stays one); only strings change
+        return json.dumps(redacted, ensure_ascii=False) if found else text
 
     def _data(self, value: Any, counts: Counter[str]) -> Any:
         """Decoded JSON (or a plain string): every string value is redacted, keys are kept."""
