@@ -115,3 +115,5 @@ def test_green_sessions_make_a_corpus_end_to_end(tmp_path):
     ds = deeplake.open_read_only(f"file://{home}/corpora/org/coding-sft")
     ids = sorted(ds["trajectory_id"][:])
     assert ids == sorted(f"claude_code:{s}" for s in (green, fixed))
+    calls = [sum(len(m.get("tool_calls") or []) for m in json.loads(text)) for text in ds["messages"][:]]
+    assert all(n > 0 for n in calls)  # the coding sessions' tool calls are in the corpus rows
