@@ -15,8 +15,8 @@ PKG = Path(__file__).resolve().parents[1] / "pipeline"
 # Rooms in the order they may import each other: a room imports only rooms to its left (and the root).
 ROOMS = ["capture", "lake", "server", "corpus", "train", "evaluate", "demo", "cli"]
 # Root modules shared by every room (the data model, settings, logging …), in their own downward order.
-ROOT_ORDER = ["jsonio", "schema", "settings", "config", "storage", "logs", "progress", "previews", "models", "chat_format",
-              "environment", "tracking"]
+ROOT_ORDER = ["errors", "jsonio", "schema", "settings", "config", "storage", "logs", "progress", "previews", "models",
+              "chat_format", "environment", "tracking"]
 
 
 def _module_name(path: Path) -> str:

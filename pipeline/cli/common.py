@@ -2,16 +2,21 @@
 
 One definition of `--home`, `--json` and the corpus `--root`, so every command spells, documents and
 resolves them the same way (through `pipeline.settings`, like the Dagster resources), and one `fail`,
-so every error reads `error: …` on stderr and exits 1.
+so every error reads `error: …` on ONE line of stderr and exits 1 (pipeline/cli/errors.py sends every
+exception a command raises through it).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
+from pipeline.models import TINY
 from pipeline.settings import Settings, current_settings
 
 console = Console()
@@ -24,9 +29,15 @@ RootOpt = Annotated[str | None, typer.Option("--root", envvar="TRACEMILL_CORPUS_
                                                   "file://<home>/corpora).")]
 
 
+def flat(text: str) -> str:
+    """One line: newlines and runs of blanks collapse to one space."""
+    return " ".join(str(text).split())
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print `error: message` to stderr and exit with `code` (1 unless a usage error says otherwise)."""
-    err.print(f"[bold red]error:[/] {message}")
+    """Print `error: message` to stderr as ONE line (never wrapped at the terminal width, never read as
+    rich markup: filters and paths hold brackets) and exit with `code` (1 unless a usage error says so)."""
+    err.print(Text.assemble(("error:", "bold red"), " ", flat(message)), soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -37,3 +48,20 @@ def settings(home: str | None = None, root: str | None = None) -> Settings:
         return current_settings(home=home, corpus_root=root)
     except ValueError as exc:
         fail(str(exc))
+
+
+def check_base_model(name: str) -> None:
+    """Fail before any work when `--base-model` names neither a folder here nor a model in the Hugging
+    Face cache while the hub is offline (the CLI's default): transformers would otherwise fail only when
+    the model loads, after ingest and curation, with a 240-line traceback."""
+    if name == TINY or Path(name).expanduser().is_dir():
+        return
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        fail(f"--base-model {name!r}: no such folder; pass a model folder, a Hugging Face id (org/name) or 'tiny'")
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() not in ("1", "ON", "YES", "TRUE"):
+        return  # online: the hub answers for itself
+    from huggingface_hub import try_to_load_from_cache
+
+    if not any(isinstance(try_to_load_from_cache(name, f), str) for f in ("config.json", "tokenizer_config.json")):
+        fail(f"--base-model {name!r} is not a folder here and not in the Hugging Face cache, and the hub is "
+             f"offline: download it once with `tracemill --online …`, or pass a model folder or 'tiny'")

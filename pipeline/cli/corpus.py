@@ -10,7 +10,9 @@ import orjson
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import HomeOpt, JsonOpt, RootOpt, console, fail, settings
+from pipeline.cli.common import HomeOpt, JsonOpt, RootOpt, check_base_model, console, fail, settings
+from pipeline.cli.errors import STORE_FIX
+from pipeline.storage import as_path
 
 corpus_app = typer.Typer(help="Inspect, compare and export versioned corpora.", no_args_is_help=True)
 
@@ -18,6 +20,25 @@ corpus_app = typer.Typer(help="Inspect, compare and export versioned corpora.", 
 def _root(root: str | None, home: str | None) -> str:
     """The corpus root these flags select (flag > env > profile > file://<home>/corpora)."""
     return settings(home, root).corpus_root_url
+
+
+def _check_bucket(to: str, url: str) -> None:
+    """An S3 corpus whose bucket is missing or unreachable fails before the work, not at the write
+    (where Deeplake also logs its own line): s3fs answers from the same AWS_* variables Deeplake reads."""
+    if not url.startswith("s3://"):
+        return
+    bucket = "s3://" + url.removeprefix("s3://").split("/", 1)[0]
+    if not as_path(bucket).exists():
+        fail(f"--to {to!r}: bucket {bucket} does not exist or cannot be reached: {STORE_FIX}")
+
+
+def _wait_policy(text: str) -> dict[str, str]:
+    """`--wait 'coverage=0.95,max=6h'` → its key/value pairs (the WaitPolicy model checks the values)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    bad = [part for part in parts if "=" not in part]
+    if bad:
+        fail(f"--wait {text!r}: {bad[0]!r} is not key=value; write e.g. --wait 'coverage=0.95,max=6h'")
+    return dict(part.split("=", 1) for part in parts)
 
 
 def snapshot(
@@ -37,16 +58,22 @@ def snapshot(
     from pipeline.capture.workspace import Workspace, WorkspaceNotFound
     from pipeline.config import CorpusSpec, WaitPolicy
     from pipeline.corpus import stages
+    from pipeline.corpus.store import resolve_corpus_url
     from pipeline.lake.filters import FilterError, compile_filter
     from pipeline.lake.stages import refresh_lake
     from pipeline.models import resolve_model
     from pipeline.schema import format_validation_error
     from pipeline.train.base_model import prepare_base_model
 
+    try:  # a bad --to fails here, not after ingest and curation
+        _check_bucket(to, resolve_corpus_url(to, _root(root, home)))
+    except ValueError as exc:
+        fail(f"--to {to!r}: {exc}")
+    check_base_model(base_model)
     try:
         compile_filter(filter)
         ws = Workspace.open(workspace, home=home, create=False)
-        waits = dict(part.split("=", 1) for part in wait.split(",") if part.strip()) if wait else {}
+        waits = _wait_policy(wait)
         spec = CorpusSpec(name="cli", format=format, filter=filter, target=to, eval_fraction=eval_fraction,
                           redact=not no_redact, wait=WaitPolicy(**waits))
     except FilterError as exc:

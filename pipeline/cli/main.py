@@ -13,11 +13,23 @@ from rich.table import Table
 
 from pipeline.capture.workspace import Workspace, WorkspaceNotFound
 from pipeline.cli.common import HomeOpt, JsonOpt, console, err, fail
+from pipeline.cli.errors import OneLineErrors, apply_hub_environment
 
 app = typer.Typer(help="tracemill: agent trajectories → curated, versioned corpora → trained models.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+                  no_args_is_help=True, pretty_exceptions_show_locals=False, cls=OneLineErrors)
 workspace_app = typer.Typer(help="Create, list, inspect and delete workspaces.", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
+
+
+@app.callback()
+def root(
+    debug: Annotated[bool, typer.Option("--debug", envvar="TRACEMILL_DEBUG",
+                                        help="Show the full traceback of an error instead of one line.")] = False,
+    online: Annotated[bool, typer.Option("--online", help="Let Hugging Face libraries reach the hub (default: "
+                                         "offline unless HF_HUB_OFFLINE is set), e.g. to download a base model.")] = False,
+) -> None:
+    """tracemill: agent trajectories → curated, versioned corpora → trained models."""
+    apply_hub_environment(online)  # `debug` is read by OneLineErrors from this context
 
 
 def open_ws(name: str, home: str | None) -> Workspace:
@@ -137,7 +149,7 @@ def import_cmd(
                 table.add_row(f.path, f.format or "", str(f.trajectories), str(f.outcomes), str(len(f.errors)))
         console.print(table)
         for p, reason in summary.skipped:
-            err.print(f"[dim]skipped {p}: {reason[:100]}[/]")
+            err.print(f"skipped {p}: {reason[:300]}", style="dim", markup=False, highlight=False)
         console.print(f"imported {summary.trajectories} trajectories, {summary.outcomes} outcomes "
                       f"into [bold]{ws.name}[/]")
         for p, e in summary.errors[:20]:

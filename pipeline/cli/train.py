@@ -10,7 +10,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from pipeline.cli.common import HomeOpt, JsonOpt, RootOpt, console, err, fail, settings
+from pipeline.cli.common import HomeOpt, JsonOpt, RootOpt, check_base_model, console, err, fail, settings
 from pipeline.config import TrainSettings
 from pipeline.jsonio import finite_or_none
 from pipeline.progress import progress_bar
@@ -29,6 +29,7 @@ def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: in
 
     if devices < 1 or batch_size % devices:
         fail(f"--batch-size ({batch_size}, sequences per step) must be a multiple of --devices ({devices})")
+    check_base_model(base_model)
     resolved = settings(home, root)  # the same corpus root and MLflow URI as the Dagster resources
     hd = resolved.home
     try:

@@ -23,7 +23,7 @@ from pipeline.capture.importers.base import Context, ImportResult, Item, RecordE
 from pipeline.capture.importers.detect import UnknownFormatError, detect_format
 from pipeline.capture.importers.import_days import ImportDays, index_path
 from pipeline.capture.importers.registry import FORMATS
-from pipeline.capture.importers.source import Source
+from pipeline.capture.importers.source import Source, not_regular
 from pipeline.schema import Outcome, Preference, Trajectory
 
 if TYPE_CHECKING:
@@ -106,16 +106,39 @@ class ImportSummary:
         return dict(sorted(out.items()))
 
 
-def expand(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given, directories walked recursively (sorted; hidden files skipped)."""
+def walk(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given, directories walked recursively (sorted; hidden entries and symlinked folders
+    not followed), and the sub-folders that could not be listed with the reason, so that an unreadable
+    folder shows up in the summary instead of silently importing less. FIFOs, devices and sockets
+    inside a folder are returned too: `import_paths` skips them with their reason, unopened."""
     out: list[Path] = []
+    unreadable: list[tuple[str, str]] = []
+
+    def failed(exc: OSError) -> None:
+        unreadable.append((str(exc.filename), f"cannot read folder: {exc.strerror or exc}"))
+
     for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and not any(
-                part.startswith(".") for part in f.relative_to(p).parts)))
-        else:
+        if not p.is_dir():
             out.append(p)
-    return out
+            continue
+        found: list[Path] = []
+        for folder, dirs, files in os.walk(p, onerror=failed):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found += [Path(folder, f) for f in files if not f.startswith(".")]
+        out.extend(sorted(found))
+    return out, unreadable
+
+
+def expand(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The files `walk` finds (unreadable sub-folders left out)."""
+    return walk(paths)[0]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 class _Batches:
@@ -159,11 +182,11 @@ def import_paths(paths: Iterable[str | os.PathLike], workspace: Workspace, forma
     `default_time`, records without timestamps go to the import day, or to the day the same
     trajectory was first imported into this workspace (`ImportDays`), so re-imports never spread
     one trajectory over two day partitions."""
-    files = expand(paths)
+    files, unreadable = walk(paths)
     days = None if default_time else ImportDays(index_path(workspace), import_day())
     default_time = default_time or (days.today if days else None)
-    summary = ImportSummary()
-    total = sum(f.stat().st_size for f in files if f.exists())
+    summary = ImportSummary([FileSummary(path=folder, skipped=why) for folder, why in unreadable])
+    total = sum(map(_size, files))
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
                    TextColumn("{task.fields[items]} trajectories"), TimeRemainingColumn(),
                    console=console, disable=not progress, transient=False)
@@ -175,10 +198,12 @@ def import_paths(paths: Iterable[str | os.PathLike], workspace: Workspace, forma
             summary.files.append(fs)
             bar.update(task, description=path.name)
             try:
+                if why := not_regular(path):
+                    raise ValueError(why)
                 fs.format, src, items = iter_file(path, format, agent=agent, default_time=default_time)
             except (UnknownFormatError, ValueError, OSError) as exc:
                 fs.skipped = str(exc)
-                done += path.stat().st_size if path.exists() else 0
+                done += _size(path)
                 bar.update(task, completed=done)
                 continue
             batches = _Batches(workspace, batch_size, fs, days)

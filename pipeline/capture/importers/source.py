@@ -6,17 +6,46 @@ holding the whole text so that a text format's `sniff` can recognise it by conte
 read lazily, line by line, so a multi-gigabyte export streams; `bytes_read` lets a progress bar follow.
 A line that is not valid JSON becomes a record with `error` set (reported with its line number), so
 one bad line never hides the others. The layout is decided from the content, never the extension.
+A file that starts like JSON but of which no line parses either (a truncated export, absurd nesting)
+is refused as a whole with the parser's line and column: "no format matches" would send the user
+looking for the wrong problem. Only regular files are opened: a FIFO would block for ever and a
+device may never end.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+            (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+class NotJSONError(ValueError):
+    """Starts like JSON, yet neither parses as one document nor has a single parsable line."""
+
+    def __init__(self, name: str, exc: orjson.JSONDecodeError) -> None:
+        self.line, self.column = exc.lineno, exc.colno
+        hint = ("nested deeper than the parser's limit of 1024 levels" if "depth" in exc.msg
+                else "the file is truncated: export it again" if "end of data" in exc.msg
+                else "repair the file or export it again")
+        super().__init__(f"{name}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} ({hint})")
+
+
+def not_regular(path: str | os.PathLike) -> str | None:
+    """Why `path` must not be opened as an input file (a FIFO, a device …), or None for a regular file.
+    Decided with `stat`, which never opens the file; a symlink is judged by what it points to."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
+    return f"{kind}, not a regular file: skipped without opening it"
 
 
 @dataclass(frozen=True)
@@ -53,6 +82,8 @@ class Source:
         by more content means JSON Lines; otherwise the whole file must parse as one document, and if
         it does not, it is read as JSON Lines so every bad line gets reported on its own."""
         path = Path(path)
+        if why := not_regular(path):
+            raise ValueError(f"{path.name}: {why}")
         with open(path, "rb") as fh:
             first = fh.readline()
             while first and not first.strip():
@@ -65,7 +96,9 @@ class Source:
             return cls(path, kind="jsonl")
         try:
             value = orjson.loads(path.read_bytes())
-        except orjson.JSONDecodeError:
+        except orjson.JSONDecodeError as exc:
+            if not _any_line_parses(path):  # not JSON Lines with bad lines either: one broken document
+                raise NotJSONError(path.name, exc) from None
             return cls(path, kind="jsonl")
         src = cls(path, value, kind="json")
         src.bytes_read = src.total_bytes
@@ -130,3 +163,9 @@ def _parses(line: bytes) -> bool:
         return isinstance(orjson.loads(line), dict | list)
     except orjson.JSONDecodeError:
         return False
+
+
+def _any_line_parses(path: Path) -> bool:
+    """Whether some line is a JSON object or array on its own (stops at the first one)."""
+    with open(path, "rb") as fh:
+        return any(_parses(raw) for raw in fh if raw.strip())
