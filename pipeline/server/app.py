@@ -23,28 +23,28 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, Response
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.capture import fast_validate as fastschema
 from pipeline.capture.workspace import Workspace, home_dir
+from pipeline.json_rules import JsonValueError, check
 from pipeline.logs import configure, event, get_logger
-from pipeline.schema import Message, Outcome, Preference
+from pipeline.schema import Message
 from pipeline.server import otlp_http as otlp_capture
 from pipeline.server.auth import revoke_workspace
 from pipeline.server.request_io import (
     describe,
     fail,
     fold_open_trajectory,
-    items,
+    land_groups,
     loads,
     mark_closed,
     open_paths,
     prune_tombstones,
     raw_items,
+    rejections,
     respond,
     result,
-    validate_models,
 )
 from pipeline.server.state import ServerState
 
@@ -76,16 +76,17 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
         return respond({"status": "ok", "commits": stats.commits, "records": stats.records,
                         "fsyncs": stats.fsyncs, "failures": stats.failures})
 
-    @app.post("/v1/workspaces/{name}/trajectories")
-    async def post_trajectories(name: str, request: Request) -> Response:
+    async def _post_batch(name: str, request: Request, key: str, kind: str) -> Response:
+        """Every batch endpoint: per item, one validator (`fast_validate.validate_record`)."""
         st.authorize(request, name, "writer")
         st.workspace(name)
-        ok, bad = fastschema.validate_many(raw_items(await st.body(request), "trajectories"), name)
-        groups: dict[tuple[str, str], list[bytes]] = {}
-        for acc in ok:
-            groups.setdefault(("trajectory", acc.day), []).append(acc.json)
-        await _land(name, groups)
-        return _accepted(name, "trajectory", len(ok), [{"index": r.index, "id": r.id, "error": r.error} for r in bad])
+        ok, bad = fastschema.validate_many(raw_items(await st.body(request), key), name if kind == "trajectory" else None, kind)
+        await _land(name, land_groups(kind, ok))
+        return _accepted(name, kind, len(ok), rejections(bad))
+
+    @app.post("/v1/workspaces/{name}/trajectories")
+    async def post_trajectories(name: str, request: Request) -> Response:
+        return await _post_batch(name, request, "trajectories", "trajectory")
 
     def _accepted(name: str, kind: str, accepted: int, errors: list[dict[str, Any]]) -> Response:
         """The per-item result, logged with the ids of what was refused (what a sender asks about)."""
@@ -102,21 +103,13 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
         except OSError as exc:
             raise fail(503, f"landing write failed, nothing from this request was acknowledged: {exc}") from None
 
-    async def _post_models(name: str, request: Request, key: str, model: type[BaseModel], id_field: str) -> Response:
-        st.authorize(request, name, "writer")
-        st.workspace(name)
-        batch = items(await st.body(request), key)
-        groups, errors = validate_models(batch, model, id_field)
-        await _land(name, groups)
-        return _accepted(name, key.rstrip("s"), len(batch) - len(errors), errors)
-
     @app.post("/v1/workspaces/{name}/outcomes")
     async def post_outcomes(name: str, request: Request) -> Response:
-        return await _post_models(name, request, "outcomes", Outcome, "outcome_id")
+        return await _post_batch(name, request, "outcomes", "outcome")
 
     @app.post("/v1/workspaces/{name}/preferences")
     async def post_preferences(name: str, request: Request) -> Response:
-        return await _post_models(name, request, "preferences", Preference, "preference_id")
+        return await _post_batch(name, request, "preferences", "preference")
 
     @app.post("/v1/workspaces/{name}/trajectories/{tid}/messages")
     async def append_messages(name: str, tid: str, request: Request) -> Response:
@@ -136,6 +129,10 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
             raise fail(400, '"offset" must be a non-negative integer (the index of the first message)')
         if header is not None and (not isinstance(header, dict) or header.get("trajectory_id", tid) != tid):
             raise fail(400, '"trajectory" must be an object of trajectory fields for this id')
+        try:
+            check(header)  # it is folded in at close: refuse now what the close would refuse then
+        except JsonValueError as exc:
+            raise fail(400, f"trajectory.{exc}") from None
         dumped, errors = [], []
         for i, m in enumerate(messages):
             try:
