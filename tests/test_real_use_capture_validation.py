@@ -259,3 +259,13 @@ def test_otlp_evaluation_score_nan_is_refused_and_the_trace_still_lands(server):
     assert df.height == 1 and stats.quarantined == 0
     outcomes, ostats = ingest_outcomes(ws)
     assert outcomes.height == 0 and ostats.quarantined == 0
+
+
+def test_token_counts_that_fit_one_by_one_but_not_summed_do_not_wedge_the_day(server):
+    ws = Workspace.create("tokens-sum", server.home, exist_ok=True)
+    t = trajectory("summed")
+    for m in t["messages"]:
+        m["meta"] = {"input_tokens": 2**62, "output_tokens": 2**62}
+    assert _post(server, ws.name, "trajectories", [orjson.dumps(t)])["accepted"] == 1
+    df, stats = ingest_trajectories(ws, DAY)  # the Int64 sum column saturates instead of failing the day
+    assert stats.quarantined == 0 and df["input_tokens"][0] == 2**63 - 1
