@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +75,19 @@ def write_bytes_atomic(path: AnyPath, data: bytes) -> None:
         path.write_bytes(data)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    _publish(path, lambda tmp: tmp.write_bytes(data))
+
+
+def _publish(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write a temp file next to `path` and rename it over `path`; a failed write (a full disk)
+    removes the temp file, so no `.tmp` is left behind for every failed attempt."""
     tmp = _tmp_name(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_parquet(df: pl.DataFrame, path: AnyPath, metadata: dict[str, str] | None = None) -> None:
@@ -87,9 +98,7 @@ def write_parquet(df: pl.DataFrame, path: AnyPath, metadata: dict[str, str] | No
         df.write_parquet(str(path), metadata=metadata)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    df.write_parquet(tmp, metadata=metadata)
-    os.replace(tmp, path)
+    _publish(path, lambda tmp: df.write_parquet(tmp, metadata=metadata))
 
 
 def parquet_metadata(path: AnyPath) -> dict[str, str]:

@@ -26,7 +26,7 @@ RootOpt = Annotated[str | None, typer.Option("--root", envvar="TRACEMILL_CORPUS_
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print `error: message` to stderr and exit with `code` (1 unless a usage error says otherwise)."""
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however narrow the terminal
     raise typer.Exit(code)
 
 

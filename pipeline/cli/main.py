@@ -49,6 +49,8 @@ def workspace_create(name: str, description: str = "", home: HomeOpt = None):
         ws = Workspace.create(name, home=home, description=description)
     except (FileExistsError, ValueError) as exc:
         fail(str(exc))
+    except OSError as exc:  # an unwritable or full home: say where, not a traceback
+        fail(f"cannot create workspace {name!r}: {exc.strerror or exc} ({exc.filename or home})")
     console.print(f"created workspace [bold]{name}[/] at {ws.root}")
 
 

@@ -51,12 +51,13 @@ from pipeline.server.state import ServerState
 log = get_logger("server")
 DEFAULT_PORT = 8470
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT_S = 30.0
 
 
 def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = DEFAULT_MAX_BODY,
-               require_auth: bool = True) -> FastAPI:
+               require_auth: bool = True, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> FastAPI:
     """The capture app for one tracemill home. One process per home: it owns its landing segments."""
-    st = ServerState(home_dir(home), max_body_bytes, require_auth)
+    st = ServerState(home_dir(home), max_body_bytes, require_auth, body_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -103,6 +104,13 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
         except OSError as exc:
             raise fail(503, f"landing write failed, nothing from this request was acknowledged: {exc}") from None
 
+    async def _durably(work: Any) -> Any:
+        """Await a write of the committer; a full or failing disk is a 503 with the reason (retryable)."""
+        try:
+            return await work
+        except OSError as exc:
+            raise fail(503, f"write failed, nothing from this request was acknowledged: {exc}") from None
+
     @app.post("/v1/workspaces/{name}/outcomes")
     async def post_outcomes(name: str, request: Request) -> Response:
         return await _post_batch(name, request, "outcomes", "outcome")
@@ -147,7 +155,7 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
         async with st.lock((name, tid)):
             if closed_path.exists():
                 raise fail(409, f"trajectory {tid!r} is already closed")
-            await st.committer.submit([("file", open_path, line)])
+            await _durably(st.committer.submit([("file", open_path, line)]))
         return respond({"trajectory_id": tid, "appended": len(dumped)})
 
     @app.post("/v1/workspaces/{name}/trajectories/{tid}/close")
@@ -168,7 +176,7 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
             if isinstance(res, fastschema.Rejected):
                 raise fail(422, f"cannot close {tid!r}: {res.error}")
             await _land(name, {("trajectory", res.day): [res.json]})
-            await st.committer.call(lambda: mark_closed(open_path, closed_path))
+            await _durably(st.committer.call(lambda: mark_closed(open_path, closed_path)))
         return respond({"trajectory_id": tid, "closed": True, "day": res.day})
 
     @app.get("/v1/workspaces/{name}")
@@ -241,10 +249,11 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
 
 
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, home: str | os.PathLike | None = None,
-          max_body_bytes: int = DEFAULT_MAX_BODY, require_auth: bool = True, log_level: str = "warning") -> None:
+          max_body_bytes: int = DEFAULT_MAX_BODY, require_auth: bool = True, log_level: str = "warning",
+          body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
     """Run the capture server in this process (uvicorn, one worker: the process owns its segments)."""
     import uvicorn
 
     configure()  # structured events on stderr: TRACEMILL_LOG_FORMAT=json|text, TRACEMILL_LOG_LEVEL
-    app = create_app(home, max_body_bytes=max_body_bytes, require_auth=require_auth)
+    app = create_app(home, max_body_bytes=max_body_bytes, require_auth=require_auth, body_timeout_s=body_timeout_s)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
