@@ -21,7 +21,7 @@ from pipeline.capture.recorder import CaptureMethods
 from pipeline.schema import Outcome, Preference, Trajectory, utcnow
 from pipeline.settings import environment
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # always fullmatch: `$` would admit "wa\n"
 
 
 def home_dir(home: str | os.PathLike | None = None) -> Path:
@@ -30,7 +30,7 @@ def home_dir(home: str | os.PathLike | None = None) -> Path:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ValueError(
             f"workspace name {name!r} is invalid: use 1-63 lowercase letters, digits, '-' or '_', "
             "starting with a letter or digit (e.g. 'ft-live')"

@@ -19,7 +19,7 @@ from pipeline.cli.common import HomeOpt, JsonOpt, console, err, fail
 from pipeline.server import auth
 
 token_app = typer.Typer(help="Create, list and revoke API tokens of the capture server.", no_args_is_help=True)
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?i?b?)?\s*\Z", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:

@@ -115,7 +115,10 @@ def import_cmd(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         fail(f"no such file or folder: {', '.join(missing)}")
-    ws = Workspace.open(workspace, home=home) if create else open_ws(workspace, home)
+    try:
+        ws = Workspace.open(workspace, home=home) if create else open_ws(workspace, home)
+    except (ValueError, OSError) as exc:  # a bad name (`../x`) or an unwritable home: one line
+        fail(str(exc))
     when = DEFAULT_TIME
     if default_time:
         try:
