@@ -56,11 +56,42 @@ def _string_problem(text: str, what: str) -> str | None:
     return None
 
 
+def _clean(v: Any, depth: int, max_depth: float, big_ints: bool) -> bool:
+    """True when `v` obeys the rules: the hot path's check, without building paths (recursion stops
+    at `max_depth`, so it stays shallow; a value this refuses is walked again by `problem` to say where)."""
+    cls = v.__class__
+    if cls is str:
+        return v.isascii() or _string_problem(v, "") is None
+    if cls is int:
+        return big_ints or INT_MIN <= v <= INT_MAX
+    if cls is float:
+        return v - v == 0.0  # NaN and ±inf give NaN
+    if cls is dict:
+        if depth >= max_depth:
+            return False
+        for key, item in v.items():
+            if key.__class__ is not str or not (key.isascii() or _string_problem(key, "") is None):
+                return False
+            if not _clean(item, depth + 1, max_depth, big_ints):
+                return False
+        return True
+    if cls is list:
+        if depth >= max_depth:
+            return False
+        for item in v:
+            if not _clean(item, depth + 1, max_depth, big_ints):
+                return False
+        return True
+    return v is None or cls is bool
+
+
 def problem(value: Any, path: Path = (), max_depth: int | None = MAX_DEPTH,
             big_ints: bool = False) -> JsonValueError | None:
     """The first value under `value` that breaks the rules, as an error with its path; None when all
     is well. Iterative, so no nesting depth can make it fail; `max_depth=None` checks no depth;
     `big_ints=True` admits integers of any size (for values kept as JSON text: tool-call arguments)."""
+    if max_depth is not None and _clean(value, 0, max_depth, big_ints):
+        return None
     stack: list[tuple[Any, Path, int]] = [(value, path, 0)]
     while stack:
         v, p, depth = stack.pop()
@@ -94,6 +125,8 @@ def problem(value: Any, path: Path = (), max_depth: int | None = MAX_DEPTH,
 
 def check(value: Any, max_depth: int | None = MAX_DEPTH, big_ints: bool = False) -> Any:
     """`value` when it obeys the rules; raises JsonValueError (a ValueError) naming the path otherwise."""
+    if max_depth is not None and _clean(value, 0, max_depth, big_ints):
+        return value
     if (err := problem(value, max_depth=max_depth, big_ints=big_ints)) is not None:
         raise err
     return value

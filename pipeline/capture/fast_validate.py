@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from pipeline import json_rules
 from pipeline.capture.landing import LandingWriter
-from pipeline.json_rules import INT64_MAX, JsonValueError, check, dotted, dumps_exact
+from pipeline.json_rules import INT64_MAX, JsonValueError, check, dumps_exact
 from pipeline.schema import Outcome, Preference, Trajectory, format_validation_error
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
@@ -159,14 +159,6 @@ class Rejected(msgspec.Struct, gc=False):
     error: str
 
 
-class _Envelope(msgspec.Struct, gc=False):
-    """One landing line, as `pipeline.capture.landing` writes and reads it."""
-
-    t: int
-    w: str
-    r: Any
-
-
 def _check_workspace(current: str | None, workspace: str | None) -> str | None:
     if workspace is None or current is None:
         return current if workspace is None else workspace
@@ -222,9 +214,7 @@ def _guess_id(obj: Any, field: str = "trajectory_id") -> str | None:
 def _describe(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return format_validation_error(exc)
-    if isinstance(exc, JsonValueError):
-        return f"{dotted(exc.path) or '<record>'}: {exc.reason}"
-    return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"  # JsonValueError: path: why
 
 
 def validate_json(raw: bytes | msgspec.Raw, index: int = 0, workspace: str | None = None) -> Accepted | Rejected:
@@ -306,5 +296,4 @@ def write_records(workspace: Any, kind: str, records: Iterable[Any], writer: Lan
 
 
 def write_trajectories(workspace: Any, trajectories: Iterable[Any], writer: LandingWriter | None = None) -> int:
-    """Fast drop-in for `Workspace.write_trajectories` (see `write_records`)."""
-    return write_records(workspace, "trajectory", trajectories, writer)
+    return write_records(workspace, "trajectory", trajectories, writer)  # `Workspace.write_trajectories`
