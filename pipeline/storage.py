@@ -69,6 +69,20 @@ def _tmp_name(path: AnyPath) -> AnyPath:
     return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # concurrent runs never collide
 
 
+def _sweep_stale_temps(path: Path) -> None:
+    """Remove temp files of `path` left by writers that were killed (their process is gone): a write
+    that fails cleans up after itself, a SIGKILLed one cannot."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                tmp.unlink(missing_ok=True)
+            except PermissionError:  # alive, someone else's
+                pass
+
+
 def write_bytes_atomic(path: AnyPath, data: bytes) -> None:
     """Readers never see half a file: temp + rename locally; object stores publish a PUT atomically."""
     if is_remote(path):
@@ -81,6 +95,7 @@ def write_bytes_atomic(path: AnyPath, data: bytes) -> None:
 def _publish(path: Path, write: Callable[[Path], Any]) -> None:
     """Write a temp file next to `path` and rename it over `path`; a failed write (a full disk)
     removes the temp file, so no `.tmp` is left behind for every failed attempt."""
+    _sweep_stale_temps(path)
     tmp = _tmp_name(path)
     try:
         write(tmp)

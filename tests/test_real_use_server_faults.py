@@ -215,3 +215,17 @@ def test_token_and_workspace_create_on_an_unwritable_home_print_one_line(tmp_pat
     assert r.returncode == 1, r
     assert "Traceback" not in r.stderr and r.stderr.count("\n") <= 2, r.stderr
     assert "error:" in r.stderr and str(home.name) in r.stderr, r.stderr
+
+
+def test_ingest_sweeps_temp_files_of_killed_writers(tmp_path):
+    ws = Workspace.create("w", tmp_path)
+    ws.write_trajectories([trajectory("t1")])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    target = ws.raw_path(DAY)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stale = target.with_name(f".{target.name}.{int(dead.stdout)}.1.tmp")
+    stale.write_bytes(b"half a parquet file")
+    live = target.with_name(f".{target.name}.{os.getppid()}.1.tmp")  # a running writer's: kept
+    live.write_bytes(b"in progress")
+    ingest_trajectories(ws, DAY)
+    assert not stale.exists() and live.exists()
