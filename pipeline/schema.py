@@ -3,6 +3,8 @@
 Pydantic is the contract users see (JSON Schema via `tracemill schema`); every capture path and
 importer produces these models, so downstream stages never deal with format quirks.
 Unknown fields are kept in `metadata["extra"]` rather than rejected: agents evolve faster than schemas.
+Every value also obeys `pipeline.json_rules` (finite floats, 64-bit integers, valid Unicode, bounded
+nesting): the same models validate at capture and at ingest, so what capture accepts the lake keeps.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.json_rules import INT32_MAX, INT64_MAX, JsonValueError, check, dotted, dumps_exact
+
 Role = Literal["system", "user", "assistant", "tool"]
 
 
@@ -26,7 +30,15 @@ def _as_utc(value: datetime | None) -> datetime | None:
     """Naive timestamps are taken as UTC so that day partitions never depend on the host's zone."""
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
+        raise ValueError(f"{value.isoformat()} is out of range once converted to UTC") from None
+
+
+def _free_form(value: Any) -> Any:
+    """Free-form JSON (metadata, tool definitions): checked against `pipeline.json_rules`."""
+    return check(value)
 
 
 def _keep_unknown(cls: type[BaseModel], data: Any) -> Any:
@@ -45,7 +57,8 @@ def _keep_unknown(cls: type[BaseModel], data: Any) -> Any:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=False)
+    # allow_inf_nan=False: JSON has no NaN or Infinity (orjson would land them as null)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=False, allow_inf_nan=False)
 
 
 class ToolCall(_Model):
@@ -63,7 +76,7 @@ class ToolCall(_Model):
             return "{}"
         if isinstance(v, str):
             return v
-        return orjson.dumps(v).decode()
+        return dumps_exact(check(v, big_ints=True))  # integers beyond 64 bits keep their digits, never become floats
 
     def parsed_arguments(self) -> Any:
         """The arguments decoded; raises ValueError when they are not valid JSON."""
@@ -73,16 +86,21 @@ class ToolCall(_Model):
 class StepMeta(_Model):
     """Optional per-step telemetry; any other keys are allowed because providers report different things."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     timestamp: datetime | None = None
     model: str | None = None
-    input_tokens: int | None = Field(None, ge=0)
-    output_tokens: int | None = Field(None, ge=0)
+    input_tokens: int | None = Field(None, ge=0, le=INT64_MAX)
+    output_tokens: int | None = Field(None, ge=0, le=INT64_MAX)
     latency_ms: float | None = Field(None, ge=0)
     cost_usd: float | None = Field(None, ge=0)
     finish_reason: str | None = None
 
     _utc = field_validator("timestamp")(classmethod(lambda cls, v: _as_utc(v)))
+
+    @model_validator(mode="after")
+    def _extras_are_json(self) -> StepMeta:
+        check(self.model_extra or {})
+        return self
 
 
 class Message(_Model):
@@ -137,6 +155,7 @@ class Trajectory(_Model):
         return data
 
     _utc = field_validator("started_at", "ended_at")(classmethod(lambda cls, v: _as_utc(v)))
+    _json = field_validator("tools", "metadata")(classmethod(lambda cls, v: _free_form(v)))
 
     @property
     def day(self) -> str:
@@ -150,7 +169,7 @@ class Outcome(_Model):
 
     outcome_id: str = Field("", description="Stable id; derived from the content when empty.")
     trajectory_id: str = Field(min_length=1)
-    step: int | None = Field(None, ge=0)
+    step: int | None = Field(None, ge=0, le=INT32_MAX)
     name: str = Field("reward", min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
     value: float | None = None
     label: str | None = None
@@ -167,6 +186,7 @@ class Outcome(_Model):
         return data
 
     _utc = field_validator("recorded_at")(classmethod(lambda cls, v: _as_utc(v)))
+    _json = field_validator("metadata")(classmethod(lambda cls, v: _free_form(v)))
 
     @model_validator(mode="after")
     def _check(self) -> Outcome:
@@ -174,7 +194,8 @@ class Outcome(_Model):
             raise ValueError("an outcome needs a numeric `value` or a `label`")
         if not self.outcome_id:
             key = f"{self.trajectory_id}|{self.step}|{self.name}|{self.value}|{self.label}|{self.source}|{self.recorded_at.isoformat()}"
-            self.outcome_id = hashlib.sha1(key.encode()).hexdigest()[:20]
+            # surrogatepass: an unpaired surrogate is refused with its field path when dumped, not here
+            self.outcome_id = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:20]
         return self
 
 
@@ -195,6 +216,7 @@ class Preference(_Model):
         return _keep_unknown(cls, data)
 
     _utc = field_validator("recorded_at")(classmethod(lambda cls, v: _as_utc(v)))
+    _json = field_validator("metadata")(classmethod(lambda cls, v: _free_form(v)))
 
     @model_validator(mode="after")
     def _distinct(self) -> Preference:
@@ -216,12 +238,16 @@ def json_schemas() -> dict[str, Any]:
 
 
 def format_validation_error(exc: Exception) -> str:
-    """One line per problem, each naming the field path, e.g. `messages.2.role: Input should be …`."""
+    """One line per problem, each naming the field path, e.g. `messages.2.role: Input should be …`;
+    a `json_rules` refusal inside a free-form field extends the path (`metadata.n.3: …`)."""
     errors = getattr(exc, "errors", None)
     if not callable(errors):
         return str(exc)
     parts = []
     for err in errors():
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "<record>"
-        parts.append(f"{loc}: {err.get('msg')}")
+        loc, msg = tuple(err.get("loc", ())), err.get("msg")
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, JsonValueError):
+            loc, msg = (*loc, *cause.path), cause.reason
+        parts.append(f"{dotted(loc) or '<record>'}: {msg}")
     return "; ".join(parts)

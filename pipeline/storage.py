@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +69,40 @@ def _tmp_name(path: AnyPath) -> AnyPath:
     return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # concurrent runs never collide
 
 
+def _sweep_stale_temps(path: Path) -> None:
+    """Remove temp files of `path` left by writers that were killed (their process is gone): a write
+    that fails cleans up after itself, a SIGKILLed one cannot."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                tmp.unlink(missing_ok=True)
+            except PermissionError:  # alive, someone else's
+                pass
+
+
 def write_bytes_atomic(path: AnyPath, data: bytes) -> None:
     """Readers never see half a file: temp + rename locally; object stores publish a PUT atomically."""
     if is_remote(path):
         path.write_bytes(data)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    _publish(path, lambda tmp: tmp.write_bytes(data))
+
+
+def _publish(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write a temp file next to `path` and rename it over `path`; a failed write (a full disk)
+    removes the temp file, so no `.tmp` is left behind for every failed attempt."""
+    _sweep_stale_temps(path)
     tmp = _tmp_name(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_parquet(df: pl.DataFrame, path: AnyPath, metadata: dict[str, str] | None = None) -> None:
@@ -87,9 +113,7 @@ def write_parquet(df: pl.DataFrame, path: AnyPath, metadata: dict[str, str] | No
         df.write_parquet(str(path), metadata=metadata)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    df.write_parquet(tmp, metadata=metadata)
-    os.replace(tmp, path)
+    _publish(path, lambda tmp: df.write_parquet(tmp, metadata=metadata))
 
 
 def parquet_metadata(path: AnyPath) -> dict[str, str]:

@@ -152,8 +152,9 @@ def test_bodies_over_the_limit_get_413_and_the_server_stays_up(live):
         assert c.get("/healthz").status_code == 200
 
 
+# An unpaired surrogate or too deep nesting inside one item is refused per item since issue 12 (item 7):
+# see tests/test_real_use_capture_validation.py.
 @pytest.mark.parametrize("body", [b"[{", b"{'single': 'quotes'}", b"nope", b"[1,]", b"\xff\xfe", b"", b"   ",
-                                  b'[{"trajectory_id": "\\ud800"}]', b"[" * 5000 + b"]" * 5000,
                                   b'{"a":' * 3000 + b"1" + b"}" * 3000])
 def test_malformed_json_is_a_clear_400_and_the_server_stays_up(live, body):
     with live.client(live.alpha_w) as c:

@@ -6,7 +6,9 @@ accepts: canonical JSON types only, no unknown fields anywhere, no lax coercions
 reject is handed to pydantic, which decides (and words the error with field paths). Whatever they
 accept is re-encoded canonically, and that output always validates as the pydantic model
 (tests/test_fastschema.py checks this property on generated input), so the lake never quarantines a
-record the capture path acknowledged.
+record the capture path acknowledged. Both sides apply `pipeline.json_rules` (finite floats, 64-bit
+integers, valid Unicode, bounded nesting), and outcomes and preferences are validated here too
+(`validate_record`), so the server, the SDK in both modes and ingest share one validator.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
-import orjson
 from pydantic import ValidationError
 
+from pipeline import json_rules
 from pipeline.capture.landing import LandingWriter
-from pipeline.schema import Trajectory, format_validation_error
+from pipeline.json_rules import INT64_MAX, JsonValueError, check, dumps_exact
+from pipeline.schema import Outcome, Preference, Trajectory, format_validation_error
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
-NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
-NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0, le=1.7976931348623157e308)]  # finite: NaN fails ge
 # Timestamps stay strings in the canonical RFC 3339 shape, which msgspec's pattern check, Python's
 # fromisoformat and pydantic all read the same way. Other shapes (dates alone, unix numbers, more
 # than 6 fractional digits, which msgspec would round where pydantic truncates) take the pydantic path.
@@ -52,7 +55,7 @@ class FastToolCall(_Strict):
     def __post_init__(self) -> None:
         # Same rule as schema.ToolCall: arguments stay a JSON *string*; objects are encoded.
         if not isinstance(self.arguments, str):
-            self.arguments = "{}" if self.arguments is None else orjson.dumps(self.arguments).decode()
+            self.arguments = "{}" if self.arguments is None else dumps_exact(check(self.arguments, big_ints=True))
 
 
 class FastStepMeta(_Strict):
@@ -128,6 +131,10 @@ class FastTrajectory(_Strict):
             self.started_at = datetime.now(UTC).isoformat()
         if self.ended_at is not None:
             parse_timestamp(self.ended_at)
+        if self.metadata:
+            check(self.metadata)
+        if self.tools:
+            check(self.tools)
 
 
 _decoder = msgspec.json.Decoder(FastTrajectory)
@@ -135,27 +142,21 @@ _encoder = msgspec.json.Encoder()
 
 
 class Accepted(msgspec.Struct, gc=False):
-    """A valid trajectory: its id, landing day and canonical JSON. Encoded at once on purpose:
-    keeping thousands of decoded trees alive until the batch is written costs more in garbage
-    collection than the validation itself (measured 4.6 vs 12-17 us per record)."""
+    """A valid record: its trajectory id, landing day, canonical JSON and, for outcomes and
+    preferences, its own id. Encoded at once on purpose: keeping thousands of decoded trees alive
+    until the batch is written costs more in garbage collection than the validation itself
+    (measured 4.6 vs 12-17 us per record)."""
 
-    trajectory_id: str
+    trajectory_id: str | None
     day: str
     json: bytes
+    record_id: str | None = None
 
 
 class Rejected(msgspec.Struct, gc=False):
     index: int
     id: str | None
     error: str
-
-
-class _Envelope(msgspec.Struct, gc=False):
-    """One landing line, as `pipeline.capture.landing` writes and reads it."""
-
-    t: int
-    w: str
-    r: Any
 
 
 def _check_workspace(current: str | None, workspace: str | None) -> str | None:
@@ -178,22 +179,42 @@ def _finish(traj: FastTrajectory, workspace: str | None) -> Accepted:
     return Accepted(traj.trajectory_id, day, _encoder.encode(traj))
 
 
+def _dump(model: Any, **options: Any) -> bytes:
+    """The canonical JSON of a validated model. Python callers can still hand over strings with
+    unpaired surrogates (which no JSON encoder writes): that refusal is worded with its field path."""
+    try:
+        return model.model_dump_json(**options).encode()
+    except ValueError:  # PydanticSerializationError
+        err = json_rules.problem(model.model_dump(), max_depth=None)
+        if err is None:
+            raise
+        raise err from None
+
+
 def _slow(obj: Any, workspace: str | None) -> Accepted:
-    """The authoritative pydantic path: lax coercions, unknown fields into metadata['extra']."""
-    traj = obj if isinstance(obj, Trajectory) else Trajectory.model_validate(obj)
+    """The authoritative pydantic path: lax coercions, unknown fields into metadata['extra']. A model
+    built earlier (the recorder's) is not validated again, but its free-form fields, which the caller
+    may have changed since (`set_metadata`), are checked."""
+    if isinstance(obj, Trajectory):
+        traj = obj
+        for name in ("metadata", "tools"):
+            if (err := json_rules.problem(getattr(traj, name))) is not None:
+                raise JsonValueError((name, *err.path), err.reason)
+    else:
+        traj = Trajectory.model_validate(obj)
     traj.workspace = _check_workspace(traj.workspace, workspace)
-    return Accepted(traj.trajectory_id, traj.day, traj.model_dump_json(exclude_none=True).encode())
+    return Accepted(traj.trajectory_id, traj.day, _dump(traj, exclude_none=True))
 
 
-def _guess_id(obj: Any) -> str | None:
-    tid = obj.get("trajectory_id") if isinstance(obj, dict) else getattr(obj, "trajectory_id", None)
+def _guess_id(obj: Any, field: str = "trajectory_id") -> str | None:
+    tid = obj.get(field) if isinstance(obj, dict) else getattr(obj, field, None)
     return tid if isinstance(tid, str) else None
 
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return format_validation_error(exc)
-    return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"  # JsonValueError: path: why
 
 
 def validate_json(raw: bytes | msgspec.Raw, index: int = 0, workspace: str | None = None) -> Accepted | Rejected:
@@ -204,7 +225,7 @@ def validate_json(raw: bytes | msgspec.Raw, index: int = 0, workspace: str | Non
         pass
     obj: Any = None
     try:
-        obj = orjson.loads(memoryview(raw) if isinstance(raw, msgspec.Raw) else raw)
+        obj = json_rules.loads(memoryview(raw) if isinstance(raw, msgspec.Raw) else raw)  # exact integers
         return _slow(obj, workspace)
     except Exception as exc:  # noqa: BLE001 - pydantic lets TypeError/OverflowError from validators through
         return Rejected(index, _guess_id(obj), _describe(exc))
@@ -224,31 +245,55 @@ def validate_obj(obj: Any, index: int = 0, workspace: str | None = None) -> Acce
         return Rejected(index, _guess_id(obj), _describe(exc))
 
 
-def validate_many(items: Iterable[Any], workspace: str | None = None) -> tuple[list[Accepted], list[Rejected]]:
+_MODELS: dict[str, tuple[type[Outcome] | type[Preference], str]] = {
+    "outcome": (Outcome, "outcome_id"), "preference": (Preference, "preference_id")}
+
+
+def validate_record(kind: str, item: Any, index: int = 0, workspace: str | None = None) -> Accepted | Rejected:
+    """Validate one record of any kind (JSON bytes, a dict or a model); outcomes and preferences land
+    under the day they were recorded (what lets a sensor see late ones)."""
+    if kind == "trajectory":
+        is_json = isinstance(item, bytes | bytearray | msgspec.Raw)
+        return validate_json(item, index, workspace) if is_json else validate_obj(item, index, workspace)
+    model, id_field = _MODELS[kind]
+    obj: Any = item
+    try:
+        if isinstance(item, bytes | bytearray | msgspec.Raw):
+            obj = json_rules.loads(memoryview(item) if isinstance(item, msgspec.Raw) else item)
+        rec = obj if isinstance(obj, model) else model.model_validate(obj)
+        return Accepted(getattr(rec, "trajectory_id", None), rec.recorded_at.date().isoformat(),
+                        _dump(rec), getattr(rec, id_field))
+    except Exception as exc:  # noqa: BLE001 - pydantic lets TypeError from validators through
+        return Rejected(index, _guess_id(obj, id_field), _describe(exc))
+
+
+def validate_many(items: Iterable[Any], workspace: str | None = None,
+                  kind: str = "trajectory") -> tuple[list[Accepted], list[Rejected]]:
     """Validate a batch; bytes/Raw items are JSON, anything else a dict/model. Never raises per item."""
     ok: list[Accepted] = []
     bad: list[Rejected] = []
     for i, item in enumerate(items):
-        if isinstance(item, bytes | bytearray | msgspec.Raw):
-            res = validate_json(item, i, workspace)
-        else:
-            res = validate_obj(item, i, workspace)
+        res = validate_record(kind, item, i, workspace)
         (ok if isinstance(res, Accepted) else bad).append(res)
     return ok, bad
 
 
-def land(writer: LandingWriter, accepted: Iterable[Accepted]) -> int:
-    """Append validated trajectories, one append + fsync per day touched."""
+def land(writer: LandingWriter, accepted: Iterable[Accepted], kind: str = "trajectory") -> int:
+    """Append validated records, one append + fsync per day touched."""
     by_day: dict[str, list[bytes]] = {}
     for acc in accepted:
         by_day.setdefault(acc.day, []).append(acc.json)
-    return sum(writer.append_records("trajectory", day, recs) for day, recs in by_day.items())
+    return sum(writer.append_records(kind, day, recs) for day, recs in by_day.items())
+
+
+def write_records(workspace: Any, kind: str, records: Iterable[Any], writer: LandingWriter | None = None) -> int:
+    """The local SDK's writes: all or nothing (raises ValueError naming the first bad item and its
+    field path before anything is written), then one append + fsync per day touched."""
+    ok, bad = validate_many(records, workspace.name if kind == "trajectory" else None, kind)
+    if bad:
+        raise ValueError(f"{kind} {bad[0].id or bad[0].index}: {bad[0].error}")
+    return land(writer or workspace.writer, ok, kind)
 
 
 def write_trajectories(workspace: Any, trajectories: Iterable[Any], writer: LandingWriter | None = None) -> int:
-    """Fast drop-in for `Workspace.write_trajectories`: all or nothing like the pydantic version
-    (raises ValueError naming the first bad item and its field path before anything is written)."""
-    ok, bad = validate_many(trajectories, workspace.name)
-    if bad:
-        raise ValueError(f"trajectory {bad[0].id or bad[0].index}: {bad[0].error}")
-    return land(writer or workspace.writer, ok)
+    return write_records(workspace, "trajectory", trajectories, writer)  # `Workspace.write_trajectories`

@@ -77,10 +77,25 @@ class LandingWriter:
             if fh is None:
                 fh = self._open(self.path_for(kind, day))
                 self._files[(kind, day)] = fh
-            while payload:  # a raw write may be partial; a short line would be a torn record
-                payload = payload[fh.write(payload):]
-            os.fsync(fh.fileno())
+            size = os.fstat(fh.fileno()).st_size
+            try:
+                while payload:  # a raw write may be partial; a short line would be a torn record
+                    payload = payload[fh.write(payload):]
+                os.fsync(fh.fileno())
+            except BaseException:
+                self._roll_back(kind, day, fh, size)
+                raise
         return len(records)
+
+    def _roll_back(self, kind: str, day: str, fh: Any, size: int) -> None:
+        """After a failed append (a full disk), cut the segment back to its last whole record and keep
+        appending to it: the next request reuses this file instead of opening a new one per failure.
+        If even the cut fails, close it: `_open` starts the next append on a fresh line."""
+        try:
+            os.ftruncate(fh.fileno(), size)
+        except OSError:
+            fh.close()
+            del self._files[(kind, day)]
 
     def _open(self, path: Path):
         """Open a segment for appending; a new file's directory entries are fsynced too, so the file
@@ -89,6 +104,11 @@ class LandingWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         existed = path.exists()
         fh = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open for the writer's life
+        if existed and path.stat().st_size:
+            with open(path, "rb") as probe:
+                probe.seek(-1, os.SEEK_END)
+                if probe.read(1) != b"\n":
+                    fh.write(b"\n")  # a torn last line (a crash, a failed cut) stays one bad line of its own
         for d in ([path.parent] if not existed else []) + [c.parent for c in created]:
             fd = os.open(d, os.O_RDONLY)
             try:

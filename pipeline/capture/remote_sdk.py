@@ -90,26 +90,22 @@ class RemoteWorkspace(CaptureMethods):
     # ---- the Workspace write API ------------------------------------------------------------------
     def write_trajectories(self, trajectories: Iterable[Trajectory | dict[str, Any]]) -> int:
         """Validate and queue trajectories; returns how many were queued (not yet acknowledged)."""
-        items = []
-        for i, t in enumerate(trajectories):
-            if isinstance(t, Trajectory):
-                if t.workspace is None:
-                    t.workspace = self.name
-                items.append(self._item("trajectory", t.trajectory_id, t.model_dump_json(exclude_none=True).encode()))
-                continue
-            res = fastschema.validate_obj(t, i, self.name)
-            if isinstance(res, fastschema.Rejected):
-                raise ValueError(f"trajectory {res.id or i}: {res.error}")
-            items.append(self._item("trajectory", res.trajectory_id, res.json))
-        return self._enqueue(items)
+        return self._validated("trajectory", trajectories)
 
     def write_outcomes(self, outcomes: Iterable[Outcome | dict[str, Any]]) -> int:
-        models = [o if isinstance(o, Outcome) else Outcome.model_validate(o) for o in outcomes]
-        return self._enqueue([self._item("outcome", o.outcome_id, o.model_dump_json().encode()) for o in models])
+        return self._validated("outcome", outcomes)
 
     def write_preferences(self, preferences: Iterable[Preference | dict[str, Any]]) -> int:
-        models = [p if isinstance(p, Preference) else Preference.model_validate(p) for p in preferences]
-        return self._enqueue([self._item("preference", p.preference_id, p.model_dump_json().encode()) for p in models])
+        return self._validated("preference", preferences)
+
+    def _validated(self, kind: str, records: Iterable[Any]) -> int:
+        """Validate in the caller with the server's own validator (so a refusal is an exception here,
+        naming the field path, instead of a rejection reported later), then queue; all or nothing."""
+        ok, bad = fastschema.validate_many(records, self.name if kind == "trajectory" else None, kind)
+        if bad:
+            raise ValueError(f"{kind} {bad[0].id or bad[0].index}: {bad[0].error}")
+        ident = "trajectory_id" if kind == "trajectory" else "record_id"
+        return self._enqueue([self._item(kind, getattr(a, ident), a.json) for a in ok])
 
     # ---- waiting ----------------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:

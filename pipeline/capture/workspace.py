@@ -21,7 +21,7 @@ from pipeline.capture.recorder import CaptureMethods
 from pipeline.schema import Outcome, Preference, Trajectory, utcnow
 from pipeline.settings import environment
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # always fullmatch: `$` would admit "wa\n"
 
 
 def home_dir(home: str | os.PathLike | None = None) -> Path:
@@ -30,7 +30,7 @@ def home_dir(home: str | os.PathLike | None = None) -> Path:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ValueError(
             f"workspace name {name!r} is invalid: use 1-63 lowercase letters, digits, '-' or '_', "
             "starting with a letter or digit (e.g. 'ft-live')"
@@ -172,17 +172,10 @@ class Workspace(CaptureMethods):
         return fast_validate.write_trajectories(self, trajectories)
 
     def write_outcomes(self, outcomes: Iterable[Outcome | dict[str, Any]]) -> int:
-        """Outcomes land under the day they were *recorded*: that is what lets a sensor see late ones."""
-        by_day: dict[str, list[dict[str, Any]]] = {}
-        for o in outcomes:
-            out = o if isinstance(o, Outcome) else Outcome.model_validate(o)
-            by_day.setdefault(out.recorded_at.date().isoformat(), []).append(out.model_dump(mode="json"))
-        return sum(self.writer.append("outcome", day, recs) for day, recs in by_day.items())
+        """Outcomes land under the day they were *recorded*: that is what lets a sensor see late ones.
+        Validated like trajectories (and like the capture server does), all or nothing."""
+        return fast_validate.write_records(self, "outcome", outcomes)
 
     def write_preferences(self, preferences: Iterable[Preference | dict[str, Any]]) -> int:
-        by_day: dict[str, list[dict[str, Any]]] = {}
-        for p in preferences:
-            pref = p if isinstance(p, Preference) else Preference.model_validate(p)
-            by_day.setdefault(pref.recorded_at.date().isoformat(), []).append(pref.model_dump(mode="json"))
-        return sum(self.writer.append("preference", day, recs) for day, recs in by_day.items())
+        return fast_validate.write_records(self, "preference", preferences)
 

@@ -19,7 +19,7 @@ from pipeline.cli.common import HomeOpt, JsonOpt, console, err, fail
 from pipeline.server import auth
 
 token_app = typer.Typer(help="Create, list and revoke API tokens of the capture server.", no_args_is_help=True)
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?i?b?)?\s*\Z", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
@@ -36,6 +36,8 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind; keep loopba
           max_body: Annotated[str, typer.Option("--max-body", help="Largest request body accepted (413 above).")] = "16MB",
           no_auth: Annotated[bool, typer.Option("--no-auth", help="Accept requests without a token (loopback only).")] = False,
           log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+          body_timeout: Annotated[float, typer.Option(
+              "--body-timeout", help="Seconds a request body may stall before a 408 (10x that in all).")] = 30.0,
           home: HomeOpt = None):
     """Run the capture server: agents POST trajectories, outcomes, preferences and OTLP traces."""
     from pipeline.server.app import serve as run_server
@@ -46,7 +48,8 @@ def serve(host: Annotated[str, typer.Option(help="Interface to bind; keep loopba
     if not no_auth and not auth.list_tokens(home):
         err.print("[yellow]no API tokens yet:[/] create one with `tracemill token create WORKSPACE --role writer`")
     console.print(f"tracemill capture server on http://{host}:{port} (home {home_dir(home)}, max body {limit} bytes)")
-    run_server(host, port, home=home, max_body_bytes=limit, require_auth=not no_auth, log_level=log_level)
+    run_server(host, port, home=home, max_body_bytes=limit, require_auth=not no_auth, log_level=log_level,
+               body_timeout_s=body_timeout)
 
 
 @token_app.command("create")
@@ -59,6 +62,8 @@ def token_create(workspace: Annotated[str, typer.Argument(help="Workspace the to
         token = auth.create_token(home, workspace, role, label=label)
     except ValueError as exc:
         fail(str(exc))
+    except OSError as exc:  # an unwritable or full home: say where, not a traceback
+        fail(f"cannot write the token store {auth.tokens_path(home)}: {exc.strerror or exc}")
     if json:
         sys.stdout.write(orjson.dumps({"token": token, "workspace": workspace, "role": role}).decode() + "\n")
         return

@@ -61,6 +61,8 @@ def workspace_create(name: str, description: str = "", home: HomeOpt = None):
         ws = Workspace.create(name, home=home, description=description)
     except (FileExistsError, ValueError) as exc:
         fail(str(exc))
+    except OSError as exc:  # an unwritable or full home: say where, not a traceback
+        fail(f"cannot create workspace {name!r}: {exc.strerror or exc} ({exc.filename or home})")
     console.print(f"created workspace [bold]{name}[/] at {ws.root}")
 
 
@@ -125,7 +127,10 @@ def import_cmd(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         fail(f"no such file or folder: {', '.join(missing)}")
-    ws = Workspace.open(workspace, home=home) if create else open_ws(workspace, home)
+    try:
+        ws = Workspace.open(workspace, home=home) if create else open_ws(workspace, home)
+    except (ValueError, OSError) as exc:  # a bad name (`../x`) or an unwritable home: one line
+        fail(str(exc))
     when = None
     if default_time:
         try:

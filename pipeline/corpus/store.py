@@ -25,8 +25,8 @@ from pipeline.jsonio import dumps_json
 from pipeline.settings import current_settings
 
 HASH_COL = "row_hash"  # per-row content hash, stored so the next snapshot can compute a delta
-VERSION_RE = re.compile(r"^v([0-9]+)$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+VERSION_RE = re.compile(r"^v([0-9]+)\Z")  # \Z, not $: `$` also matches before a trailing newline
+NAME_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*\Z")
 SCHEMES = ("file://", "s3://", "gcs://", "gs://", "al://", "az://", "azure://", "mem://")
 MARKER = "tracemill.corpus"
 APPEND_BATCH = 50_000

@@ -27,6 +27,7 @@ from pipeline.capture.fast_validate import (  # msgspec first, pydantic for what
 )
 from pipeline.capture.landing import LandedLine, read_landed
 from pipeline.capture.workspace import Workspace
+from pipeline.json_rules import INT64_MAX
 from pipeline.lake import incremental
 from pipeline.lake import otlp_assembly as otlp_assemble
 from pipeline.logs import event, get_logger
@@ -84,8 +85,9 @@ def flatten(traj: Trajectory, received_ns: int = 0) -> dict[str, Any]:
         "n_assistant": sum(m.role == "assistant" for m in msgs),
         "n_tool_calls": sum(len(m.tool_calls) for m in msgs),
         "n_tool_errors": sum(m.role == "tool" and m.is_error for m in msgs),
-        "input_tokens": sum(m.input_tokens or 0 for m in metas) if metas else None,
-        "output_tokens": sum(m.output_tokens or 0 for m in metas) if metas else None,
+        # each count fits Int64 (json_rules); their sum saturates rather than fail the whole day
+        "input_tokens": min(sum(m.input_tokens or 0 for m in metas), INT64_MAX) if metas else None,
+        "output_tokens": min(sum(m.output_tokens or 0 for m in metas), INT64_MAX) if metas else None,
         "cost_usd": sum(m.cost_usd or 0.0 for m in metas) if metas else None,
         "final_answer": final,
         "messages_json": orjson.dumps([m.model_dump(mode="json", exclude_none=True) for m in msgs]).decode(),

@@ -23,7 +23,7 @@ from pipeline.capture.workspace import Workspace
 from pipeline.logs import event, get_logger
 
 log = get_logger("late")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

@@ -23,40 +23,41 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, Response
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.capture import fast_validate as fastschema
 from pipeline.capture.workspace import Workspace, home_dir
+from pipeline.json_rules import JsonValueError, check
 from pipeline.logs import configure, event, get_logger
-from pipeline.schema import Message, Outcome, Preference
+from pipeline.schema import Message
 from pipeline.server import otlp_http as otlp_capture
 from pipeline.server.auth import revoke_workspace
 from pipeline.server.request_io import (
     describe,
     fail,
     fold_open_trajectory,
-    items,
+    land_groups,
     loads,
     mark_closed,
     open_paths,
     prune_tombstones,
     raw_items,
+    rejections,
     respond,
     result,
-    validate_models,
 )
 from pipeline.server.state import ServerState
 
 log = get_logger("server")
 DEFAULT_PORT = 8470
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT_S = 30.0
 
 
 def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = DEFAULT_MAX_BODY,
-               require_auth: bool = True) -> FastAPI:
+               require_auth: bool = True, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> FastAPI:
     """The capture app for one tracemill home. One process per home: it owns its landing segments."""
-    st = ServerState(home_dir(home), max_body_bytes, require_auth)
+    st = ServerState(home_dir(home), max_body_bytes, require_auth, body_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,16 +77,17 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
         return respond({"status": "ok", "commits": stats.commits, "records": stats.records,
                         "fsyncs": stats.fsyncs, "failures": stats.failures})
 
-    @app.post("/v1/workspaces/{name}/trajectories")
-    async def post_trajectories(name: str, request: Request) -> Response:
+    async def _post_batch(name: str, request: Request, key: str, kind: str) -> Response:
+        """Every batch endpoint: per item, one validator (`fast_validate.validate_record`)."""
         st.authorize(request, name, "writer")
         st.workspace(name)
-        ok, bad = fastschema.validate_many(raw_items(await st.body(request), "trajectories"), name)
-        groups: dict[tuple[str, str], list[bytes]] = {}
-        for acc in ok:
-            groups.setdefault(("trajectory", acc.day), []).append(acc.json)
-        await _land(name, groups)
-        return _accepted(name, "trajectory", len(ok), [{"index": r.index, "id": r.id, "error": r.error} for r in bad])
+        ok, bad = fastschema.validate_many(raw_items(await st.body(request), key), name if kind == "trajectory" else None, kind)
+        await _land(name, land_groups(kind, ok))
+        return _accepted(name, kind, len(ok), rejections(bad))
+
+    @app.post("/v1/workspaces/{name}/trajectories")
+    async def post_trajectories(name: str, request: Request) -> Response:
+        return await _post_batch(name, request, "trajectories", "trajectory")
 
     def _accepted(name: str, kind: str, accepted: int, errors: list[dict[str, Any]]) -> Response:
         """The per-item result, logged with the ids of what was refused (what a sender asks about)."""
@@ -102,21 +104,20 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
         except OSError as exc:
             raise fail(503, f"landing write failed, nothing from this request was acknowledged: {exc}") from None
 
-    async def _post_models(name: str, request: Request, key: str, model: type[BaseModel], id_field: str) -> Response:
-        st.authorize(request, name, "writer")
-        st.workspace(name)
-        batch = items(await st.body(request), key)
-        groups, errors = validate_models(batch, model, id_field)
-        await _land(name, groups)
-        return _accepted(name, key.rstrip("s"), len(batch) - len(errors), errors)
+    async def _durably(work: Any) -> Any:
+        """Await a write of the committer; a full or failing disk is a 503 with the reason (retryable)."""
+        try:
+            return await work
+        except OSError as exc:
+            raise fail(503, f"write failed, nothing from this request was acknowledged: {exc}") from None
 
     @app.post("/v1/workspaces/{name}/outcomes")
     async def post_outcomes(name: str, request: Request) -> Response:
-        return await _post_models(name, request, "outcomes", Outcome, "outcome_id")
+        return await _post_batch(name, request, "outcomes", "outcome")
 
     @app.post("/v1/workspaces/{name}/preferences")
     async def post_preferences(name: str, request: Request) -> Response:
-        return await _post_models(name, request, "preferences", Preference, "preference_id")
+        return await _post_batch(name, request, "preferences", "preference")
 
     @app.post("/v1/workspaces/{name}/trajectories/{tid}/messages")
     async def append_messages(name: str, tid: str, request: Request) -> Response:
@@ -136,6 +137,10 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
             raise fail(400, '"offset" must be a non-negative integer (the index of the first message)')
         if header is not None and (not isinstance(header, dict) or header.get("trajectory_id", tid) != tid):
             raise fail(400, '"trajectory" must be an object of trajectory fields for this id')
+        try:
+            check(header)  # it is folded in at close: refuse now what the close would refuse then
+        except JsonValueError as exc:
+            raise fail(400, f"trajectory.{exc}") from None
         dumped, errors = [], []
         for i, m in enumerate(messages):
             try:
@@ -150,7 +155,7 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
         async with st.lock((name, tid)):
             if closed_path.exists():
                 raise fail(409, f"trajectory {tid!r} is already closed")
-            await st.committer.submit([("file", open_path, line)])
+            await _durably(st.committer.submit([("file", open_path, line)]))
         return respond({"trajectory_id": tid, "appended": len(dumped)})
 
     @app.post("/v1/workspaces/{name}/trajectories/{tid}/close")
@@ -171,7 +176,7 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
             if isinstance(res, fastschema.Rejected):
                 raise fail(422, f"cannot close {tid!r}: {res.error}")
             await _land(name, {("trajectory", res.day): [res.json]})
-            await st.committer.call(lambda: mark_closed(open_path, closed_path))
+            await _durably(st.committer.call(lambda: mark_closed(open_path, closed_path)))
         return respond({"trajectory_id": tid, "closed": True, "day": res.day})
 
     @app.get("/v1/workspaces/{name}")
@@ -244,10 +249,11 @@ def create_app(home: str | os.PathLike | None = None, *, max_body_bytes: int = D
 
 
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, home: str | os.PathLike | None = None,
-          max_body_bytes: int = DEFAULT_MAX_BODY, require_auth: bool = True, log_level: str = "warning") -> None:
+          max_body_bytes: int = DEFAULT_MAX_BODY, require_auth: bool = True, log_level: str = "warning",
+          body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
     """Run the capture server in this process (uvicorn, one worker: the process owns its segments)."""
     import uvicorn
 
     configure()  # structured events on stderr: TRACEMILL_LOG_FORMAT=json|text, TRACEMILL_LOG_LEVEL
-    app = create_app(home, max_body_bytes=max_body_bytes, require_auth=require_auth)
+    app = create_app(home, max_body_bytes=max_body_bytes, require_auth=require_auth, body_timeout_s=body_timeout_s)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

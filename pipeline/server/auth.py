@@ -93,6 +93,8 @@ def _editing(home: str | os.PathLike | None) -> Iterator[dict[str, Any]]:
     """Read-modify-write the store under an exclusive lock (CLI and server may edit concurrently)."""
     path = tokens_path(home)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.parent.stat().st_mode & 0o077:  # mkdir leaves an existing folder's mode as it was
+        os.chmod(path.parent, 0o700)
     with open(path.parent / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = _load(path)

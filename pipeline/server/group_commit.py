@@ -11,6 +11,7 @@ The thread also runs workspace deletions (`call`), so they are ordered with the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import threading
@@ -69,9 +70,14 @@ def append_durably(path: Path, payload: bytes) -> None:
         if size and os.pread(fd, 1, size - 1) != b"\n":
             payload = b"\n" + payload
         view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:  # a full disk: cut back what was written, nothing of it was acknowledged
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
     finally:
         os.close(fd)
     if new:
@@ -164,12 +170,7 @@ class GroupCommitter:
 
     def _land(self, workspace: str, kind: str, day: str, records: list[bytes]) -> None:
         writer = self._writer(workspace)
-        try:
-            writer.append_records(kind, day, records)
-        except BaseException:
-            # A failed write may have left a partial line: never append after it, start a new segment.
-            self.drop_workspace(workspace)
-            raise
+        writer.append_records(kind, day, records)  # a failed append rolls itself back (LandingWriter)
         self.stats.fsyncs += 1
         self.stats.records += len(records)
         if (workspace, kind, day) not in self._synced_dirs and not is_remote(writer.root):  # object stores: no dirs

@@ -22,8 +22,8 @@ import orjson
 
 from pipeline.capture import fast_validate as fastschema
 from pipeline.lake import otlp_assembly as otlp_assemble
-from pipeline.schema import Outcome
-from pipeline.server.request_io import describe, validate_models
+from pipeline.server.request_io import describe
+from pipeline.server.request_io import land_groups as grouped
 
 Mapper = Callable[[dict[str, Any]], tuple[list[Any], list[Any]]]
 _IMPORTER_CANDIDATES = (("pipeline.capture.importers.otlp", "otlp_to_records"),)
@@ -113,7 +113,9 @@ def land_groups(obj: dict[str, Any], workspace: str) -> tuple[dict[tuple[str, st
     except Exception as exc:  # noqa: BLE001 - a malformed export must be a 400, never a 500
         raise OtlpDecodeError(f"could not map the OTLP export: {describe(exc)}") from None
     _, bad = fastschema.validate_many(trajectories, workspace)
-    groups, out_errors = validate_models(list(outcomes), Outcome, "outcome_id")
+    ok, out_bad = fastschema.validate_many(outcomes, None, "outcome")
+    groups = grouped("outcome", ok)
     for day, frag in fragments:
         groups.setdefault((otlp_assemble.KIND, day), []).append(frag)
-    return groups, [f"trajectory {r.id or r.index}: {r.error}" for r in bad] + [e["error"] for e in out_errors]
+    return groups, [f"trajectory {r.id or r.index}: {r.error}" for r in bad] + [
+        f"outcome {r.id or r.index}: {r.error}" for r in out_bad]

@@ -24,8 +24,9 @@ from pipeline.server.request_io import fail, read_body
 class ServerState:
     """Per-app state: token cache, the group committer, per-open-trajectory locks."""
 
-    def __init__(self, home: Path, max_body: int, require_auth: bool):
+    def __init__(self, home: Path, max_body: int, require_auth: bool, body_timeout_s: float = 30.0):
         self.home, self.max_body, self.require_auth = home, max_body, require_auth
+        self.body_timeout_s = body_timeout_s
         self.tokens = TokenStore(home)
         self.committer = GroupCommitter(home)
         self.locks: dict[tuple[str, str], list[Any]] = {}
@@ -61,7 +62,7 @@ class ServerState:
         return ws
 
     async def body(self, request: Request) -> bytes:
-        return await read_body(request, self.max_body)
+        return await read_body(request, self.max_body, self.body_timeout_s)
 
     @asynccontextmanager
     async def lock(self, key: tuple[str, str]) -> AsyncIterator[None]:

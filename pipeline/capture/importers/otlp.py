@@ -16,8 +16,11 @@ the group's spans without the message attributes that were converted (they would
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import ValidationError
 
 from pipeline.capture.importers.base import (
     DEFAULT_TIME,
@@ -41,7 +44,23 @@ from pipeline.capture.importers.otel_spans import (
 from pipeline.capture.importers.otlp_wire import Span, attributes, g, hex_id
 from pipeline.capture.importers.source import Record, Source
 from pipeline.capture.importers.threads import attach_tool_runs, merge, relink
-from pipeline.schema import Outcome
+from pipeline.schema import Outcome, format_validation_error
+
+
+@dataclass(frozen=True)
+class OutcomeError(RecordError):
+    """A `gen_ai.evaluation.result` event whose outcome does not validate (a score of "NaN"): refused
+    alone, never the trace it judges. `fields` are the outcome as sent, so the capture server refuses
+    it per item with its field path (OTLP partial success) through its one validator."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def _judgement(make: Callable[[], Outcome], fields: dict[str, Any]) -> Outcome | OutcomeError:
+    try:
+        return make()
+    except ValidationError as exc:
+        return OutcomeError(None, None, "gen_ai.evaluation.result", format_validation_error(exc), fields)
 
 
 def _compact(span: Span) -> dict[str, Any]:
@@ -178,11 +197,12 @@ def _group(ctx: Context, gkey: str, spans: list[Span]) -> Iterator[Item]:
                 continue
             a = e["attributes"]
             target = by_id[owner.get(s.span_id or "", trajs[0].trajectory_id)]
-            yield build_outcome(
-                target, str(a.get("gen_ai.evaluation.name") or "evaluation"), a.get("gen_ai.evaluation.score.value"),
-                label=a.get("gen_ai.evaluation.score.label"), source="judge", recorded_at=e["time"],
-                explanation=a.get("gen_ai.evaluation.explanation"), span_id=s.span_id,
-                response_id=a.get("gen_ai.response.id"))
+            name, value = str(a.get("gen_ai.evaluation.name") or "evaluation"), a.get("gen_ai.evaluation.score.value")
+            yield _judgement(lambda a=a, e=e, s=s, target=target, name=name, value=value: build_outcome(
+                target, name, value, label=a.get("gen_ai.evaluation.score.label"), source="judge",
+                recorded_at=e["time"], explanation=a.get("gen_ai.evaluation.explanation"), span_id=s.span_id,
+                response_id=a.get("gen_ai.response.id")), {"trajectory_id": target.trajectory_id, "name": name,
+                                                            "value": value, "source": "judge"})
 
 
 
@@ -198,13 +218,14 @@ def _evaluations_alone(gkey: str, spans: list[Span]) -> Iterator[Outcome]:
                 continue
             a = e["attributes"]
             value = a.get("gen_ai.evaluation.score.value")
-            yield Outcome(trajectory_id=target, name=str(a.get("gen_ai.evaluation.name") or "evaluation"),
-                          value=float(value) if isinstance(value, bool) else value, label=a.get("gen_ai.evaluation.score.label"),
-                          source="judge", recorded_at=e["time"] or s.end or s.start or DEFAULT_TIME,
-                          metadata={k: v for k, v in {"explanation": a.get("gen_ai.evaluation.explanation"),
-                                                      "span_id": s.span_id,
-                                                      "response_id": a.get("gen_ai.response.id")}.items()
-                                    if v is not None})
+            name = str(a.get("gen_ai.evaluation.name") or "evaluation")
+            yield _judgement(lambda a=a, e=e, s=s, name=name, value=value: Outcome(
+                trajectory_id=target, name=name, value=float(value) if isinstance(value, bool) else value,
+                label=a.get("gen_ai.evaluation.score.label"), source="judge",
+                recorded_at=e["time"] or s.end or s.start or DEFAULT_TIME,
+                metadata={k: v for k, v in {"explanation": a.get("gen_ai.evaluation.explanation"),
+                                            "span_id": s.span_id, "response_id": a.get("gen_ai.response.id")}.items()
+                          if v is not None}), {"trajectory_id": target, "name": name, "value": value, "source": "judge"})
 
 
 def otlp_to_records(obj: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -216,7 +237,9 @@ def otlp_to_records(obj: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dic
     outs: list[dict[str, Any]] = []
     problems = []
     for item in convert(Source.from_value(obj), Context(fmt="otlp_json")):
-        if isinstance(item, RecordError):
+        if isinstance(item, OutcomeError):
+            outs.append(item.fields)  # refused per item by the server's validator, with its path
+        elif isinstance(item, RecordError):
             if "nothing to import" not in item.reason:
                 problems.append(f"{item.field}: {item.reason}")
         elif isinstance(item, Outcome):
