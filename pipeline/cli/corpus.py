@@ -29,6 +29,8 @@ def snapshot(
     base_model: Annotated[str, typer.Option("--base-model", help="Tokenizer: HF id/path, or 'tiny'.")] = "tiny",
     eval_fraction: Annotated[float, typer.Option(help="Share of task ids held out as eval.")] = 0.2,
     no_redact: Annotated[bool, typer.Option("--no-redact", help="Skip PII/secret redaction.")] = False,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty",
+                                              help="Record a version even when no row is left.")] = False,
     home: HomeOpt = None, root: RootOpt = None, json: JsonOpt = False,
 ):
     """Freeze a filtered, curated, tokenized view of a workspace as a new corpus version (vN)."""
@@ -37,6 +39,7 @@ def snapshot(
     from pipeline.capture.workspace import Workspace, WorkspaceNotFound
     from pipeline.config import CorpusSpec, WaitPolicy
     from pipeline.corpus import stages
+    from pipeline.corpus.lease import LeaseHeld, LeaseLost
     from pipeline.lake.filters import FilterError, compile_filter
     from pipeline.lake.stages import refresh_lake
     from pipeline.models import resolve_model
@@ -63,7 +66,12 @@ def snapshot(
     if base_model == "tiny":
         prepare_base_model(ws, "tiny", models)
     with console.status("tokenizing and writing the snapshot…"):
-        info = stages.snapshot_corpus(ws, spec, _root(root, home), base_model, models)
+        try:
+            info = stages.snapshot_corpus(ws, spec, _root(root, home), base_model, models, allow_empty)
+        except (LeaseHeld, LeaseLost) as exc:  # another snapshot of this corpus is running
+            fail(str(exc))
+    if info.mode == "empty":
+        fail(info.lineage["empty"]["reason"])
     result = {"ref": info.ref, "version": info.version, "created": info.created, "mode": info.mode,
               "rows": info.row_count, "appended": info.appended, "content_hash": info.content_hash,
               "lake": lake_counts, "curation": cstats.as_dict(), "wait": info.lineage.get("wait")}
