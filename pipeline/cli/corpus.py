@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import orjson
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli.common import HomeOpt, JsonOpt, RootOpt, console, fail, settings
@@ -46,6 +47,9 @@ def snapshot(
     from pipeline.schema import format_validation_error
     from pipeline.train.base_model import prepare_base_model
 
+    def bad_filter(exc: FilterError) -> NoReturn:
+        fail(f"--filter: {exc.reason} (position {exc.position})\n  {escape(exc.window)}\n  {' ' * exc.offset}^")
+
     try:
         compile_filter(filter)
         ws = Workspace.open(workspace, home=home, create=False)
@@ -53,13 +57,16 @@ def snapshot(
         spec = CorpusSpec(name="cli", format=format, filter=filter, target=to, eval_fraction=eval_fraction,
                           redact=not no_redact, wait=WaitPolicy(**waits))
     except FilterError as exc:
-        fail(f"--filter: {exc}")
+        bad_filter(exc)
     except ValidationError as exc:
         fail(f"invalid option: {format_validation_error(exc)}")
     except (WorkspaceNotFound, ValueError) as exc:
         fail(str(exc))
     with console.status("ingesting landed records and joining outcomes…"):
-        lake_counts = refresh_lake(ws).as_dict()
+        try:  # against the lake's columns, before the trajectory ingest (minutes on a big landing area)
+            lake_counts = refresh_lake(ws, check=lambda columns: compile_filter(filter, columns)).as_dict()
+        except FilterError as exc:
+            bad_filter(exc)
     with console.status("curating…"):
         _, cstats = stages.curate_corpus(ws, spec)
     models = Path(resolve_model("tiny", (Path(home) if home else ws.home) / "models")).parent
