@@ -56,3 +56,11 @@ def test_cli_refuses_an_empty_first_snapshot_and_says_why(tmp_path):
     assert later.returncode == 0, later.stderr
     assert json.loads(later.stdout)["version"] == "v2" and json.loads(later.stdout)["rows"] > 0
     assert [v["row_count"] for v in list_versions("org/sft", root=f"file://{tmp_path}/corpora")][0] == 0
+
+
+def test_the_trainable_check_fails_cleanly_while_no_version_exists(root):
+    from pipeline.config import CorpusSpec
+    from pipeline.corpus.stages import check_corpus
+
+    report = check_corpus(CorpusSpec(name="sft", target="deeplake://org/sft"), root)
+    assert (report.passed, report.version, report.rows) == (False, "", 0)

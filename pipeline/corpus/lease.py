@@ -113,7 +113,8 @@ class _S3Store:
     def __init__(self, url: str) -> None:
         import fsspec
 
-        self.fs, path = fsspec.core.url_to_fs(url)
+        # no cached instance: it would keep the endpoint and credentials of the first one made
+        self.fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True)
         self.bucket, _, self.key = path.partition("/")
 
     def _call(self, method: str, **kw: Any) -> dict[str, Any] | None:

@@ -143,9 +143,12 @@ def tokenizer_fingerprint(name: str, model_dir: str) -> str:
 
 
 def check_corpus(spec: CorpusSpec, corpus_root: str) -> CorpusCheck:
-    from pipeline.corpus.store import open_corpus, resolve_corpus_url  # deeplake, as above
+    from pipeline.corpus.store import CorpusNotFound, CorpusVersionNotFound, open_corpus, resolve_corpus_url
 
-    c = open_corpus(resolve_corpus_url(spec.target, corpus_root))
+    try:  # deeplake, as above
+        c = open_corpus(resolve_corpus_url(spec.target, corpus_root))
+    except (CorpusNotFound, CorpusVersionNotFound):  # every snapshot so far was empty or waiting
+        return CorpusCheck(False, "", 0, 0, 0, 0, 0)
     df = c.to_polars()
     masks = [c for c in ("loss_mask", "chosen_mask", "completion_mask") if c in df.columns]
     no_tokens = int((df[masks[0]].list.sum() == 0).sum()) if df.height and masks else \

@@ -39,13 +39,17 @@ _Pred = tuple[pl.Expr, str, int]  # compiled expression, normalised text, bindin
 
 
 class _Val(NamedTuple):  # an operand: a column, a literal or `now`, with the type category used for checks
-    expr: pl.Expr
+    built: pl.Expr | None  # None for a plain literal: `expr` builds it when asked (80,000 list items never are)
     kind: str  # col, lit, now
     cat: str  # number, string, boolean, datetime, any (unknown), other (lists, structs...)
     text: str
     pos: int
     value: Any = None
     dtype: Any = None
+
+    @property
+    def expr(self) -> pl.Expr:
+        return pl.lit(self.value) if self.built is None else self.built
 
 
 def _time_lit(value: date | datetime, dtype: Any) -> pl.Expr:
@@ -141,7 +145,7 @@ class _Parser:
             value = tok.kind == "true" if tok.kind in ("true", "false") else tok.value
             cat = {bool: "boolean", int: "number", float: "number", str: "string"}[type(value)]
             text = str(value).lower() if cat == "boolean" else repr(value)  # quoted the way we parse
-            return _Val(pl.lit(value), "lit", cat, text, tok.pos, value)
+            return _Val(None, "lit", cat, text, tok.pos, value)
         if tok.kind == "now":
             when, text = self.now, "now"
             if self.at("+", "-"):
@@ -180,7 +184,7 @@ class _Parser:
                 self.fail(f"{val.text} is not a date or datetime (e.g. '2026-11-16T08:00Z')", val)
             is_day = re.fullmatch(r"\d{4}-\d{2}-\d{2}", val.value)
             value = value.date() if is_day else value.replace(tzinfo=value.tzinfo or UTC).astimezone(UTC)
-        return val._replace(expr=_time_lit(value, other.dtype), cat="datetime", value=value)
+        return val._replace(built=_time_lit(value, other.dtype), cat="datetime", value=value)
 
     def compare(self, left: _Val, op: str, right: _Val) -> _Pred:
         if left.kind != "col" and right.kind == "col":
