@@ -144,13 +144,13 @@ def test_a_killed_holder_blocks_only_until_its_lease_expires(tmp_path):
 
 def test_a_live_holder_keeps_renewing_past_its_ttl(tmp_path):
     url = resolve_corpus_url("org/sft", f"file://{tmp_path}/corpora")
-    holder = child(HOLDER, url, "0.9", "wait", stdin=subprocess.PIPE)
+    holder = child(HOLDER, url, "3", "wait", stdin=subprocess.PIPE)  # renews every second
     try:
         assert holder.stdout.readline().strip() == "held"
         first = read_lease(url)["expires_at"]
-        wait_for(lambda: read_lease(url)["expires_at"] > first + 0.5, what="two renewals")
         wait_for(lambda: time.time() > first + 0.5, what="the first expiry to pass")
-        with pytest.raises(LeaseHeld):  # renewed, so still held after its first expiry
+        assert read_lease(url)["expires_at"] > time.time()  # renewed
+        with pytest.raises(LeaseHeld):  # so still held after its first expiry
             SnapshotLease(url, "org/sft").acquire()
     finally:
         holder.communicate("", timeout=60)
