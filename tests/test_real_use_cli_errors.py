@@ -51,9 +51,12 @@ def demo_home(tmp_path_factory):
 
 
 def test_misspelled_filter_column_is_one_line_and_debug_shows_the_traceback(demo_home):
-    line = one_line(tm("snapshot", "ft-live", "--filter", "rewrd>0", "--to", "deeplake://org/sft", home=demo_home),
-                    "--filter", "rewrd")
-    assert "reward" in line  # the fix: the columns there are
+    proc = tm("snapshot", "ft-live", "--filter", "rewrd>0", "--to", "deeplake://org/sft", home=demo_home)
+    # one error line, then the filter with a caret under the culprit (issue 12 item 11), no traceback
+    line, shown, caret = proc.stderr.strip("\n").splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and line.startswith("error: --filter")
+    assert "rewrd" in line and "reward" in line  # the fix: the columns there are
+    assert (shown, caret) == ("  rewrd>0", "  ^")
     debug = tm("--debug", "snapshot", "ft-live", "--filter", "rewrd>0", "--to", "deeplake://org/sft", home=demo_home)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "FilterError" in debug.stderr
 

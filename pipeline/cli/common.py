@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.text import Text
 
 from pipeline.models import TINY
 from pipeline.settings import Settings, current_settings
+
+if TYPE_CHECKING:  # polars-heavy: the CLI imports it only where a filter is compiled
+    from pipeline.lake.filters import FilterError
 
 console = Console()
 err = Console(stderr=True)
@@ -38,6 +41,15 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print `error: message` to stderr as ONE line (never wrapped at the terminal width, never read as
     rich markup: filters and paths hold brackets) and exit with `code` (1 unless a usage error says so)."""
     err.print(Text.assemble(("error:", "bold red"), " ", flat(message)), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def fail_filter(exc: FilterError, code: int = 1) -> NoReturn:
+    """A filter error: the one `error:` line, then the filter (or the window around the culprit) with a
+    caret under it: filters come from shells and YAML, and the caret shows where without counting."""
+    err.print(Text.assemble(("error:", "bold red"), " ", flat(f"--filter: {exc.reason} (position {exc.position})")),
+              soft_wrap=True)
+    err.print(Text(f"  {exc.window}\n  {' ' * exc.offset}^"), soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -10,7 +10,15 @@ import orjson
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import HomeOpt, JsonOpt, RootOpt, check_base_model, console, fail, settings
+from pipeline.cli.common import (
+    HomeOpt,
+    JsonOpt,
+    RootOpt,
+    check_base_model,
+    console,
+    fail,
+    settings,
+)
 from pipeline.cli.errors import STORE_FIX
 from pipeline.storage import as_path
 
@@ -50,19 +58,20 @@ def snapshot(
     base_model: Annotated[str, typer.Option("--base-model", help="Tokenizer: HF id/path, or 'tiny'.")] = "tiny",
     eval_fraction: Annotated[float, typer.Option(help="Share of task ids held out as eval.")] = 0.2,
     no_redact: Annotated[bool, typer.Option("--no-redact", help="Skip PII/secret redaction.")] = False,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty",
+                                              help="Record a version even when no row is left.")] = False,
     home: HomeOpt = None, root: RootOpt = None, json: JsonOpt = False,
 ):
     """Freeze a filtered, curated, tokenized view of a workspace as a new corpus version (vN)."""
-    from pydantic import ValidationError
 
-    from pipeline.capture.workspace import Workspace, WorkspaceNotFound
+    from pipeline.capture.workspace import Workspace
     from pipeline.config import CorpusSpec, WaitPolicy
     from pipeline.corpus import stages
+    from pipeline.corpus.lease import LeaseHeld, LeaseLost
     from pipeline.corpus.store import resolve_corpus_url
-    from pipeline.lake.filters import FilterError, compile_filter
+    from pipeline.lake.filters import compile_filter
     from pipeline.lake.stages import refresh_lake
     from pipeline.models import resolve_model
-    from pipeline.schema import format_validation_error
     from pipeline.train.base_model import prepare_base_model
 
     try:  # a bad --to fails here, not after ingest and curation
@@ -70,27 +79,28 @@ def snapshot(
     except ValueError as exc:
         fail(f"--to {to!r}: {exc}")
     check_base_model(base_model)
-    try:
-        compile_filter(filter)
-        ws = Workspace.open(workspace, home=home, create=False)
-        waits = _wait_policy(wait)
-        spec = CorpusSpec(name="cli", format=format, filter=filter, target=to, eval_fraction=eval_fraction,
-                          redact=not no_redact, wait=WaitPolicy(**waits))
-    except FilterError as exc:
-        fail(f"--filter: {exc}")
-    except ValidationError as exc:
-        fail(f"invalid option: {format_validation_error(exc)}")
-    except (WorkspaceNotFound, ValueError) as exc:
-        fail(str(exc))
+
+    # Bad input raises (FilterError, ValidationError, WorkspaceNotFound …): the app's one error exit
+    # (`pipeline.cli.errors`) prints it as one line, or its traceback under --debug.
+    compile_filter(filter)
+    ws = Workspace.open(workspace, home=home, create=False)
+    spec = CorpusSpec(name="cli", format=format, filter=filter, target=to, eval_fraction=eval_fraction,
+                      redact=not no_redact, wait=WaitPolicy(**_wait_policy(wait)))
     with console.status("ingesting landed records and joining outcomes…"):
-        lake_counts = refresh_lake(ws).as_dict()
+        # the filter against the lake's columns, before the trajectory ingest (minutes on a big landing area)
+        lake_counts = refresh_lake(ws, check=lambda columns: compile_filter(filter, columns)).as_dict()
     with console.status("curating…"):
         _, cstats = stages.curate_corpus(ws, spec)
     models = Path(resolve_model("tiny", (Path(home) if home else ws.home) / "models")).parent
     if base_model == "tiny":
         prepare_base_model(ws, "tiny", models)
     with console.status("tokenizing and writing the snapshot…"):
-        info = stages.snapshot_corpus(ws, spec, _root(root, home), base_model, models)
+        try:
+            info = stages.snapshot_corpus(ws, spec, _root(root, home), base_model, models, allow_empty)
+        except (LeaseHeld, LeaseLost) as exc:  # another snapshot of this corpus is running
+            fail(str(exc))
+    if info.mode == "empty":
+        fail(info.lineage["empty"]["reason"])
     result = {"ref": info.ref, "version": info.version, "created": info.created, "mode": info.mode,
               "rows": info.row_count, "appended": info.appended, "content_hash": info.content_hash,
               "lake": lake_counts, "curation": cstats.as_dict(), "wait": info.lineage.get("wait")}

@@ -22,7 +22,7 @@ import typer
 from pydantic import ValidationError
 from typer.core import TyperGroup
 
-from pipeline.cli.common import fail, flat
+from pipeline.cli.common import fail, fail_filter, flat
 from pipeline.errors import UserError
 from pipeline.lake.filters import FilterError
 from pipeline.schema import format_validation_error
@@ -85,6 +85,8 @@ class OneLineErrors(TyperGroup):
         except Exception as exc:
             if ctx.params.get("debug"):
                 raise
+            if isinstance(exc, FilterError):
+                fail_filter(exc)
             fail(describe(exc))
 
 

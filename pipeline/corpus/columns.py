@@ -169,7 +169,9 @@ def row_hashes(frame: pl.DataFrame) -> np.ndarray:
 
 
 def hash_frame(hashes: np.ndarray) -> pl.DataFrame:
-    """Row hashes as two columns, for joins that find kept, stale and new rows."""
+    """Row hashes as two columns, for joins that find kept, stale and new rows. An empty version's hash
+    column reads back as a flat `(0,)` array, hence the reshape."""
+    hashes = np.asarray(hashes, dtype=np.uint64).reshape(-1, 2)
     return pl.DataFrame({"h0": hashes[:, 0], "h1": hashes[:, 1]}, schema={"h0": pl.UInt64, "h1": pl.UInt64})
 
 

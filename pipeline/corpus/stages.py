@@ -22,6 +22,7 @@ from pipeline.corpus.rows import build_rows
 from pipeline.corpus.token_cache import tokenize_with_cache
 from pipeline.corpus.tokenize import tokenize_format_rows
 from pipeline.lake import ingest as lake
+from pipeline.lake.filters import apply_filter
 from pipeline.lake.late import wait_decision
 from pipeline.lake.stages import joined_days, read_joined
 from pipeline.logs import event, get_logger
@@ -84,26 +85,57 @@ def curate_corpus(ws: Workspace, spec: CorpusSpec) -> tuple[pl.DataFrame, Curati
     return df, stats
 
 
+def _latest(url: str, mode: str, note: dict[str, Any]) -> SnapshotInfo:
+    """The corpus's latest version, unchanged, with why no new one was made (`waiting`, `empty`)."""
+    from pipeline.corpus.store import CorpusNotFound, CorpusVersionNotFound, SnapshotInfo, open_corpus
+
+    try:
+        c = open_corpus(url)
+        return SnapshotInfo(url, c.version, False, len(c), c.lineage.get("content_hash", ""),
+                            c.lineage.get("parent"), 0, mode, {**c.lineage, **note})
+    except (CorpusNotFound, CorpusVersionNotFound):
+        return SnapshotInfo(url, "", False, 0, "", None, 0, mode, note)
+
+
+def empty_reason(joined: pl.DataFrame, spec: CorpusSpec, curated_rows: int, untrainable: int = 0) -> dict[str, Any]:
+    """Why a snapshot came out empty, in the counts a user can act on: trajectories in the lake, how
+    many have an outcome yet, what the filter kept and what curation then kept."""
+    with_outcome = int((joined["n_outcomes"] > 0).sum()) if "n_outcomes" in joined.columns else 0
+    kept = apply_filter(joined, spec.filter).height if joined.height else 0
+    reason = (f"nothing to snapshot: {joined.height} trajectories, {with_outcome} with an outcome, filter "
+              f"`{spec.filter or 'none'}` kept {kept}, curation kept {curated_rows}"
+              f"{f', {untrainable} had no trainable tokens' if untrainable else ''}; no version made "
+              "(pass --allow-empty to record an empty one)")
+    return {"trajectories": joined.height, "with_outcome": with_outcome, "after_filter": kept,
+            "curated": curated_rows, "untrainable": untrainable, "reason": reason}
+
+
+def _refuse_empty(url: str, joined: pl.DataFrame, spec: CorpusSpec, curated: int, untrainable: int = 0) -> SnapshotInfo:
+    why = empty_reason(joined, spec, curated, untrainable)
+    event(log, "snapshot empty", corpus=spec.name, **why)
+    return _latest(url, "empty", {"empty": why})
+
+
 def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_model: str,
-                    models_dir: Path) -> SnapshotInfo:
-    """Tokenize the curated rows and snapshot them: a new tag only when the content changed, and only
-    once the wait policy is satisfied (otherwise the latest version stays, marked `waiting`)."""
+                    models_dir: Path, allow_empty: bool = False) -> SnapshotInfo:
+    """Tokenize the curated rows and snapshot them: a new tag only when the content changed, only
+    once the wait policy is satisfied (otherwise the latest version stays, marked `waiting`), and
+    only when there are rows or `allow_empty` (otherwise mode `empty`, with the counts that say why:
+    an empty v1 made before any outcome arrived is never what a curator wanted)."""
     from transformers import AutoTokenizer
 
     # the Deeplake store (deeplake: ~0.4 s) loads when a snapshot runs, not when the assets are defined
-    from pipeline.corpus.store import CorpusNotFound, SnapshotInfo, open_corpus, resolve_corpus_url, snapshot
+    from pipeline.corpus.store import resolve_corpus_url, snapshot
 
     url = resolve_corpus_url(spec.target, corpus_root)
-    decision = wait_decision(read_joined(ws), spec.wait.coverage, spec.wait.max)
+    joined = read_joined(ws)
+    decision = wait_decision(joined, spec.wait.coverage, spec.wait.max)
     if not decision.ready:
         event(log, "snapshot waiting", corpus=spec.name, **decision.as_dict())
-        try:
-            c = open_corpus(url)
-            return SnapshotInfo(url, c.version, False, len(c), c.lineage.get("content_hash", ""),
-                                c.lineage.get("parent"), 0, "waiting", {**c.lineage, "wait": decision.as_dict()})
-        except CorpusNotFound:
-            return SnapshotInfo(url, "", False, 0, "", None, 0, "waiting", {"wait": decision.as_dict()})
+        return _latest(url, "waiting", {"wait": decision.as_dict()})
     curated = storage.read_parquet(ws.curated_path(spec.name))
+    if not curated.height and not allow_empty:
+        return _refuse_empty(url, joined, spec, 0)
     model = resolve_model(base_model, models_dir)
     fingerprint = tokenizer_fingerprint(base_model, model)
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -113,12 +145,15 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
         {"format": spec.format, "tokenizer": fingerprint, "max_length": spec.train.max_length,
          "tools_in_prompt": spec.tools_in_prompt})
     event(log, "tokenized", corpus=spec.name, **reuse, untrainable=untrainable)
+    if not rows.height and not allow_empty:  # every curated row was untrainable
+        return _refuse_empty(url, joined, spec, curated.height, untrainable)
     lineage = {"filter": spec.filter, "format": spec.format, "workspace": ws.name,
                "source_partitions": joined_days(ws), "tokenizer": fingerprint, "tokens_reused": reuse["cached"],
                "max_length": spec.train.max_length,
                "dropped_untrainable": untrainable, "tools_in_prompt": spec.tools_in_prompt,
                "wait": decision.as_dict()}
-    info = snapshot(rows, url, lineage=lineage, message=f"{spec.name}: {rows.height} rows, filter `{spec.filter}`")
+    info = snapshot(rows, spec.target, root=corpus_root, lineage=lineage, message=f"{spec.name}: {rows.height} rows, filter `{spec.filter}`",
+                    allow_empty=allow_empty)
     event(log, "snapshot", corpus=spec.name, corpus_ref=f"{spec.target}@{info.version}", new_version=info.created,
           rows=info.row_count, appended=info.appended, content_hash=info.content_hash, parent=info.parent,
           mode=info.mode)
@@ -135,9 +170,12 @@ def tokenizer_fingerprint(name: str, model_dir: str) -> str:
 
 
 def check_corpus(spec: CorpusSpec, corpus_root: str) -> CorpusCheck:
-    from pipeline.corpus.store import open_corpus, resolve_corpus_url  # deeplake, as above
+    from pipeline.corpus.store import CorpusNotFound, CorpusVersionNotFound, open_corpus, resolve_corpus_url
 
-    c = open_corpus(resolve_corpus_url(spec.target, corpus_root))
+    try:  # deeplake, as above
+        c = open_corpus(resolve_corpus_url(spec.target, corpus_root))
+    except (CorpusNotFound, CorpusVersionNotFound):  # every snapshot so far was empty or waiting
+        return CorpusCheck(False, "", 0, 0, 0, 0, 0)
     df = c.to_polars()
     masks = [c for c in ("loss_mask", "chosen_mask", "completion_mask") if c in df.columns]
     no_tokens = int((df[masks[0]].list.sum() == 0).sum()) if df.height and masks else \

@@ -4,7 +4,9 @@ A corpus is one Deeplake dataset; every snapshot is a commit plus a tag `vN`, an
 always opens a *tag*, never the head, so a run can be reproduced exactly after later snapshots. The
 tag message carries the version's lineage as JSON: tag and lineage appear in one atomic step, and a
 snapshot killed midway leaves at most an untagged commit that no reader sees and that the next
-snapshot reverts. Token ids and loss masks are int arrays next to the text, read in column blocks.
+snapshot reverts (or, when a revert is impossible, overwrites: see `pipeline.corpus.recovery`). One writer at a time
+per corpus, enforced by a lease beside it (`pipeline.corpus.lease`). Token ids and loss masks are int
+arrays next to the text, read in column blocks.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import numpy as np
 import polars as pl
 
 from pipeline.corpus import columns as io
+from pipeline.corpus.lease import LEASE_TTL, SnapshotLease
+from pipeline.corpus.recovery import reset_head
 from pipeline.jsonio import dumps_json
 from pipeline.settings import current_settings
 
@@ -38,6 +42,10 @@ class CorpusNotFound(LookupError):
 
 class CorpusVersionNotFound(LookupError):
     pass
+
+
+class EmptySnapshot(ValueError):
+    """A snapshot of 0 rows was not asked for: an empty version is almost always outcomes not there yet."""
 
 
 def default_corpus_root() -> str:
@@ -119,21 +127,32 @@ def _open_for_write(url: str) -> Any:
 
 
 def snapshot(rows: pl.DataFrame, url: str, *, lineage: dict[str, Any] | None = None,
-             message: str = "", root: str | None = None) -> SnapshotInfo:
+             message: str = "", root: str | None = None, allow_empty: bool = False,
+             lease_ttl: float = LEASE_TTL) -> SnapshotInfo:
     """Make the corpus equal to `rows` as a new tagged version, or return the latest one unchanged.
 
     Idempotent on content (an order-independent hash over every column but the token ones, plus the
     derivation key of `lineage`: tokenizer, max_length, ...), appends only the delta when the previous
     version's rows all survive unchanged, and otherwise deletes stale rows in place: older tags keep
     their rows because Deeplake versions are copy-on-write. Rows with the same text but other tokens
-    must come with another derivation key, which rebuilds every row rather than diffing."""
+    must come with another derivation key, which rebuilds every row rather than diffing. 0 rows make
+    a version only with `allow_empty`. Holds the corpus's lease throughout: a concurrent snapshot of
+    the same corpus raises `LeaseHeld` (one line) instead of interleaving commits."""
     if parse_ref(url)[1]:
         raise ValueError(f"snapshot writes the next version itself: pass {parse_ref(url)[0]!r} without @vN")
-    url = resolve_corpus_url(url, root)
+    name, url = parse_ref(url)[0], resolve_corpus_url(url, root)
     if "trajectory_id" not in rows.columns or HASH_COL in rows.columns:
         raise ValueError(f"rows need a 'trajectory_id' column and must not carry {HASH_COL!r}")
     if rows["trajectory_id"].null_count() or rows["trajectory_id"].n_unique() != rows.height:
         raise ValueError("trajectory_id must be non-null and unique within a snapshot")
+    if not rows.height and not allow_empty:
+        raise EmptySnapshot(f"no rows to snapshot into {name}: no version made (pass allow_empty=True to "
+                            "record an empty one)")
+    with SnapshotLease(url, name, lease_ttl) as lease:
+        return _write(rows, url, lineage or {}, message, lease)
+
+
+def _write(rows: pl.DataFrame, url: str, lineage: dict[str, Any], message: str, lease: SnapshotLease) -> SnapshotInfo:
     keys = {c: io.type_key(c, rows[c]) for c in rows.columns}
     hashed = io.hashed_columns(rows, keys)  # every column but the token arrays
     keys[HASH_COL] = io.HASH_KEY
@@ -148,12 +167,11 @@ def snapshot(rows: pl.DataFrame, url: str, *, lineage: dict[str, Any] | None = N
     if prev and prev.get("content_hash") == digest:
         return SnapshotInfo(url, f"v{last}", False, prev["row_count"], digest, prev.get("parent"),
                             0, "unchanged", prev)
-    if last and ds.version != versions[last].version:
-        ds.revert_to(versions[last].version)  # drop a crashed snapshot's untagged commit
+    clean = not last or reset_head(ds, versions[last])  # False: drop the head's rows and columns
 
     # A delta needs the same stored schema, row-hash scheme and derivation key (tokenizer, max_length):
     # token columns are not hashed, so a new tokenizer over the same text must rebuild every row.
-    rebuild = not prev or prev.get("schema") != keys or prev.get("row_hash") != io.HASH_SCHEME \
+    rebuild = not clean or not prev or prev.get("schema") != keys or prev.get("row_hash") != io.HASH_SCHEME \
         or (prev.get("derivation") or {}) != derived
     hashes = io.row_hashes(hashed)
     if rebuild:
@@ -166,7 +184,8 @@ def snapshot(rows: pl.DataFrame, url: str, *, lineage: dict[str, Any] | None = N
     for i in stale[::-1].tolist():  # descending, so earlier offsets stay valid
         ds.delete(i)
     if rebuild:  # only touch changed columns: removing *every* column of a 4.7 dataset is silently
-        was = (prev or {}).get("schema", {})  # undone at commit, deleted rows included
+        # undone at commit, deleted rows included; an unknown head keeps only the fixed-type hash column
+        was = (prev or {}).get("schema", {}) if clean else {HASH_COL: io.HASH_KEY}
         for name in [c.name for c in ds.schema.columns if was.get(c.name) != keys.get(c.name)]:
             ds.remove_column(name)
         for name in [n for n in keys if n not in {c.name for c in ds.schema.columns}]:
@@ -180,7 +199,7 @@ def snapshot(rows: pl.DataFrame, url: str, *, lineage: dict[str, Any] | None = N
                    HASH_COL: hashes[fresh[start:start + APPEND_BATCH]]})
 
     version = f"v{last + 1}"
-    record = {"filter": None, "source_partitions": [], "tokenizer": None, **(lineage or {}),
+    record = {"filter": None, "source_partitions": [], "tokenizer": None, **lineage,
               "version": version, "parent": f"v{last}" if last else None, "row_count": rows.height,
               "content_hash": digest, "mode": "replace" if len(stale) or (prev and rebuild) else "append",
               "appended": delta.height, "removed": len(stale), "schema": keys,
@@ -189,7 +208,9 @@ def snapshot(rows: pl.DataFrame, url: str, *, lineage: dict[str, Any] | None = N
     text = dumps_json(record, default=str)
     ds.metadata[MARKER] = "1"
     ds.metadata[f"{MARKER}.{version}"] = text  # browsable copy; the tag message is the source of truth
+    lease.check()
     ds.commit(message or f"tracemill snapshot {version}")
+    lease.check()  # a writer that lost its lease leaves an untagged commit, which the next one resets
     ds.tag(version, text)
     return SnapshotInfo(url, version, True, rows.height, digest, record["parent"], delta.height,
                         record["mode"], record, len(stale))
