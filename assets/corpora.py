@@ -34,6 +34,12 @@ def built_once() -> dg.AutomationCondition:
     return (follows_updates() & dg.AutomationCondition.missing()).with_label("missing_after_first_join")
 
 
+def retrain_condition(spec: CorpusSpec) -> dg.AutomationCondition | None:
+    """`retrain: on_new_version` trains and evaluates as soon as the corpus (or the checkpoint) updates;
+    the default leaves both to the nightly retrain, since a GPU run per late reward is rarely wanted."""
+    return follows_updates() if spec.retrain == "on_new_version" else None
+
+
 def gpu_tags(devices: int = 1) -> dict:
     """Kubernetes op tags: the training pod asks for as many GPUs as the spec trains on (`train.devices`)."""
     return {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": str(devices)}}}}}
@@ -93,7 +99,7 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
 
     @dg.asset(name=f"checkpoint_{name}", group_name="training", pool="gpu", op_tags=gpu_tags(spec.train.devices),
               deps=[corpus, base_model, *([dg.AssetKey(f"checkpoint_{spec.init_from}")] if spec.init_from else [])],
-              kinds={"pytorch", "mlflow"},
+              kinds={"pytorch", "mlflow"}, automation_condition=retrain_condition(spec),
               description=f"TRL {spec.format.upper()} fine-tune on corpus_{name}'s latest version"
                           f"{f', starting from checkpoint_{spec.init_from}' if spec.init_from else ''}; "
                           "tracked in MLflow, saved as a Hugging Face model directory.")
@@ -114,6 +120,7 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
         })
 
     @dg.asset(name=f"eval_{name}", group_name="evaluation", deps=[checkpoint, corpus], kinds={"deeplake", "pytorch"},
+              automation_condition=retrain_condition(spec),
               description=f"checkpoint_{name} on the eval slice queried from the same Deeplake corpus, and acting "
                           "as the agent on held-out demo-world tasks; compared with the base model and the "
                           "previous checkpoint.")

@@ -85,6 +85,9 @@ class CorpusSpec(_Cfg):
     gate: GateSettings = Field(default_factory=GateSettings)
     init_from: str = Field("", description="Start training from this corpus's latest checkpoint "
                                            "(e.g. DPO/RL after SFT) instead of the base model.")
+    retrain: Literal["nightly", "on_new_version"] = Field(
+        "nightly", description="When the checkpoint and eval follow a new corpus version: with the nightly "
+        "retrain schedule (default), or by themselves as soon as a version lands (e.g. after late outcomes).")
     environment: str = Field("pipeline.demo.environment:make_env", description="Where online eval acts and "
                              "GRPO rewards come from: 'package.module:factory' (see pipeline.environment).")
 

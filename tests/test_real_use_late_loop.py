@@ -62,3 +62,27 @@ def test_a_rejoined_day_recurates_although_most_days_are_missing(home, tiny_mode
     assert _requested(tick) == {"curated_sft", "corpus_sft"}  # the model is built once; training is nightly
     tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
     assert _requested(tick) == set()  # requested once, not on every tick
+
+
+def test_a_spec_that_retrains_on_new_versions_trains_and_evaluates_by_itself(home, tiny_model_dir):
+    """`retrain: on_new_version`: a new corpus version requests the checkpoint, and the checkpoint the eval,
+    with no manual step; the default spec (above) leaves both to the nightly retrain."""
+    ws = Workspace.open("demo", home=home)
+    populate(ws, days=DAYS[:1], per_day=8, seed=3)
+    spec = CorpusSpec(name="sft", filter="reward > 0", target="deeplake://local/sft", retrain="on_new_version")
+    cfg = TracemillConfig(workspace="demo", base_model=str(tiny_model_dir), partitions_start="2026-11-01",
+                          corpora=[spec])
+    assets, checks = build_assets(cfg)
+    defs = dg.Definitions(assets=assets, asset_checks=checks, resources=local_resources(
+        cfg.workspace, home=str(home), base_model=cfg.base_model))
+    instance = dg.DagsterInstance.ephemeral()
+
+    def materialize(select: list[str], day: str | None = None) -> None:
+        assert dg.materialize([*assets, *checks], selection=select, partition_key=day, instance=instance,
+                              resources=defs.resources).success
+
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # the sensor's first tick
+    materialize(INGEST, DAYS[0])
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    # one tick plans the whole chain: the corpus, then its checkpoint and eval in the same run
+    assert _requested(tick) == {*CORPUS, "checkpoint_sft", "eval_sft"}
