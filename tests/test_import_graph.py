@@ -13,9 +13,9 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "pipeline"
 # Rooms in the order they may import each other: a room imports only rooms to its left (and the root).
-ROOMS = ["capture", "lake", "server", "corpus", "train", "evaluate", "demo", "cli"]
+ROOMS = ["chat", "capture", "lake", "server", "corpus", "train", "evaluate", "demo", "cli"]
 # Root modules shared by every room (the data model, settings, logging …), in their own downward order.
-ROOT_ORDER = ["schema", "settings", "config", "storage", "logs", "progress", "previews", "models", "chat_format",
+ROOT_ORDER = ["schema", "settings", "config", "storage", "logs", "progress", "previews", "models",
               "environment", "tracking"]
 
 

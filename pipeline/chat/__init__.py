@@ -8,6 +8,7 @@ from pipeline.chat.parse import count_tool_calls, parse_assistant_output
 from pipeline.chat.render import (
     ChatTemplate,
     ChatTemplateError,
+    adopt_template,
     chat_template_for,
     end_markers,
     family_of,
@@ -16,7 +17,7 @@ from pipeline.chat.render import (
     stop_token_ids,
 )
 
-__all__ = ["ChatFamily", "ChatTemplate", "ChatTemplateError", "assistant_spans", "canonical_arguments",
+__all__ = ["ChatFamily", "ChatTemplate", "ChatTemplateError", "adopt_template", "assistant_spans", "canonical_arguments",
            "chat_template_for", "count_tool_calls", "detect_family", "end_markers", "family_of",
            "parse_assistant_output", "render_prompt", "render_text", "stop_token_ids", "tokenize_conversation",
            "tokenize_prompt"]

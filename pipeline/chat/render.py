@@ -104,6 +104,18 @@ def chat_template_for(tokenizer: Any) -> ChatTemplate:
     return _CACHE[key]
 
 
+def adopt_template(tokenizer: Any) -> ChatTemplate | None:
+    """Make the template corpora are rendered with the tokenizer's own, so a checkpoint saved with it
+    carries it (a server using the checkpoint's template then speaks the format the model was trained
+    on). None, unchanged, for a tokenizer without a usable template."""
+    try:
+        chat = chat_template_for(tokenizer)
+    except ChatTemplateError:
+        return None
+    tokenizer.chat_template = chat.template
+    return chat
+
+
 def family_of(tokenizer: Any) -> ChatFamily:
     """The tokenizer's chat family, GENERIC when it has no usable template (parsing still works)."""
     try:

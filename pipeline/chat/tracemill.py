@@ -23,7 +23,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.chat.messages import canonical_arguments, field as _field
+from pipeline.chat.messages import canonical_arguments
+from pipeline.chat.messages import field as _field
 
 SYSTEM, USER, ASSISTANT, TOOL, TOOLS, END, PAD = (
     "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|tools|>", "<|end|>", "<|pad|>")

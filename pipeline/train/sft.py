@@ -1,7 +1,7 @@
 """Supervised fine-tuning with TRL on pre-tokenized corpus rows, tracked in MLflow.
 
-Rows carry `input_ids` and `loss_mask` made by `pipeline.chat_format`, so training never re-renders
-text: the dataset handed to `SFTTrainer` has `input_ids` + `assistant_masks` columns, which TRL 1.16
+Rows carry `input_ids` and `loss_mask` made by `pipeline.chat` (the base model's own template), so training
+never re-renders text: the dataset handed to `SFTTrainer` has `input_ids` + `assistant_masks` columns, which TRL 1.16
 folds into `labels` (-100 where the mask is 0) during dataset preparation, with
 `assistant_only_loss=False` (that flag would re-render `messages` through the chat template).
 Rows without a trainable token are dropped here: they would give a NaN (or silently zero) loss.
@@ -20,7 +20,13 @@ from pipeline.train import launch
 from pipeline.train.devices import load_causal_lm, settings_for
 from pipeline.train.recipes import SFTRecipe
 from pipeline.train.result import TrainResult
-from pipeline.train.tracked_run import common_args, quiet_progress, run_tracked, save_with_trainer
+from pipeline.train.tracked_run import (
+    common_args,
+    load_tokenizer,
+    quiet_progress,
+    run_tracked,
+    save_with_trainer,
+)
 
 
 def prepare_rows(rows: Iterable[Mapping[str, Any]], max_length: int) -> tuple[list[list[int]], list[list[int]], int]:
@@ -59,10 +65,10 @@ def build_trainer(ids: list[list[int]], masks: list[list[int]], recipe: SFTRecip
 
 def sft_trainer(dataset: Any, recipe: SFTRecipe, callbacks: list | None = None):
     """An `SFTTrainer` over a `datasets.Dataset` or `IterableDataset` of `input_ids` + `assistant_masks`."""
-    from transformers import AutoTokenizer, PrinterCallback
+    from transformers import PrinterCallback
     from trl import SFTTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(recipe.base_model)
+    tokenizer = load_tokenizer(recipe.base_model)  # the checkpoint ships the template its corpus was rendered with
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     with quiet_progress():

@@ -2,7 +2,7 @@
 
 TRL puts the loss on the *whole* completion, tool results included. In a multi-turn completion those tokens
 are the environment's, not the policy's, so `ToolTurnMasking` wraps TRL's collator and zeroes them (and the
-assistant headers) in `completion_mask`, which gives the same mask as `chat_format.render_segments`.
+assistant headers) in `completion_mask`, which gives the same mask as `chat.tracemill.render_segments`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.chat_format import ASSISTANT, END
+from pipeline.chat.tracemill import ASSISTANT, END
 
 
 def assistant_only(input_ids: Any, completion_mask: Any, assistant_id: int, end_id: int) -> Any:

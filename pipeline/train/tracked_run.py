@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.chat import adopt_template
 from pipeline.train.devices import is_main_process, load_causal_lm, settings_for, trainer_params
 from pipeline.train.recipes import RecipeBase, recipe_params
 from pipeline.train.result import TrainResult
@@ -59,12 +60,19 @@ def lora_config(r: int, alpha: int) -> Any:
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def load_policy(base_model: str, device: str = "auto") -> tuple[Any, Any]:
-    """fp32 model (the trainer autocasts on GPU) with the device's attention kernel, and its tokenizer,
-    with a pad token the model agrees on."""
+def load_tokenizer(base_model: str) -> Any:
+    """The base model's tokenizer with the chat template its corpora are rendered with (`pipeline.chat`)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
+    adopt_template(tokenizer)
+    return tokenizer
+
+
+def load_policy(base_model: str, device: str = "auto") -> tuple[Any, Any]:
+    """fp32 model (the trainer autocasts on GPU) with the device's attention kernel, and its tokenizer,
+    with a pad token the model agrees on, and the chat template its corpora were rendered with."""
+    tokenizer = load_tokenizer(base_model)  # the checkpoint ships the template its corpus was rendered with
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = load_causal_lm(base_model, settings_for(device))
