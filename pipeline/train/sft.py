@@ -23,9 +23,12 @@ from pipeline.train.result import TrainResult
 from pipeline.train.tracked_run import (
     common_args,
     load_tokenizer,
+    lora_config,
     quiet_progress,
     run_tracked,
+    save_merged,
     save_with_trainer,
+    use_lora,
 )
 
 
@@ -74,7 +77,8 @@ def sft_trainer(dataset: Any, recipe: SFTRecipe, callbacks: list | None = None):
     with quiet_progress():
         model = load_causal_lm(recipe.base_model, settings_for(recipe.device))
         trainer = SFTTrainer(model=model, args=sft_config(recipe), train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=callbacks)
+                             callbacks=callbacks,
+                             peft_config=lora_config(recipe.lora_r, recipe.lora_alpha) if use_lora(recipe) else None)
     trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; the numbers go to MLflow instead
     return trainer
 
@@ -145,4 +149,4 @@ def _fit(make_dataset: Callable[[], Any], stats: Mapping[str, Any], recipe: SFTR
          run_tags: Mapping[str, str] | None, callbacks: Sequence[Any]) -> TrainResult:
     """The SFT run itself; the dataset is made once the MLflow run is open (a stream opens the corpus then)."""
     return run_tracked("sft", recipe, lambda cbs: sft_trainer(make_dataset(), recipe, cbs), stats, tracker, run_tags,
-                       callbacks, save=save_with_trainer)
+                       callbacks, save=save_merged if use_lora(recipe) else save_with_trainer)  # adapters merged

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.chat import adopt_template
+from pipeline.models import resolve_lora
 from pipeline.train.devices import is_main_process, load_causal_lm, settings_for, trainer_params
 from pipeline.train.recipes import RecipeBase, recipe_params
 from pipeline.train.result import TrainResult
@@ -51,6 +52,11 @@ def common_args(recipe: Any) -> dict[str, Any]:
         lr_scheduler_type=recipe.lr_scheduler_type, max_grad_norm=recipe.max_grad_norm,
         logging_steps=recipe.logging_steps, save_strategy="no", eval_strategy="no", report_to="none",
         disable_tqdm=True, dataloader_num_workers=0, **settings_for(recipe.device).training_args())
+
+
+def use_lora(recipe: Any) -> bool:
+    """The recipe's `lora` decided for its base model ("auto": above 1B parameters)."""
+    return resolve_lora(getattr(recipe, "lora", False), recipe.base_model)
 
 
 def lora_config(r: int, alpha: int) -> Any:
