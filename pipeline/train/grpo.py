@@ -76,7 +76,10 @@ def train_grpo(rows: Iterable[Mapping[str, Any]], recipe: RLRecipe, tracker: Any
                run_tags: Mapping[str, str] | None = None) -> TrainResult:
     """GRPO on `prompt/ground_truth/task_id/tools` rows; saves a plain HF model to `recipe.output_dir`.
     `TrainResult.tokens` counts prompt + completion tokens (TRL's `num_input_tokens_seen`)."""
-    data, skipped = rl_dataset(rows, load_tokenizer(recipe.base_model))
+    rows = list(rows)
+    data, skipped = rl_dataset(rows)  # validate before loading a tokenizer (tracemill's format renders anything)
+    if data:
+        data, skipped = rl_dataset(rows, load_tokenizer(recipe.base_model))  # the model's own template
     if not data:
         raise ValueError(f"no usable RL row ({skipped} skipped): nothing to train on")
     params = {"train_rows": len(data), "skipped_rows": skipped,

@@ -62,8 +62,11 @@ def _train(kind: Literal["dpo", "kto"], rows: Iterable[Mapping[str, Any]], recip
         raise ValueError(f"recipe.trainer is {recipe.trainer!r}, not {kind!r}")
     if kind == "kto" and recipe.per_device_batch_size < 2:
         raise ValueError("KTO estimates its KL term from other examples in the batch: per_device_batch_size >= 2")
-    tokenizer = load_tokenizer(recipe.base_model)
-    data, skipped = dpo_dataset(rows, tokenizer) if kind == "dpo" else kto_dataset(rows, tokenizer)
+    rows = list(rows)
+    make = dpo_dataset if kind == "dpo" else kto_dataset
+    data, skipped = make(rows)  # validate before loading a tokenizer (tracemill's format renders anything)
+    if data:
+        data, skipped = make(rows, load_tokenizer(recipe.base_model))  # the model's own template
     if not data:
         raise ValueError(f"no usable {kind} row ({skipped} skipped): nothing to train on")
     params: dict[str, Any] = {"train_rows": len(data), "skipped_rows": skipped}
