@@ -128,7 +128,7 @@ def test_rooms_import_only_downward():
     assert upward == []
 
 
-@pytest.mark.parametrize("room", ["capture", "lake", "corpus", "train", "evaluate", "demo", "cli"])
+@pytest.mark.parametrize("room", ["chat", "capture", "lake", "corpus", "train", "evaluate", "demo", "cli"])
 def test_every_room_exists(room):
     assert (PKG / room / "__init__.py").exists()
 
