@@ -178,3 +178,20 @@ def test_parse_each_format_and_its_failures():
     assert parse_assistant_output(' [{"name": "f", "arguments": {"x": 2}}]')["tool_calls"][0]["name"] == "f"
     hermes = parse_assistant_output('<tool_call>\n{"name": "g", "arguments": {}}\n</tool_call><|im_end|>x')
     assert hermes["tool_calls"] == [{"name": "g", "arguments": "{}"}] and hermes["content"] is None
+
+
+@pytest.mark.parametrize("name", ["tiny", *MODELS])
+def test_preference_collator_masks_tool_turns_in_every_family(tokenizers, name):
+    """TRL gives a multi-turn completion one loss mask; `assistant_only` with the family's markers cuts it
+    back to the assistant bodies, exactly the corpus mask."""
+    import torch
+
+    from pipeline.train.tool_masking import assistant_only, marker_ids
+
+    tok, convo = tokenizers[name], _conversation(True)
+    ids, mask = tokenize_conversation(tok, convo, TOOLS)
+    start = mask.index(1)  # the completion starts where the first assistant body does
+    completion = torch.tensor([[0] * start + [1] * (len(ids) - start)])
+    markers = marker_ids(tok)
+    assert markers is not None
+    assert assistant_only(torch.tensor([ids]), completion, *markers)[0].tolist() == mask

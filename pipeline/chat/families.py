@@ -65,6 +65,7 @@ class ChatFamily:
     markers: tuple[str, ...]  # all present in a template string → this family
     end_markers: tuple[str, ...]  # where a generated assistant turn ends (also its stop tokens)
     parser: str  # a key of pipeline.chat.parse.PARSERS: how its tool calls are written
+    headers: tuple[str, ...] = ()  # text right before an assistant body (where the model starts writing)
     fallback_template: str | None = None  # the family convention, when the model's template drops tools
     call_id: object = field(default=str)  # how tool-call ids must look to its template
 
@@ -72,10 +73,13 @@ class ChatFamily:
         return all(m in template for m in self.markers)
 
 
-TRACEMILL = ChatFamily("tracemill", ("<|assistant|>", "<|end|>"), ("<|end|>",), "hermes")
-LLAMA3 = ChatFamily("llama3-json", ("<|start_header_id|>", "<|eot_id|>"), ("<|eot_id|>", "<|eom_id|>"), "llama_json")
-MISTRAL = ChatFamily("mistral-tool-calls", ("[INST]",), ("</s>",), "mistral", call_id=_mistral_call_id)
-CHATML = ChatFamily("chatml-hermes", ("<|im_start|>",), ("<|im_end|>",), "hermes", HERMES_CHATML_TEMPLATE)
+TRACEMILL = ChatFamily("tracemill", ("<|assistant|>", "<|end|>"), ("<|end|>",), "hermes", ("<|assistant|>",))
+LLAMA3 = ChatFamily("llama3-json", ("<|start_header_id|>", "<|eot_id|>"), ("<|eot_id|>", "<|eom_id|>"), "llama_json",
+                    ("<|start_header_id|>assistant<|end_header_id|>\n\n",))
+MISTRAL = ChatFamily("mistral-tool-calls", ("[INST]",), ("</s>",), "mistral", ("[/INST]", "[/TOOL_RESULTS]"),
+                     call_id=_mistral_call_id)
+CHATML = ChatFamily("chatml-hermes", ("<|im_start|>",), ("<|im_end|>",), "hermes", ("<|im_start|>assistant\n",),
+                    HERMES_CHATML_TEMPLATE)
 GENERIC = ChatFamily("generic", (), (), "hermes")  # unknown template: Hermes tags, the eos token ends a turn
 FAMILIES: tuple[ChatFamily, ...] = (TRACEMILL, LLAMA3, MISTRAL, CHATML)
 ALL_END_MARKERS: tuple[str, ...] = tuple(dict.fromkeys(m for f in FAMILIES for m in f.end_markers))
