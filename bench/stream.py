@@ -42,7 +42,7 @@ def log(msg: str) -> None:
 
 def demo_lengths(n: int = 2000) -> np.ndarray:
     """Token counts of real demo trajectories (the four scripted agents, random tasks)."""
-    from pipeline.chat_format import render_text
+    from pipeline.chat.tracemill import render_text
     from pipeline.demo.agents import AGENTS, policy_for
     from pipeline.demo.rollout import rollout
     from pipeline.demo.world import make_task

@@ -32,7 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipeline.capture.landing import read_landed  # noqa: E402
 from pipeline.capture.workspace import Workspace  # noqa: E402
-from pipeline.chat_format import render_text, tokenize_conversation  # noqa: E402
+from pipeline.chat import tokenize_conversation  # noqa: E402
+from pipeline.chat.tracemill import render_text  # noqa: E402
 from pipeline.demo.agents import populate  # noqa: E402
 from pipeline.train.tiny_model import build_tiny_model  # noqa: E402
 

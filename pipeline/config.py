@@ -29,7 +29,10 @@ class TrainSettings(_Cfg):
     max_length: int = Field(512, ge=16, description="Longest tokenized conversation kept.")
     seed: int = Field(0, description="Seed for data order and initialisation.")
     beta: float = Field(0.1, gt=0, description="DPO/KTO: strength of the pull towards the reference model.")
-    lora: bool = Field(False, description="Train LoRA adapters (merged into the saved checkpoint).")
+    lora: bool | Literal["auto"] = Field("auto", description="Train LoRA adapters (merged into the saved "
+                                         "checkpoint); auto: only for base models above 1B parameters.")
+    micro_batch_size: int | None = Field(None, ge=1, description="Sequences per forward pass on one device; "
+                                         "batch_size / devices is reached by gradient accumulation (None: one pass).")
     num_generations: int = Field(4, ge=2, description="GRPO: completions sampled per prompt.")
     max_completion_length: int = Field(48, ge=4, description="GRPO: tokens generated per completion.")
     devices: int = Field(1, ge=1, description="GPUs (processes, DDP) per training run; > 1 starts them with "
@@ -41,7 +44,18 @@ class TrainSettings(_Cfg):
         if self.batch_size % self.devices:
             raise ValueError(f"batch_size ({self.batch_size}, sequences per optimizer step) must be a multiple "
                              f"of devices ({self.devices}): each device takes an equal share")
+        share = self.batch_size // self.devices
+        if self.micro_batch_size is not None and share % min(self.micro_batch_size, share):
+            raise ValueError(f"train.micro_batch_size ({self.micro_batch_size}) must divide batch_size / devices "
+                             f"({share}): set it to a divisor of {share}")
         return self
+
+    def accumulation(self, per_device: int | None = None) -> tuple[int, int]:
+        """(sequences per device per pass, passes per optimizer step): `batch_size` stays sequences per
+        optimizer step on any device; a smaller `micro_batch_size` trades passes for memory."""
+        share = per_device if per_device is not None else self.batch_size // self.devices
+        micro = min(self.micro_batch_size or share, share)
+        return micro, share // micro
 
 
 class EvalSettings(_Cfg):

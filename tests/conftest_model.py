@@ -61,7 +61,7 @@ def _demo_world_texts(conversations: list[list[dict[str, Any]]]) -> list[str]:
     """The same conversations under the demo world's tools and system prompt, when that module exists,
     so the shared tokenizer also encodes demo-world corpora compactly (its tool JSON alone is ~940
     characters: ~260 tokens with this vocabulary, ~440 with one that never saw it)."""
-    from pipeline.chat_format import render_text
+    from pipeline.chat.tracemill import render_text
 
     try:
         from pipeline.demo.world import SYSTEM_PROMPT
@@ -76,7 +76,7 @@ def _demo_world_texts(conversations: list[list[dict[str, Any]]]) -> list[str]:
 def tiny_model_dir(tmp_path_factory, tool_conversations):
     """A ~0.3M-parameter Llama (hidden 64, 2 layers, vocab 512) with a BPE trained on the
     conversations; treat it as read-only."""
-    from pipeline.chat_format import render_text
+    from pipeline.chat.tracemill import render_text
     from pipeline.train.tiny_model import build_tiny_model
 
     texts = [render_text(c, TOOLS) for c in tool_conversations] + _demo_world_texts(tool_conversations)
@@ -89,7 +89,7 @@ def sft_rows(tiny_model_dir) -> list[dict[str, Any]]:
     """Eight tokenized tool-use conversations: input ids and assistant-only loss masks."""
     from transformers import AutoTokenizer
 
-    from pipeline.chat_format import tokenize_conversation
+    from pipeline.chat import tokenize_conversation
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     return [dict(zip(("input_ids", "loss_mask"), tokenize_conversation(tok, c, TOOLS), strict=True))

@@ -6,16 +6,8 @@ import json
 
 import pytest
 
-from pipeline.chat_format import (
-    ASSISTANT,
-    END,
-    parse_assistant_output,
-    render_prompt,
-    render_segments,
-    render_text,
-    tokenize_conversation,
-    tokenize_prompt,
-)
+from pipeline.chat import parse_assistant_output, tokenize_conversation, tokenize_prompt
+from pipeline.chat.tracemill import ASSISTANT, END, render_prompt, render_segments, render_text
 from tests.conftest_model import TOOLS, make_conversations
 
 

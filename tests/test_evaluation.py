@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pipeline.chat_format import tokenize_conversation, tokenize_prompt
+from pipeline.chat import tokenize_conversation, tokenize_prompt
 from pipeline.evaluate.offline import answers_match, evaluate_checkpoint, generate_turns, generation_tasks
 from pipeline.train.sft import SFTRecipe, train_sft
 from tests.conftest_model import TOOLS, make_conversations

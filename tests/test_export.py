@@ -8,7 +8,7 @@ import orjson
 import polars as pl
 import pytest
 
-from pipeline.chat_format import render_text
+from pipeline.chat.tracemill import render_text
 from pipeline.corpus.export import export_corpus, openai_arguments, to_hf_dataset, trl_rows
 from pipeline.corpus.rows import TRAINING_FORMATS as FORMATS
 from pipeline.corpus.rows import build_rows, with_row_key
@@ -112,7 +112,7 @@ def test_versions_splits_and_format_inference(corpora, tmp_path):
 
 
 def test_arguments_are_canonical_json_strings():
-    assert openai_arguments('{"a":1,"b":"x"}') == '{"a": 1, "b": "x"}'  # what chat_format renders
+    assert openai_arguments('{"a":1,"b":"x"}') == '{"a": 1, "b": "x"}'  # what chat.tracemill renders
     assert openai_arguments(json.dumps('{"a": 1}')) == '{"a": 1}'  # double-encoded export
     assert openai_arguments({"a": 1}) == '{"a": 1}'
     assert openai_arguments(None) == "{}"

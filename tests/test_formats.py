@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 
 from pipeline.capture.workspace import Workspace
-from pipeline.chat_format import ASSISTANT, render_assistant_body, tokenize_conversation, tokenize_prompt
+from pipeline.chat import tokenize_conversation, tokenize_prompt
+from pipeline.chat.tracemill import ASSISTANT, render_assistant_body
 from pipeline.corpus.curate import curate, split_of
 from pipeline.corpus.rows import TRAINING_FORMATS as FORMATS
 from pipeline.corpus.rows import build_rows, dpo_pairs, kto_rows, prompt_and_completion, rl_rows

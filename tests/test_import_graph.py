@@ -13,10 +13,10 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "pipeline"
 # Rooms in the order they may import each other: a room imports only rooms to its left (and the root).
-ROOMS = ["capture", "lake", "server", "corpus", "train", "evaluate", "demo", "cli"]
+ROOMS = ["chat", "capture", "lake", "server", "corpus", "train", "evaluate", "demo", "cli"]
 # Root modules shared by every room (the data model, settings, logging …), in their own downward order.
 ROOT_ORDER = ["errors", "jsonio", "schema", "settings", "config", "storage", "logs", "progress", "previews", "models",
-              "chat_format", "environment", "tracking"]
+              "environment", "tracking"]
 
 
 def _module_name(path: Path) -> str:
@@ -128,7 +128,7 @@ def test_rooms_import_only_downward():
     assert upward == []
 
 
-@pytest.mark.parametrize("room", ["capture", "lake", "corpus", "train", "evaluate", "demo", "cli"])
+@pytest.mark.parametrize("room", ["chat", "capture", "lake", "corpus", "train", "evaluate", "demo", "cli"])
 def test_every_room_exists(room):
     assert (PKG / room / "__init__.py").exists()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.chat_format import tokenize_conversation
+from pipeline.chat import tokenize_conversation
 from pipeline.train.recipes import SFTRecipe
 from pipeline.train.sft import build_trainer, prepare_rows, train_sft, train_sft_corpus
 from tests.conftest_model import TOOLS, make_conversations

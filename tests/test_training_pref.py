@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pipeline.chat_format import tokenize_conversation
+from pipeline.chat import tokenize_conversation
 from pipeline.train.preference import _build_pref, train_dpo, train_kto
 from pipeline.train.recipes import PrefRecipe
 from pipeline.train.text_columns import completion_text, dpo_dataset, kto_dataset, prompt_text

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pipeline.chat_format import render_prompt
+from pipeline.chat.tracemill import render_prompt
 from pipeline.demo.rewards import final_answer_reward, format_reward, parse_ground_truth, tool_call_reward
 from pipeline.demo.world import SYSTEM_PROMPT, TOOLS, build_task, eval_tasks
 from pipeline.train.grpo import rl_dataset, train_grpo

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import orjson
 import polars as pl
 
-from pipeline.chat_format import canonical_arguments
+from pipeline.chat import canonical_arguments
 from pipeline.corpus.store import Corpus, open_corpus
 from pipeline.jsonio import dumps_json
 
@@ -47,7 +47,7 @@ def infer_format(columns: list[str]) -> str:
 
 def openai_arguments(arguments: Any) -> str:
     """Arguments as one canonical JSON string (`json.dumps` spacing, double encoding undone), the text
-    `pipeline.chat_format` renders, so a template that passes the string through renders what we train on.
+    `pipeline.chat` renders, so a template that passes the string through renders what we train on.
     A string that is not JSON at all is kept as it is."""
     value = canonical_arguments(arguments)
     return arguments if isinstance(value, str) and value == arguments else dumps_json(value, ensure_ascii=False)

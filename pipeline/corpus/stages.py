@@ -15,6 +15,7 @@ import polars as pl
 
 from pipeline import storage
 from pipeline.capture.workspace import Workspace
+from pipeline.chat import chat_template_for
 from pipeline.config import CorpusSpec
 from pipeline.corpus.curate import CurationStats
 from pipeline.corpus.redact import Redactor
@@ -26,7 +27,7 @@ from pipeline.lake.filters import apply_filter
 from pipeline.lake.late import wait_decision
 from pipeline.lake.stages import joined_days, read_joined
 from pipeline.logs import event, get_logger
-from pipeline.models import resolve_model
+from pipeline.models import require_prepared
 
 if TYPE_CHECKING:
     from pipeline.corpus.store import SnapshotInfo
@@ -136,9 +137,10 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
     curated = storage.read_parquet(ws.curated_path(spec.name))
     if not curated.height and not allow_empty:
         return _refuse_empty(url, joined, spec, 0)
-    model = resolve_model(base_model, models_dir)
-    fingerprint = tokenizer_fingerprint(base_model, model)
+    model = require_prepared(base_model, models_dir)
     tokenizer = AutoTokenizer.from_pretrained(model)
+    chat = chat_template_for(tokenizer)  # the model's own template, or its family's fallback (chosen by a probe)
+    fingerprint = tokenizer_fingerprint(base_model, model, chat.fingerprint())
     rows, untrainable, reuse = tokenize_with_cache(  # only rows new since the last snapshot are tokenized
         curated, lambda df: tokenize_format_rows(spec.format, df, tokenizer, spec.train.max_length, spec.tools_in_prompt),
         ws.root / "curated" / f"{spec.name}.tokens.parquet",
@@ -148,7 +150,8 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
     if not rows.height and not allow_empty:  # every curated row was untrainable
         return _refuse_empty(url, joined, spec, curated.height, untrainable)
     lineage = {"filter": spec.filter, "format": spec.format, "workspace": ws.name,
-               "source_partitions": joined_days(ws), "tokenizer": fingerprint, "tokens_reused": reuse["cached"],
+               "source_partitions": joined_days(ws), "tokenizer": fingerprint, "chat_template": chat.describe(),
+               "tokens_reused": reuse["cached"],
                "max_length": spec.train.max_length,
                "dropped_untrainable": untrainable, "tools_in_prompt": spec.tools_in_prompt,
                "wait": decision.as_dict()}
@@ -160,13 +163,16 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
     return info
 
 
-def tokenizer_fingerprint(name: str, model_dir: str) -> str:
-    """The tokenizer's name plus a hash of its files: a rebuilt local tokenizer under the same name
-    ('tiny') must still force a full re-tokenization, not a delta append onto old token ids."""
+def tokenizer_fingerprint(name: str, model_dir: str, chat: str = "") -> str:
+    """The tokenizer's name plus a hash of its files, plus the chat template rendering uses (family,
+    native or fallback, hash of its text): a rebuilt local tokenizer under the same name ('tiny'), an
+    edited template or a changed fallback must all force a full re-tokenization, not a delta append onto
+    old token ids (the fingerprint is part of the token cache's and the snapshot's derivation key)."""
     files = sorted(p for p in Path(model_dir).glob("*") if p.name.startswith(("tokenizer", "chat_template",
                                                                              "special_tokens")))
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()[:12]
-    return f"{name}#{digest}" if files else name
+    base = f"{name}#{digest}" if files else name
+    return f"{base}|{chat}" if chat else base
 
 
 def check_corpus(spec: CorpusSpec, corpus_root: str) -> CorpusCheck:

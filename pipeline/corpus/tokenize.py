@@ -1,5 +1,6 @@
 """Token columns for curated rows of every training format: ids and loss masks from the one chat
-rendering in `pipeline.chat_format`, so what a corpus stores is exactly what training sees.
+rendering in `pipeline.chat` (the base model's own chat template), so what a corpus stores is exactly what
+training sees.
 
 Why its own module: row building (`rows`) needs no tokenizer, and the snapshot stage needs both;
 keeping tokenization here lets the stage import rows and tokenization downward."""
@@ -12,7 +13,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from pipeline.chat_format import tokenize_conversation, tokenize_prompt
+from pipeline.chat import tokenize_conversation, tokenize_prompt
 from pipeline.corpus.rows import with_row_key
 
 

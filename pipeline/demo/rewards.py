@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from pipeline.chat_format import END, TOOL_CALL_OPEN, parse_assistant_output
+from pipeline.chat import count_tool_calls, parse_assistant_output
+from pipeline.chat.families import ALL_END_MARKERS
 from pipeline.demo.scoring import grade, numbers_in, score_tool_call
 from pipeline.demo.world import Task
 
@@ -55,7 +56,7 @@ def completion_text(completion: Any) -> str:
 def _prior_calls(prompt: Any) -> int:
     """How many tool calls the prompt already holds: the index of the call the completion makes next."""
     if isinstance(prompt, str):
-        return prompt.count(TOOL_CALL_OPEN)
+        return count_tool_calls(prompt)
     return sum(len(m.get("tool_calls") or []) for m in prompt or [] if isinstance(m, dict))
 
 
@@ -97,7 +98,7 @@ def tool_call_reward(completions: Sequence[Any], ground_truth: Sequence[Any], pr
 def format_reward(completions: Sequence[Any], completion_ids: Sequence[Sequence[int]] | None = None,
                   eos_token_id: int | None = None, **kwargs: Any) -> list[float]:
     """1.0 for a well-formed, finished turn; 0.5 well-formed but cut off by the length limit; 0.0 for
-    malformed tool-call JSON or an empty turn. "Finished" is `<|end|>` in the text or, since TRL decodes with
+    malformed tool-call JSON or an empty turn. "Finished" is an end marker (`<|end|>`, `<|im_end|>` …) in the text or, since TRL decodes with
     special tokens skipped, the last generated id being `eos_token_id` (bind it with functools.partial)."""
     rewards = []
     ids_list = completion_ids if completion_ids is not None else [None] * len(completions)
@@ -107,7 +108,7 @@ def format_reward(completions: Sequence[Any], completion_ids: Sequence[Sequence[
         if msg["invalid_tool_calls"] or not (msg["content"] or msg["tool_calls"]):
             rewards.append(0.0)
             continue
-        ended = END in text or bool(ids is not None and len(ids) and eos_token_id is not None
+        ended = any(e in text for e in ALL_END_MARKERS) or bool(ids is not None and len(ids) and eos_token_id is not None
                                     and ids[-1] == eos_token_id)
         rewards.append(1.0 if ended else 0.5)
     return rewards

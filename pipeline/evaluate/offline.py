@@ -4,7 +4,7 @@ final-answer accuracy.
 The loss uses the rows' stored `input_ids`/`loss_mask` (the very tensors training saw), batched.
 Generation metrics replay each reference conversation: for every assistant turn that calls a tool,
 and for the final answer, the model greedily writes that turn from the reference prefix, and the
-output is parsed with the same chat format used to render training data. Tool arguments compare
+output is parsed in the model's own chat family, the format training data was rendered in. Tool arguments compare
 as parsed JSON (so key order and spacing don't matter); final answers compare after whitespace
 normalisation, or as numbers when both parse as numbers ("3.50" == "3.5").
 Accuracies are NaN when no example has the turn kind they measure.
@@ -18,10 +18,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.chat_format import (
-    END,
+from pipeline.chat import (
     canonical_arguments,
+    end_markers,
+    family_of,
     parse_assistant_output,
+    stop_token_ids,
     tokenize_conversation,
     tokenize_prompt,
 )
@@ -108,8 +110,7 @@ def generate_turns(model: Any, tokenizer: Any, prompts: Sequence[list[int]], max
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stop = [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END)}
-            if t is not None and t != tokenizer.unk_token_id]
+    stop = stop_token_ids(tokenizer)
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
@@ -189,11 +190,12 @@ def evaluate_checkpoint(checkpoint_dir: str, rows: Sequence[Mapping[str, Any]], 
     outputs = generate_turns(model, tokenizer, prompts, max_new_tokens, batch_size * 2) if prompts else []
     gen_seconds = time.perf_counter() - started
 
+    family, ends = family_of(tokenizer), end_markers(tokenizer)
     names_ok = calls_ok = parsed = n_calls = exact_ok = final_ok = n_final = valid_ok = n_checked = 0
     per_example: dict[str, list[float]] = {"tool_name_accuracy": [], "tool_call_accuracy": [],
                                            "final_answer_accuracy": []}
     for (kind, ref), text, tools in zip(refs, outputs, schemas, strict=True):
-        pred = parse_assistant_output(text)
+        pred = parse_assistant_output(text, family, ends)
         if kind == "tool_call":
             n_calls += 1
             want, got = _calls(ref), _calls(pred)

@@ -23,7 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.chat_format import END, parse_assistant_output, tokenize_prompt
+from pipeline.chat import end_markers, family_of, parse_assistant_output, stop_token_ids, tokenize_prompt
 from pipeline.corpus.redact import Redactor
 from pipeline.environment import DEFAULT_ENVIRONMENT, Environment, EnvTask, Policy, load_environment
 from pipeline.schema import utcnow
@@ -72,7 +72,7 @@ class Turn:
 
 @dataclass
 class ModelPolicy:
-    """Greedy policy of a causal LM in tracemill's chat format. Stateless between calls (the model sees
+    """Greedy policy of a causal LM in its own chat template (tool calls parsed in its family's format). Stateless between calls (the model sees
     only the messages), so one instance serves every task; `turns` logs each call for telemetry."""
 
     model: Any
@@ -92,7 +92,7 @@ class ModelPolicy:
         truncated = len(prompt) > keep
         prompt = prompt[-keep:] if truncated else prompt
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        stop = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids(END)} if t is not None and t != tok.unk_token_id]
+        stop = stop_token_ids(tok)
         device = next(self.model.parameters()).device
         started = time.perf_counter()
         with torch.no_grad():
@@ -102,8 +102,9 @@ class ModelPolicy:
                                       eos_token_id=stop, pad_token_id=pad)
         new = out[0, len(prompt):].tolist()
         text = tok.decode(new, skip_special_tokens=False)
-        parsed = parse_assistant_output(text)
-        ended = END in text or (bool(new) and new[-1] in stop)
+        ends = end_markers(tok)
+        parsed = parse_assistant_output(text, family_of(tok), ends)
+        ended = any(e in text for e in ends) or (bool(new) and new[-1] in stop)
         invalid = bool(parsed["invalid_tool_calls"]) or not (parsed["content"] or parsed["tool_calls"])
         self.turns.append(Turn(len(prompt), len(new), (time.perf_counter() - started) * 1000,
                                "stop" if ended else "length", invalid or not ended, truncated))

@@ -11,7 +11,7 @@ import orjson
 
 from pipeline import storage
 from pipeline.capture.workspace import Workspace
-from pipeline.chat_format import render_segments
+from pipeline.chat.tracemill import render_segments
 from pipeline.models import TINY, resolve_model
 from pipeline.train.tiny_model import build_tiny_model
 

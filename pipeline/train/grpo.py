@@ -1,6 +1,6 @@
-"""GRPO with TRL on tracemill's chat format and the reward functions of the corpus's environment, tracked in MLflow.
+"""GRPO with TRL on the base model's own chat template and the reward functions of the corpus's environment, tracked in MLflow.
 
-Single-turn: each prompt (tool list + system + user, rendered as *text* with `chat_format.render_prompt`,
+Single-turn: each prompt (tool list + system + user, rendered as *text* with `pipeline.chat.render_prompt`,
 ending with the assistant header) gets `num_generations` sampled next turns, scored by the reward functions
 in `pipeline.demo.rewards` (first tool call, final answer, format). Tools are not executed during the rollout:
 multi-step tool use through GRPO's `tools=` would need a chat template TRL can parse (e.g. its qwen3 one) and
@@ -8,7 +8,7 @@ is left out on purpose; the first action is where a tiny model's mistakes start 
 
 Why text prompts: our tokenizer's template is custom, so TRL's conversational path would decode completions
 without a response parser anyway; text keeps prompt tokens identical to the SFT rendering (no BOS is added by
-our tokenizer; a tokenizer that adds one gets it here as in `chat_format.encode_segments`).
+our tokenizer; a tokenizer that adds one gets it here as in the template's own text).
 """
 
 from __future__ import annotations
@@ -22,10 +22,17 @@ from pipeline.train import launch
 from pipeline.train.recipes import RLRecipe
 from pipeline.train.result import TrainResult
 from pipeline.train.text_columns import prompt_text
-from pipeline.train.tracked_run import common_args, load_policy, lora_config, run_tracked
+from pipeline.train.tracked_run import (
+    common_args,
+    load_policy,
+    load_tokenizer,
+    lora_config,
+    run_tracked,
+    use_lora,
+)
 
 
-def rl_dataset(rows: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, str]], int]:
+def rl_dataset(rows: Iterable[Mapping[str, Any]], tokenizer: Any = None) -> tuple[list[dict[str, str]], int]:
     """`prompt` text + `ground_truth` / `task_id` strings (handed to the reward functions); rows without a
     renderable prompt or a ground truth are skipped."""
     out, skipped = [], 0
@@ -34,7 +41,7 @@ def rl_dataset(rows: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, str]],
         try:
             if truth is None or truth == "":
                 raise ValueError("no ground truth")
-            out.append({"prompt": prompt_text(row["prompt"], row.get("tools")),
+            out.append({"prompt": prompt_text(row["prompt"], row.get("tools"), tokenizer),
                         "ground_truth": truth if isinstance(truth, str) else dumps_json(truth),
                         "task_id": str(row.get("task_id") or "")})
         except (ValueError, KeyError, TypeError):
@@ -60,7 +67,7 @@ def _build(data: list[dict[str, str]], recipe: RLRecipe) -> Callable[[list], Any
         return GRPOTrainer(model=model, reward_funcs=reward_functions(tokenizer.eos_token_id, recipe.environment), args=config,
                            train_dataset=datasets.Dataset.from_list(data), processing_class=tokenizer,
                            callbacks=callbacks,
-                           peft_config=lora_config(recipe.lora_r, recipe.lora_alpha) if recipe.lora else None)
+                           peft_config=lora_config(recipe.lora_r, recipe.lora_alpha) if use_lora(recipe) else None)
 
     return build
 
@@ -69,7 +76,10 @@ def train_grpo(rows: Iterable[Mapping[str, Any]], recipe: RLRecipe, tracker: Any
                run_tags: Mapping[str, str] | None = None) -> TrainResult:
     """GRPO on `prompt/ground_truth/task_id/tools` rows; saves a plain HF model to `recipe.output_dir`.
     `TrainResult.tokens` counts prompt + completion tokens (TRL's `num_input_tokens_seen`)."""
-    data, skipped = rl_dataset(rows)
+    rows = list(rows)
+    data, skipped = rl_dataset(rows)  # validate before loading a tokenizer (tracemill's format renders anything)
+    if data:
+        data, skipped = rl_dataset(rows, load_tokenizer(recipe.base_model))  # the model's own template
     if not data:
         raise ValueError(f"no usable RL row ({skipped} skipped): nothing to train on")
     params = {"train_rows": len(data), "skipped_rows": skipped,

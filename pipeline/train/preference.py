@@ -1,4 +1,4 @@
-"""Preference training (DPO, KTO) with TRL on tracemill's chat format, tracked in MLflow.
+"""Preference training (DPO, KTO) with TRL on the base model's own chat template, tracked in MLflow.
 
 Rows become text columns (`pipeline.train.text_columns`: TRL tokenizes pairs itself), TRL's collator is
 wrapped so tool turns carry no loss (`pipeline.train.tool_masking`), and the run is tracked like every other
@@ -16,7 +16,14 @@ from pipeline.train.recipes import PrefRecipe
 from pipeline.train.result import TrainResult
 from pipeline.train.text_columns import dpo_dataset, kto_dataset
 from pipeline.train.tool_masking import ToolTurnMasking, marker_ids
-from pipeline.train.tracked_run import common_args, load_policy, lora_config, run_tracked
+from pipeline.train.tracked_run import (
+    common_args,
+    load_policy,
+    load_tokenizer,
+    lora_config,
+    run_tracked,
+    use_lora,
+)
 
 
 def _build_pref(kind: str, data: list[dict[str, Any]], recipe: PrefRecipe) -> Callable[[list], Any]:
@@ -44,7 +51,7 @@ def _build_pref(kind: str, data: list[dict[str, Any]], recipe: PrefRecipe) -> Ca
         return trainer_cls(model=model, ref_model=None, args=config, data_collator=collator,
                            train_dataset=datasets.Dataset.from_list(data), processing_class=tokenizer,
                            callbacks=callbacks,
-                           peft_config=lora_config(recipe.lora_r, recipe.lora_alpha) if recipe.lora else None)
+                           peft_config=lora_config(recipe.lora_r, recipe.lora_alpha) if use_lora(recipe) else None)
 
     return build
 
@@ -55,7 +62,11 @@ def _train(kind: Literal["dpo", "kto"], rows: Iterable[Mapping[str, Any]], recip
         raise ValueError(f"recipe.trainer is {recipe.trainer!r}, not {kind!r}")
     if kind == "kto" and recipe.per_device_batch_size < 2:
         raise ValueError("KTO estimates its KL term from other examples in the batch: per_device_batch_size >= 2")
-    data, skipped = dpo_dataset(rows) if kind == "dpo" else kto_dataset(rows)
+    rows = list(rows)
+    make = dpo_dataset if kind == "dpo" else kto_dataset
+    data, skipped = make(rows)  # validate before loading a tokenizer (tracemill's format renders anything)
+    if data:
+        data, skipped = make(rows, load_tokenizer(recipe.base_model))  # the model's own template
     if not data:
         raise ValueError(f"no usable {kind} row ({skipped} skipped): nothing to train on")
     params: dict[str, Any] = {"train_rows": len(data), "skipped_rows": skipped}

@@ -53,11 +53,12 @@ class LoraFields(BaseModel):
 
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
-    lora: bool = Field(_SPEC["lora"].default, description="Train LoRA adapters (for DPO/KTO the reference is "
-                                                          "then the model with adapters off: no copy).")
+    lora: bool | Literal["auto"] = Field(_SPEC["lora"].default, description="Train LoRA adapters (for DPO/KTO "
+                                         "the reference is then the model with adapters off: no copy); auto: "
+                                         "above 1B parameters (`pipeline.models.resolve_lora`).")
 
 
-class SFTRecipe(RecipeBase):
+class SFTRecipe(RecipeBase, LoraFields):
     """Supervised fine-tuning on pre-tokenized rows."""
 
     per_device_batch_size: int = Field(_SPEC["batch_size"].default, ge=1,
@@ -68,9 +69,11 @@ class SFTRecipe(RecipeBase):
 
     @classmethod
     def from_settings(cls, settings: TrainSettings, base_model: str, output_dir: str) -> SFTRecipe:
-        """`batch_size` is per optimizer step: each of the `devices` processes takes an equal share."""
-        return cls(**cls.shared(settings, base_model, output_dir), max_length=settings.max_length,
-                   per_device_batch_size=settings.batch_size // settings.devices)
+        """`batch_size` is per optimizer step: each of the `devices` processes takes an equal share, in
+        passes of `micro_batch_size` sequences (gradient accumulation)."""
+        micro, passes = settings.accumulation()
+        return cls(**cls.shared(settings, base_model, output_dir), max_length=settings.max_length, lora=settings.lora,
+                   per_device_batch_size=micro, gradient_accumulation_steps=passes)
 
 
 class PrefRecipe(RecipeBase, LoraFields):
@@ -86,9 +89,12 @@ class PrefRecipe(RecipeBase, LoraFields):
     @classmethod
     def from_settings(cls, settings: TrainSettings, base_model: str, output_dir: str,
                       trainer: Literal["dpo", "kto"] = "dpo") -> PrefRecipe:
-        """KTO estimates its KL term from the other examples of a batch: at least 2 per device."""
+        """KTO estimates its KL term from the other examples of a batch: at least 2 per device and pass."""
+        micro, passes = settings.accumulation(max(2, settings.batch_size // settings.devices))
+        if micro < 2:
+            micro, passes = 2, max(1, passes // 2)
         return cls(**cls.shared(settings, base_model, output_dir), trainer=trainer, beta=settings.beta,
-                   per_device_batch_size=max(2, settings.batch_size // settings.devices),
+                   per_device_batch_size=micro, gradient_accumulation_steps=passes,
                    max_length=settings.max_length, lora=settings.lora)
 
 
@@ -123,8 +129,11 @@ class RLRecipe(RecipeBase, LoraFields):
         """The batch is rounded down to whole groups of `num_generations` (at least one), then split."""
         n = settings.num_generations
         batch = max(n, settings.batch_size - settings.batch_size % n)
+        share = max(1, batch // settings.devices)
+        micro, passes = settings.accumulation(share) if share % min(settings.micro_batch_size or share, share) == 0 \
+            else (share, 1)
         return cls(**cls.shared(settings, base_model, output_dir), num_generations=n, lora=settings.lora,
-                   per_device_batch_size=max(1, batch // settings.devices),
+                   per_device_batch_size=micro, gradient_accumulation_steps=passes,
                    max_completion_length=settings.max_completion_length)
 
 

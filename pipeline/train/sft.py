@@ -1,7 +1,7 @@
 """Supervised fine-tuning with TRL on pre-tokenized corpus rows, tracked in MLflow.
 
-Rows carry `input_ids` and `loss_mask` made by `pipeline.chat_format`, so training never re-renders
-text: the dataset handed to `SFTTrainer` has `input_ids` + `assistant_masks` columns, which TRL 1.16
+Rows carry `input_ids` and `loss_mask` made by `pipeline.chat` (the base model's own template), so training
+never re-renders text: the dataset handed to `SFTTrainer` has `input_ids` + `assistant_masks` columns, which TRL 1.16
 folds into `labels` (-100 where the mask is 0) during dataset preparation, with
 `assistant_only_loss=False` (that flag would re-render `messages` through the chat template).
 Rows without a trainable token are dropped here: they would give a NaN (or silently zero) loss.
@@ -20,7 +20,16 @@ from pipeline.train import launch
 from pipeline.train.devices import load_causal_lm, settings_for
 from pipeline.train.recipes import SFTRecipe
 from pipeline.train.result import TrainResult
-from pipeline.train.tracked_run import common_args, quiet_progress, run_tracked, save_with_trainer
+from pipeline.train.tracked_run import (
+    common_args,
+    load_tokenizer,
+    lora_config,
+    quiet_progress,
+    run_tracked,
+    save_merged,
+    save_with_trainer,
+    use_lora,
+)
 
 
 def prepare_rows(rows: Iterable[Mapping[str, Any]], max_length: int) -> tuple[list[list[int]], list[list[int]], int]:
@@ -59,16 +68,17 @@ def build_trainer(ids: list[list[int]], masks: list[list[int]], recipe: SFTRecip
 
 def sft_trainer(dataset: Any, recipe: SFTRecipe, callbacks: list | None = None):
     """An `SFTTrainer` over a `datasets.Dataset` or `IterableDataset` of `input_ids` + `assistant_masks`."""
-    from transformers import AutoTokenizer, PrinterCallback
+    from transformers import PrinterCallback
     from trl import SFTTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(recipe.base_model)
+    tokenizer = load_tokenizer(recipe.base_model)  # the checkpoint ships the template its corpus was rendered with
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     with quiet_progress():
         model = load_causal_lm(recipe.base_model, settings_for(recipe.device))
         trainer = SFTTrainer(model=model, args=sft_config(recipe), train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=callbacks)
+                             callbacks=callbacks,
+                             peft_config=lora_config(recipe.lora_r, recipe.lora_alpha) if use_lora(recipe) else None)
     trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; the numbers go to MLflow instead
     return trainer
 
@@ -139,4 +149,4 @@ def _fit(make_dataset: Callable[[], Any], stats: Mapping[str, Any], recipe: SFTR
          run_tags: Mapping[str, str] | None, callbacks: Sequence[Any]) -> TrainResult:
     """The SFT run itself; the dataset is made once the MLflow run is open (a stream opens the corpus then)."""
     return run_tracked("sft", recipe, lambda cbs: sft_trainer(make_dataset(), recipe, cbs), stats, tracker, run_tags,
-                       callbacks, save=save_with_trainer)
+                       callbacks, save=save_merged if use_lora(recipe) else save_with_trainer)  # adapters merged

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipeline.chat_format import CHAT_TEMPLATE, END, MARKUP_TOKENS, PAD, SPECIAL_TOKENS
+from pipeline.chat.tracemill import CHAT_TEMPLATE, END, MARKUP_TOKENS, PAD, SPECIAL_TOKENS
 from pipeline.train.tracked_run import quiet_progress
 
 

@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.chat import adopt_template
 from pipeline.jsonio import dumps_json
+from pipeline.models import resolve_lora
 from pipeline.train.devices import is_main_process, load_causal_lm, settings_for, trainer_params
 from pipeline.train.recipes import RecipeBase, recipe_params
 from pipeline.train.result import TrainResult
@@ -52,6 +54,11 @@ def common_args(recipe: Any) -> dict[str, Any]:
         disable_tqdm=True, dataloader_num_workers=0, **settings_for(recipe.device).training_args())
 
 
+def use_lora(recipe: Any) -> bool:
+    """The recipe's `lora` decided for its base model ("auto": above 1B parameters)."""
+    return resolve_lora(getattr(recipe, "lora", False), recipe.base_model)
+
+
 def lora_config(r: int, alpha: int) -> Any:
     """LoRA on every linear layer but the LM head (TRL's DPO/KTO read `lm_head.weight` directly)."""
     from peft import LoraConfig
@@ -59,12 +66,19 @@ def lora_config(r: int, alpha: int) -> Any:
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def load_policy(base_model: str, device: str = "auto") -> tuple[Any, Any]:
-    """fp32 model (the trainer autocasts on GPU) with the device's attention kernel, and its tokenizer,
-    with a pad token the model agrees on."""
+def load_tokenizer(base_model: str) -> Any:
+    """The base model's tokenizer with the chat template its corpora are rendered with (`pipeline.chat`)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
+    adopt_template(tokenizer)
+    return tokenizer
+
+
+def load_policy(base_model: str, device: str = "auto") -> tuple[Any, Any]:
+    """fp32 model (the trainer autocasts on GPU) with the device's attention kernel, and its tokenizer,
+    with a pad token the model agrees on, and the chat template its corpora were rendered with."""
+    tokenizer = load_tokenizer(base_model)  # the checkpoint ships the template its corpus was rendered with
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = load_causal_lm(base_model, settings_for(device))
