@@ -121,9 +121,10 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
 
     @dg.asset(name=f"eval_{name}", group_name="evaluation", deps=[checkpoint, corpus], kinds={"deeplake", "pytorch"},
               automation_condition=retrain_condition(spec),
-              description=f"checkpoint_{name} on the eval slice queried from the same Deeplake corpus, and acting "
-                          "as the agent on held-out demo-world tasks; compared with the base model and the "
-                          "previous checkpoint.")
+              description=f"checkpoint_{name} on the eval slice queried from the same Deeplake corpus"
+                          + (f", and acting as the agent on held-out tasks of {spec.environment}" if spec.online_on else
+                             " (offline only: the spec names no environment)")
+                          + "; compared with the base model and the previous checkpoint.")
     def evaluation(tracemill: TracemillResource, mlflow: MlflowResource) -> dg.MaterializeResult:
         rep = stage_eval.evaluate_corpus(spec, tracemill.corpus_root_url(), tracemill.checkpoints_dir(name),
                                          tracemill.base_model_path(), tracemill.open_workspace(),
@@ -142,7 +143,7 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
 
     @dg.asset_check(asset=evaluation, blocking=True,
                     description=f"Gate: the new checkpoint is not worse than the previous one by more than "
-                                f"{spec.gate.margin} on {spec.gate.metric}; only then is it promoted to LATEST.")
+                                f"{spec.gate.margin} on {spec.gate_metric}; only then is it promoted to LATEST.")
     def not_worse_than_previous(tracemill: TracemillResource) -> dg.AssetCheckResult:
         gate = stage_eval.last_gate(tracemill.checkpoints_dir(name))
         return dg.AssetCheckResult(passed=bool(gate.passed), metadata={"message": gate.message})

@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parents[1] / "pipeline"
 ROOMS = ["capture", "lake", "server", "corpus", "train", "evaluate", "demo", "cli"]
 # Root modules shared by every room (the data model, settings, logging …), in their own downward order.
 ROOT_ORDER = ["errors", "jsonio", "schema", "settings", "config", "storage", "logs", "progress", "previews", "models",
-              "chat_format", "environment", "tracking"]
+              "chat_format", "rewards", "environment", "tracking"]
 
 
 def _module_name(path: Path) -> str:

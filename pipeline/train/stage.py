@@ -44,8 +44,10 @@ def _recipe_key(spec: CorpusSpec, start: str) -> str:
     train = spec.train.model_dump()
     if train["devices"] == 1:  # keys from before `devices` existed stay valid
         del train["devices"]
-    blob = orjson.dumps({"train": train, "format": spec.format, "start": start},
-                        option=orjson.OPT_SORT_KEYS)
+    key: dict[str, Any] = {"train": train, "format": spec.format, "start": start}
+    if spec.format == "rl" and (spec.environment or spec.rewards):  # what scores GRPO changes the checkpoint
+        key["scoring"] = [spec.environment, spec.environment_config, spec.rewards]
+    blob = orjson.dumps(key, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha1(blob).hexdigest()[:8]
 
 
@@ -62,7 +64,11 @@ def train_corpus(spec: CorpusSpec, corpus_root: str, base_model_path: str, check
     method = method_for(spec.format)
     recipe = method.make_recipe(spec.train, start, str(out))
     if "environment" in type(recipe).model_fields:  # a method that acts (GRPO) acts in the spec's environment
-        recipe = recipe.model_copy(update={"environment": spec.environment})
+        recipe = recipe.model_copy(update={"environment": spec.environment, "rewards": list(spec.rewards),
+                                           "environment_config": dict(spec.environment_config),
+                                           "episode_max_steps": spec.online.max_steps,
+                                           "timeout_s": spec.online.timeout_s,
+                                           "tools_in_prompt": spec.tools_in_prompt})
     split = TrainSplit(corpus, ref, corpus_root, tools_in_prompt=spec.tools_in_prompt)
     res = method.train(split, recipe, tracker, {**(tags or {}), "corpus": ref, "format": spec.format,
                                                 "content_hash": corpus.lineage.get("content_hash", ""),
