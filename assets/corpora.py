@@ -8,6 +8,7 @@ import dagster as dg
 from assets.resources import MlflowResource, TracemillResource
 from pipeline.config import CorpusSpec, TracemillConfig
 from pipeline.corpus import stages
+from pipeline.corpus.heldout import heldout_ids
 from pipeline.evaluate import stage as stage_eval
 from pipeline.previews import counts_table, markdown_table
 from pipeline.train import stage as stage_train
@@ -92,9 +93,11 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
         })
 
     @dg.asset_check(asset=corpus, blocking=True,
-                    description="Corpus is non-empty, every row has trainable tokens, and no task is in both splits.")
+                    description="Corpus is non-empty, every row has trainable tokens, no task is in both splits, "
+                                "and no train row belongs to an environment's held-out task.")
     def corpus_is_trainable(tracemill: TracemillResource) -> dg.AssetCheckResult:
-        report = stages.check_corpus(spec, tracemill.corpus_root_url())
+        report = stages.check_corpus(spec, tracemill.corpus_root_url(),
+                                     heldout_ids(tracemill.open_workspace(), spec))
         return dg.AssetCheckResult(passed=report.passed, metadata=report.as_dict())
 
     @dg.asset(name=f"checkpoint_{name}", group_name="training", pool="gpu", op_tags=gpu_tags(spec.train.devices),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.chat_format import END, parse_assistant_output, tokenize_prompt
+from pipeline.corpus.heldout import record_heldout
 from pipeline.corpus.redact import Redactor
 from pipeline.environment import (
     DEFAULT_ENVIRONMENT,
@@ -280,6 +281,8 @@ def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: in
                 meta = {"checkpoint": ckpt, "eval_tag": tag, "task": task.to_dict(), "eval_seed": seed,
                         "world": env.name, "environment": env_ref, "heldout": True, "eval_index": i}
                 _capture(workspace, tid, agent, name, task, messages, turns, result["reward"], meta, env.tools)
+    if workspace is not None:  # curation of that workspace keeps these tasks out of train
+        record_heldout(workspace, env_ref, [r["task_id"] for r in results])
     elapsed = time.perf_counter() - started
     # the report (eval/online-*.json, MLflow, Dagster metadata) shows what the model wrote: redacted like a corpus
     tasks, _ = Redactor().redact_data(results)

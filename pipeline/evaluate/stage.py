@@ -19,6 +19,7 @@ import orjson
 
 from pipeline.capture.workspace import Workspace
 from pipeline.config import LOWER_IS_BETTER, ONLINE_METRICS, CorpusSpec
+from pipeline.corpus.heldout import record_heldout
 from pipeline.corpus.store import open_corpus, resolve_corpus_url
 from pipeline.environment import load_environment
 from pipeline.evaluate.compare import build_report, gate, offline_section
@@ -188,6 +189,8 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
     base = _online(spec, base_model_path, None, "base", Path(base_model_path) / f"online-{seed}-{n}.json") \
         if Path(base_model_path).exists() else None
     previous = previous_online(spec, ckpt, prev)
+    if current is not None and ws is not None and spec.environment:  # the source's curation must know them too
+        record_heldout(ws, spec.environment, [t["task_id"] for t in current["tasks"]])
 
     report_md, files, verdict = "", [], None
     prev_dir = previous_model(spec, ckpt, prev)
