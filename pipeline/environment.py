@@ -156,6 +156,29 @@ def load_reward(ref: str, eos_token_id: int | None = None) -> RewardFunction:
     return fn
 
 
+class GuardedReward:
+    """A reward function that cannot stop a training run: a call that raises or hangs scores None for the
+    batch (TRL leaves it out of the sum), and its reason is kept in `errors` and logged as
+    `reward_errors/<name>` through TRL's `log_metric`."""
+
+    def __init__(self, fn: RewardFunction, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.fn, self.timeout_s, self.errors = fn, timeout_s, []
+        self.__name__ = getattr(fn, "__name__", repr(fn))
+
+    def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[Any]:
+        log = kwargs.get("log_metric")
+        try:
+            values = call_with_timeout(f"reward {self.__name__}", self.fn, completions=completions,
+                                       timeout_s=self.timeout_s, **kwargs)
+            failed = 0.0
+        except EnvironmentCallError as exc:
+            self.errors.append(str(exc))
+            values, failed = [None] * len(completions), 1.0
+        if callable(log):
+            log(f"reward_errors/{self.__name__}", failed)
+        return values
+
+
 def normalize_assistant(reply: Message | str, calls_so_far: int) -> Message:
     """A policy's reply in tracemill's schema shape: plain text, flat tool calls or OpenAI `function` calls."""
     if not isinstance(reply, dict):

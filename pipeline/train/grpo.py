@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from pipeline.environment import RewardFunction, environment_factory, load_reward
+from pipeline.environment import GuardedReward, RewardFunction, environment_factory, load_reward
 from pipeline.jsonio import dumps_json
 from pipeline.train import launch
 from pipeline.train.episode_reward import EpisodeReward
@@ -45,7 +45,8 @@ def rl_dataset(rows: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, str]],
 
 def reward_functions(eos_token_id: int | None, recipe: RLRecipe) -> list[RewardFunction]:
     """The recipe's reward functions in order: its `rewards`, then the environment's episode reward."""
-    fns: list[RewardFunction] = [load_reward(ref, eos_token_id) for ref in recipe.rewards]
+    fns: list[RewardFunction] = [GuardedReward(load_reward(ref, eos_token_id), recipe.timeout_s)
+                                 for ref in recipe.rewards]
     if recipe.environment:
         fns.append(EpisodeReward(environment_factory(recipe.environment, recipe.environment_config),
                                  max_steps=recipe.episode_max_steps, max_new_tokens=recipe.max_completion_length,
