@@ -8,6 +8,7 @@ import dagster as dg
 from assets.resources import MlflowResource, TracemillResource
 from pipeline.config import CorpusSpec, TracemillConfig
 from pipeline.corpus import stages
+from pipeline.corpus.heldout import heldout_ids
 from pipeline.evaluate import stage as stage_eval
 from pipeline.previews import counts_table, markdown_table
 from pipeline.train import stage as stage_train
@@ -92,9 +93,11 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
         })
 
     @dg.asset_check(asset=corpus, blocking=True,
-                    description="Corpus is non-empty, every row has trainable tokens, and no task is in both splits.")
+                    description="Corpus is non-empty, every row has trainable tokens, no task is in both splits, "
+                                "and no train row belongs to an environment's held-out task.")
     def corpus_is_trainable(tracemill: TracemillResource) -> dg.AssetCheckResult:
-        report = stages.check_corpus(spec, tracemill.corpus_root_url())
+        report = stages.check_corpus(spec, tracemill.corpus_root_url(),
+                                     heldout_ids(tracemill.open_workspace(), spec))
         return dg.AssetCheckResult(passed=report.passed, metadata=report.as_dict())
 
     @dg.asset(name=f"checkpoint_{name}", group_name="training", pool="gpu", op_tags=gpu_tags(spec.train.devices),
@@ -121,9 +124,10 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
 
     @dg.asset(name=f"eval_{name}", group_name="evaluation", deps=[checkpoint, corpus], kinds={"deeplake", "pytorch"},
               automation_condition=retrain_condition(spec),
-              description=f"checkpoint_{name} on the eval slice queried from the same Deeplake corpus, and acting "
-                          "as the agent on held-out demo-world tasks; compared with the base model and the "
-                          "previous checkpoint.")
+              description=f"checkpoint_{name} on the eval slice queried from the same Deeplake corpus"
+                          + (f", and acting as the agent on held-out tasks of {spec.environment}" if spec.online_on else
+                             " (offline only: the spec names no environment)")
+                          + "; compared with the base model and the previous checkpoint.")
     def evaluation(tracemill: TracemillResource, mlflow: MlflowResource) -> dg.MaterializeResult:
         rep = stage_eval.evaluate_corpus(spec, tracemill.corpus_root_url(), tracemill.checkpoints_dir(name),
                                          tracemill.base_model_path(), tracemill.open_workspace(),
@@ -142,7 +146,7 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
 
     @dg.asset_check(asset=evaluation, blocking=True,
                     description=f"Gate: the new checkpoint is not worse than the previous one by more than "
-                                f"{spec.gate.margin} on {spec.gate.metric}; only then is it promoted to LATEST.")
+                                f"{spec.gate.margin} on {spec.gate_metric}; only then is it promoted to LATEST.")
     def not_worse_than_previous(tracemill: TracemillResource) -> dg.AssetCheckResult:
         gate = stage_eval.last_gate(tracemill.checkpoints_dir(name))
         return dg.AssetCheckResult(passed=bool(gate.passed), metadata={"message": gate.message})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -67,14 +67,37 @@ class EvalSettings(_Cfg):
 
 
 class OnlineEvalSettings(_Cfg):
-    n_tasks: int = Field(30, ge=0, description="Held-out demo-world tasks the checkpoint acts on (0: off).")
+    """Online evaluation runs only for a spec with an `environment`."""
+
+    n_tasks: int = Field(30, ge=0, description="Held-out tasks of the environment the checkpoint acts on (0: off).")
     max_steps: int = Field(8, ge=1, description="Assistant turns allowed per task.")
     seed: int = Field(1000, description="Seed of the held-out tasks (never the training seed).")
-    capture: bool = Field(True, description="Capture the rollouts into the workspace for the next snapshot.")
+    capture_to: str | None = Field(None, description="Workspace the rollouts are captured into (tagged with the "
+                                   "checkpoint and environment); none by default, never implicitly the source.")
+    timeout_s: float = Field(30.0, gt=0, description="Per-call limit on environment and reward code.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "capture" in data:
+            raise ValueError("online.capture was replaced by online.capture_to: <workspace> (rollouts are no "
+                             "longer written into the source workspace by default)")
+        return data
+
+
+ONLINE_METRICS = ("success_rate", "mean_reward", "tool_call_error_rate", "mean_steps", "invalid_output_rate")
+LOWER_IS_BETTER = ("loss", "perplexity", "tool_call_error_rate", "mean_steps", "invalid_output_rate")
+# The gate's metric when a spec names none: online success with an environment, else the offline metric
+# every checkpoint of that format has (rl without an environment has no offline metric: no gate).
+DEFAULT_OFFLINE_GATE = {"sft": "loss", "dpo": "preference_accuracy", "kto": "preference_accuracy", "rl": None}
 
 
 class GateSettings(_Cfg):
-    metric: str = Field("success_rate", description="Online metric the gate compares.")
+    metric: str | None = Field(None, description="Metric the gate compares: an online one (success_rate, "
+                               "mean_reward …; needs an environment) or an offline one (loss, "
+                               "tool_args_schema_valid_rate, final_answer_accuracy, preference_accuracy …). "
+                               "Default: success_rate with an environment, else loss (sft) / "
+                               "preference_accuracy (dpo, kto).")
     margin: float = Field(0.1, ge=0, description="How much worse than the previous checkpoint is tolerated.")
 
 
@@ -102,8 +125,39 @@ class CorpusSpec(_Cfg):
     retrain: Literal["nightly", "on_new_version"] = Field(
         "nightly", description="When the checkpoint and eval follow a new corpus version: with the nightly "
         "retrain schedule (default), or by themselves as soon as a version lands (e.g. after late outcomes).")
-    environment: str = Field("pipeline.demo.environment:make_env", description="Where online eval acts and "
-                             "GRPO rewards come from: 'package.module:factory' (see pipeline.environment).")
+    environment: str | None = Field(None, description="Where online eval and GRPO act: 'package.module:factory' "
+                                    "(see pipeline.environment). None: offline evaluation only.")
+    environment_config: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the "
+                                               "environment factory.")
+    rewards: list[str] = Field(default_factory=list, description="TRL reward functions ('module:function'; "
+                               "'tracemill.rewards:valid_tool_call' for a built-in) GRPO trains on and online "
+                               "eval reports, next to the environment's own trajectory reward.")
+    heldout: Literal["eval", "drop"] = Field("eval", description="Where trajectories of the environment's held-out "
+                                             "tasks go when curated: the eval split, or nowhere. Never train.")
+
+    @property
+    def gate_metric(self) -> str | None:
+        """The metric the gate compares (see GateSettings.metric)."""
+        if self.gate.metric:
+            return self.gate.metric
+        return "success_rate" if self.environment else DEFAULT_OFFLINE_GATE[self.format]
+
+    @property
+    def online_on(self) -> bool:
+        return bool(self.environment) and self.online.n_tasks > 0
+
+    @model_validator(mode="after")
+    def _needs_environment(self) -> CorpusSpec:
+        if self.environment:
+            return self
+        if self.gate.metric in ONLINE_METRICS:
+            raise ValueError(f"gate.metric: {self.gate.metric} needs an environment (set environment: "
+                             "package.module:factory, or gate on an offline metric such as loss)")
+        if self.online.capture_to:
+            raise ValueError("online.capture_to needs an environment: without one there are no rollouts to capture")
+        if self.environment_config:
+            raise ValueError("environment_config needs an environment: name its factory in environment:")
+        return self
 
     @field_validator("target")
     @classmethod

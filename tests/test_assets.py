@@ -23,7 +23,8 @@ def _config(base_model: str) -> TracemillConfig:
     spec = CorpusSpec(name="sft", filter="reward > 0", target="deeplake://local/sft", eval_fraction=0.25,
                       train=TrainSettings(max_steps=4, batch_size=4, max_length=384),
                       eval=EvalSettings(max_examples=3, max_new_tokens=24, slices=SLICES),
-                      online=OnlineEvalSettings(n_tasks=3, max_steps=3))
+                      online=OnlineEvalSettings(n_tasks=3, max_steps=3, capture_to="demo"),
+                      environment="pipeline.demo.environment:make_env")
     return TracemillConfig(workspace="demo", base_model=base_model, corpora=[spec])
 
 

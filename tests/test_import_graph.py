@@ -13,10 +13,12 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "pipeline"
 # Rooms in the order they may import each other: a room imports only rooms to its left (and the root).
-ROOMS = ["chat", "capture", "lake", "server", "corpus", "train", "evaluate", "demo", "cli"]
+ROOMS = ["capture", "lake", "server", "corpus", "train", "evaluate", "demo", "cli"]
+# Root packages: shared by every room like the root modules (the chat templates every stage renders with).
+ROOT_PACKAGES = ["chat"]
 # Root modules shared by every room (the data model, settings, logging …), in their own downward order.
 ROOT_ORDER = ["errors", "jsonio", "schema", "settings", "config", "storage", "logs", "progress", "previews", "models",
-              "environment", "tracking"]
+              "rewards", "environment", "tracking"]
 
 
 def _module_name(path: Path) -> str:
@@ -93,7 +95,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def _rank(module: str) -> tuple[int, int]:
     """(room rank, root rank): the root is below every room; packages not listed rank last."""
     parts = module.split(".")
-    if len(parts) == 2 and parts[1] not in ROOMS:  # a root module
+    if parts[1] in ROOT_PACKAGES or (len(parts) == 2 and parts[1] not in ROOMS):  # the root tier
         return (-1, ROOT_ORDER.index(parts[1]) if parts[1] in ROOT_ORDER else len(ROOT_ORDER))
     room = parts[1]
     return (ROOMS.index(room) if room in ROOMS else len(ROOMS), 0)

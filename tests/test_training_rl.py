@@ -15,6 +15,7 @@ from pipeline.train.recipes import RLRecipe
 
 TASK = build_task("rice", 3, 2.35, "EUR")  # 3 * 2.35 = 7.05 USD -> 6.49 EUR
 GT = json.dumps(TASK.to_dict())
+DEMO_REWARDS = [f"pipeline.demo.rewards:{f}" for f in ("final_answer_reward", "tool_call_reward", "format_reward")]
 
 
 def call(tool: str, **args) -> str:
@@ -96,7 +97,7 @@ def test_grpo_trains_saves_and_tracks(tiny_model_dir, tmp_path):
     tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "test-rl")
     recipe = RLRecipe(base_model=str(tiny_model_dir), output_dir=str(tmp_path / "grpo"), max_steps=2,
                       per_device_batch_size=4, num_generations=4, max_completion_length=16, learning_rate=1e-3,
-                      device="cpu")
+                      device="cpu", rewards=DEMO_REWARDS)
     rows = [{k: v for k, v in r.items() if k != "tools"} for r in _rows(4)]  # short prompts keep it fast
     res = train_grpo(rows, recipe, tracker=tracker, run_tags={"corpus": "rl@v1"})
     assert res.steps == 2 and len(res.losses) == 2 and all(math.isfinite(x) for x in res.losses)

@@ -72,8 +72,23 @@ def content_hash(messages: list[dict[str, Any]]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
-def split_of(key: str, eval_fraction: float) -> str:
-    """Stable train/eval assignment by hash of the task id: all attempts at a task share a split."""
+@dataclass(frozen=True)
+class SplitRule:
+    """`eval_fraction` plus the environment's held-out task ids: those never reach train; they go to
+    `heldout_split` ("eval", or "drop" to leave them out of the corpus)."""
+
+    eval_fraction: float
+    heldout: frozenset[str] = frozenset()
+    heldout_split: str = "eval"
+
+
+def split_of(key: str, eval_fraction: float | SplitRule) -> str:
+    """Stable train/eval assignment by hash of the task id: all attempts at a task share a split. A held-out
+    task (`SplitRule.heldout`) is never train, whatever its hash."""
+    if isinstance(eval_fraction, SplitRule):
+        if key in eval_fraction.heldout:
+            return eval_fraction.heldout_split
+        eval_fraction = eval_fraction.eval_fraction
     bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return "eval" if bucket < eval_fraction else "train"
 
@@ -84,7 +99,7 @@ def redactor_for(redact: bool | Redactor) -> Redactor | None:
     return redact if isinstance(redact, Redactor) else Redactor() if redact else None
 
 
-def curate(joined: pl.DataFrame, *, filter_expr: str = "", eval_fraction: float = 0.2,
+def curate(joined: pl.DataFrame, *, filter_expr: str = "", eval_fraction: float | SplitRule = 0.2,
            redact: bool | Redactor = True) -> tuple[pl.DataFrame, CurationStats]:
     """Curated corpus rows (see CURATED_SCHEMA) and the counts behind them. Every text that reaches the
     corpus is redacted (messages, tools, agent, model; ids pseudonymised); the split is taken from the

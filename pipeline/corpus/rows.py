@@ -20,6 +20,7 @@ import polars as pl
 
 from pipeline.corpus.curate import (
     CurationStats,
+    SplitRule,
     content_hash,
     curate,
     quality_problem,
@@ -130,7 +131,7 @@ def _finish(rows: list[dict], schema: dict[str, Any], stats: FormatStats) -> tup
     return pl.DataFrame(rows, schema=schema), stats
 
 
-def _pair(chosen: Attempt, rejected: Attempt, source: str, task_id: str | None, eval_fraction: float,
+def _pair(chosen: Attempt, rejected: Attempt, source: str, task_id: str | None, eval_fraction: float | SplitRule,
           public_task: str | None) -> dict:
     """A DPO row; its ids are the public ones (the pair id is hashed from them too), its split the task's."""
     pair_id = "p-" + hashlib.sha1(f"{chosen.public_id}\x1f{rejected.public_id}".encode()).hexdigest()[:16]
@@ -155,7 +156,7 @@ def _preference_problem(pref: dict[str, Any], by_id: dict[str, Attempt], gone: d
 
 
 def dpo_pairs(joined: pl.DataFrame, preferences: pl.DataFrame | None = None, *, min_margin: float = 0.5,
-              max_pairs_per_task: int = 4, eval_fraction: float = 0.2, filter_expr: str = "",
+              max_pairs_per_task: int = 4, eval_fraction: float | SplitRule = 0.2, filter_expr: str = "",
               redact: bool | Redactor = True) -> tuple[pl.DataFrame, FormatStats]:
     """Chosen/rejected pairs (DPO_SCHEMA). Explicit preferences come first (a later judgement of a pair wins)
     and replace outcome pairs of the same two trajectories; outcome pairs join attempts at one task *and*
@@ -200,7 +201,7 @@ def dpo_pairs(joined: pl.DataFrame, preferences: pl.DataFrame | None = None, *, 
     return _finish(rows, DPO_SCHEMA, stats)
 
 
-def kto_rows(joined: pl.DataFrame, *, threshold: float = 0.5, eval_fraction: float = 0.2, filter_expr: str = "",
+def kto_rows(joined: pl.DataFrame, *, threshold: float = 0.5, eval_fraction: float | SplitRule = 0.2, filter_expr: str = "",
              redact: bool | Redactor = True) -> tuple[pl.DataFrame, FormatStats]:
     """One unpaired example per attempt (KTO_SCHEMA): label = reward ≥ threshold; no reward, no row."""
     stats = FormatStats()
@@ -216,7 +217,7 @@ def kto_rows(joined: pl.DataFrame, *, threshold: float = 0.5, eval_fraction: flo
     return _finish(rows, KTO_SCHEMA, stats)
 
 
-def rl_rows(joined: pl.DataFrame, eval_fraction: float = 0.2, *, threshold: float = 0.5, filter_expr: str = "",
+def rl_rows(joined: pl.DataFrame, eval_fraction: float | SplitRule = 0.2, *, threshold: float = 0.5, filter_expr: str = "",
             redact: bool | Redactor = True) -> tuple[pl.DataFrame, FormatStats]:
     """One prompt per task (RL_SCHEMA; no task id: its own task), the best-rewarded attempt's. Ground truth
     (redacted: it reaches the corpus) is any attempt's `metadata["task"]` dict, else the best attempt's
@@ -249,11 +250,13 @@ def rl_rows(joined: pl.DataFrame, eval_fraction: float = 0.2, *, threshold: floa
 
 
 def build_rows(format: str, joined: pl.DataFrame, preferences: pl.DataFrame | None = None,
-               spec_options: Mapping[str, Any] | Any = None, redactor: Redactor | None = None) -> tuple[pl.DataFrame, Any]:
+               spec_options: Mapping[str, Any] | Any = None, redactor: Redactor | None = None,
+               heldout: frozenset[str] = frozenset(), heldout_split: str = "eval") -> tuple[pl.DataFrame, Any]:
     """Rows of one corpus format. `spec_options` is a CorpusSpec (its filter, eval_fraction, redact) or a
     mapping of those plus the format's own options (dpo: min_margin, max_pairs_per_task; kto/rl:
     threshold); an unknown key is an error, so a typo never silently falls back to a default. `redactor`
-    (a workspace's, keyed for its ids) is used where the options ask for redaction."""
+    (a workspace's, keyed for its ids) is used where the options ask for redaction. Trajectories of a
+    `heldout` task (an environment's evaluation tasks) go to `heldout_split`, never to train."""
     if format not in TRAINING_FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(TRAINING_FORMATS)}")
     allowed = {"filter", "eval_fraction", "redact", *_OPTIONS.get(format, ())}
@@ -263,6 +266,8 @@ def build_rows(format: str, joined: pl.DataFrame, preferences: pl.DataFrame | No
         raise ValueError(f"unknown {format} options {unknown}; allowed: {sorted(allowed)}")
     common = {"filter_expr": opts.pop("filter", "") or "", "eval_fraction": opts.pop("eval_fraction", 0.2),
               "redact": (redactor or True) if opts.pop("redact", True) else False}
+    if heldout:
+        common["eval_fraction"] = SplitRule(common["eval_fraction"], frozenset(heldout), heldout_split)
     if format == "dpo":
         return dpo_pairs(joined, preferences, **common, **opts)
     return {"sft": curate, "kto": kto_rows, "rl": rl_rows}[format](joined, **common, **opts)

@@ -18,6 +18,7 @@ from pipeline.capture.workspace import Workspace
 from pipeline.chat import chat_template_for
 from pipeline.config import CorpusSpec
 from pipeline.corpus.curate import CurationStats
+from pipeline.corpus.heldout import heldout_ids
 from pipeline.corpus.redact import Redactor
 from pipeline.corpus.rows import build_rows
 from pipeline.corpus.token_cache import tokenize_with_cache
@@ -37,7 +38,8 @@ log = get_logger("stages")
 
 @dataclass(frozen=True)
 class CorpusCheck:
-    """The blocking check on a snapshot: non-empty, every row trainable, no task in both splits."""
+    """The blocking check on a snapshot: non-empty, every row trainable, no task in both splits, no train
+    row of an environment's held-out task."""
 
     passed: bool
     version: str
@@ -46,6 +48,7 @@ class CorpusCheck:
     tasks_in_both_splits: int
     train_rows: int
     eval_rows: int
+    heldout_tasks_in_train: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,7 +81,15 @@ def curate_corpus(ws: Workspace, spec: CorpusSpec) -> tuple[pl.DataFrame, Curati
     """Rows of the spec's format (sft/dpo/kto/rl) from every joined partition (+ explicit preferences)."""
     prefs = storage.read_parquet(ws.preferences_path) if ws.preferences_path.exists() else None
     redactor = Redactor(id_key=redaction_key(ws)) if spec.redact else None
-    df, stats = build_rows(spec.format, read_joined(ws), prefs, spec, redactor)
+    df, stats = build_rows(spec.format, read_joined(ws), prefs, spec, redactor, heldout=heldout_ids(ws, spec),
+                           heldout_split=spec.heldout)
+    if spec.heldout == "drop" and df.height:
+        dropped = int((df["split"] == "drop").sum())
+        df = df.filter(pl.col("split") != "drop")
+        if dropped:
+            stats.dropped["heldout_task"] += dropped
+            stats.splits.pop("drop", None)
+            stats.kept = df.height
     lake.write_parquet(df, ws.curated_path(spec.name))
     event(log, "curated", workspace=ws.name, corpus=spec.name, format=spec.format, rows_in=stats.input_rows,
           after_filter=stats.after_filter, rows_out=df.height, dropped=dict(stats.dropped),
@@ -175,7 +186,8 @@ def tokenizer_fingerprint(name: str, model_dir: str, chat: str = "") -> str:
     return f"{base}|{chat}" if chat else base
 
 
-def check_corpus(spec: CorpusSpec, corpus_root: str) -> CorpusCheck:
+def check_corpus(spec: CorpusSpec, corpus_root: str, heldout: frozenset[str] = frozenset()) -> CorpusCheck:
+    """Check the latest snapshot; `heldout` are the held-out task ids (`heldout.heldout_ids`)."""
     from pipeline.corpus.store import CorpusNotFound, CorpusVersionNotFound, open_corpus, resolve_corpus_url
 
     try:  # deeplake, as above
@@ -188,7 +200,8 @@ def check_corpus(spec: CorpusSpec, corpus_root: str) -> CorpusCheck:
         int((df["n_tokens"] == 0).sum()) if df.height else 0
     train = set(df.filter(pl.col("split") == "train")["task_id"].drop_nulls().to_list())
     evals = set(df.filter(pl.col("split") == "eval")["task_id"].drop_nulls().to_list())
-    leaked = sorted(train & evals)
-    return CorpusCheck(passed=df.height > 0 and no_tokens == 0 and not leaked, version=c.version,
-                       rows=df.height, rows_without_trainable_tokens=no_tokens, tasks_in_both_splits=len(leaked),
-                       train_rows=int((df["split"] == "train").sum()), eval_rows=int((df["split"] == "eval").sum()))
+    leaked, trained_heldout = sorted(train & evals), sorted(train & heldout)
+    return CorpusCheck(passed=df.height > 0 and no_tokens == 0 and not leaked and not trained_heldout,
+                       version=c.version, rows=df.height, rows_without_trainable_tokens=no_tokens,
+                       tasks_in_both_splits=len(leaked), train_rows=int((df["split"] == "train").sum()),
+                       eval_rows=int((df["split"] == "eval").sum()), heldout_tasks_in_train=len(trained_heldout))

@@ -2,12 +2,12 @@
 
 Offline metrics (`pipeline.evaluate.offline`) replay reference conversations with a teacher-forced prefix;
 they cannot see a model drifting off the path, calling a tool wrongly and never recovering. Here the
-model acts on held-out tasks (`Environment.eval_tasks`, deterministic per seed) through the
-environment's own `rollout` loop (the one its scripted agents use), and its reward grades it. The
-environment comes from the corpus spec's `environment:` (`pipeline.environment`; the demo world by
-default), so this module names no world. Every rollout can be
-captured into a Workspace through the SDK, so the next corpus snapshot can learn from the model's own
-attempts (failures included). Generation is greedy and torch is seeded: same checkpoint and seed, same
+model acts on held-out tasks (`Environment.eval_tasks`, deterministic per seed) through the shared
+episode loop (`pipeline.environment.run_episode`: reset, the policy's tool calls executed by `step`), and
+the environment's reward grades it. The environment comes from the corpus spec's `environment:`, so
+this module names no world. Rollouts are captured into a workspace only when asked
+(`online.capture_to`), tagged as held-out, so a snapshot can filter them and curation keeps them out of
+train. Generation is greedy and torch is seeded: same checkpoint and seed, same
 numbers. The policy is injectable (`policy_factory`), which lets tests prove the harness on a scripted
 agent with a known answer before trusting it on a model.
 """
@@ -15,6 +15,7 @@ agent with a known answer before trusting it on a model.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,8 +25,22 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.chat import end_markers, family_of, parse_assistant_output, stop_token_ids, tokenize_prompt
+from pipeline.corpus.heldout import record_heldout
 from pipeline.corpus.redact import Redactor
-from pipeline.environment import DEFAULT_ENVIRONMENT, Environment, EnvTask, Policy, load_environment
+from pipeline.environment import (
+    DEFAULT_ENVIRONMENT,
+    DEFAULT_TIMEOUT_S,
+    Environment,
+    EnvironmentCallError,
+    EnvTask,
+    Policy,
+    RewardFunction,
+    call_with_timeout,
+    environment_factory,
+    load_environment,
+    load_reward,
+    run_episode,
+)
 from pipeline.schema import utcnow
 
 PolicyFactory = Callable[[Any], Policy]
@@ -169,38 +184,80 @@ def _capture(workspace: Any, trajectory_id: str, agent: str, model: str, task: E
         workspace.record_outcome(trajectory_id, name, value, source="env")
 
 
-def _run_one(env: Environment, policy: Policy, task: EnvTask,
-             max_steps: int) -> tuple[dict[str, Any], list[dict[str, Any]], list[Turn] | None]:
-    """One rollout and its per-task numbers; turns come from the policy's log when it keeps one."""
+def _run_one(env: Environment, policy: Policy, task: EnvTask, max_steps: int,
+             timeout_s: float) -> tuple[dict[str, Any], list[dict[str, Any]], list[Turn] | None]:
+    """One episode and its per-task numbers; turns come from the policy's log when it keeps one. A failure
+    of the environment's code is recorded in `error` (reward 0) instead of stopping the evaluation."""
     log: list[Turn] | None = getattr(policy, "turns", None)
     first = len(log) if log is not None else 0
     t0 = time.perf_counter()
-    messages, final, reward = env.rollout(policy, task, max_steps=max_steps)
+    episode = run_episode(env, policy, task, max_steps=max_steps, timeout_s=timeout_s)
+    messages, reward = episode.messages, episode.reward
     seconds = time.perf_counter() - t0
     turns = log[first:] if log is not None else None
     assistants = [m for m in messages if m["role"] == "assistant"]
     tools = [m for m in messages if m["role"] == "tool"]
     invalid = (sum(t.invalid for t in turns) if turns is not None
                else sum(not (m["content"] or m["tool_calls"]) for m in assistants))
-    result = {"task_id": task.task_id, "task": task.to_dict(), "final_answer": final, "reward": reward,
+    result = {"task_id": task.task_id, "task": task.to_dict(), "final_answer": episode.final_answer, "reward": reward,
               "success": reward >= 1.0, "steps": len(assistants), "tool_calls": len(tools),
               "tool_errors": sum(bool(m.get("is_error")) for m in tools), "invalid_turns": int(invalid),
-              "finished": bool(assistants) and not assistants[-1]["tool_calls"], "seconds": seconds}
+              "finished": bool(assistants) and not assistants[-1]["tool_calls"], "seconds": seconds,
+              **({"error": episode.error} if episode.error else {})}
     return result, messages, turns
+
+
+def _score_rewards(fns: Sequence[RewardFunction], task: EnvTask, messages: list[dict[str, Any]],
+                   tools: list[dict[str, Any]], timeout_s: float) -> tuple[dict[str, float | None], list[str]]:
+    """The spec's TRL reward functions on one whole rollout (a conversational completion, the task dict as
+    `ground_truth`); one that raises or hangs is reported and scores None."""
+    start = next((i + 1 for i, m in enumerate(messages) if m["role"] == "user"), 0)
+    columns = {"prompts": [messages[:start]], "completions": [messages[start:]], "completion_ids": [[]],
+               "ground_truth": [json.dumps(task.to_dict(), default=str)], "task_id": [task.task_id],
+               "tools": [json.dumps(tools)]}
+    scores: dict[str, float | None] = {}
+    errors: list[str] = []
+    for fn in fns:
+        name = getattr(fn, "__name__", repr(fn))
+        try:
+            value = call_with_timeout(f"reward {name}", fn, timeout_s=timeout_s, **columns)[0]
+            scores[name] = None if value is None else float(value)
+        except (EnvironmentCallError, TypeError, IndexError, ValueError) as exc:
+            scores[name], errors = None, [*errors, str(exc)]
+    return scores, errors
+
+
+def _reward_means(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    names = sorted({k for r in results for k in r.get("rewards", {})})
+    means = {}
+    for name in names:
+        vals = [v for r in results if (v := r["rewards"].get(name)) is not None]
+        means[f"reward/{name}"] = sum(vals) / len(vals) if vals else float("nan")
+    return means
 
 
 def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: int = 30, max_steps: int = 8,
                 workspace: Any = None, tag: str | None = None, policy_factory: PolicyFactory | None = None,
                 agent: str | None = None, max_new_tokens: int = 64, tools_in_prompt: bool = False,
-                device: str = "auto", environment: Environment | str = DEFAULT_ENVIRONMENT) -> dict[str, Any]:
+                device: str = "auto", environment: Environment | str = DEFAULT_ENVIRONMENT,
+                environment_config: Mapping[str, Any] | None = None, rewards: Sequence[str] = (),
+                timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """Roll the checkpoint (or `policy_factory(task)`'s policy) out on the environment's
-    `eval_tasks(seed, n_tasks)` and score each rollout with its reward. With a `workspace`, every rollout
-    is captured as a trajectory of agent `ckpt:<name>` with `reward`/`success` outcomes (source `env`)."""
+    `eval_tasks(seed, n_tasks)`, one fresh environment instance per episode (a given instance is reset
+    instead), and score each rollout with the environment's reward; `rewards` (TRL reward functions,
+    'module:function') are reported per rollout and as `reward/<name>` means. With a `workspace`, every
+    rollout is captured as a trajectory of `agent` (`ckpt:<name>` by default) with `reward`/`success`
+    outcomes (source `env`), tagged in its metadata with the checkpoint, the environment and `heldout`."""
     import torch
 
-    env = load_environment(environment) if isinstance(environment, str) else environment
+    if isinstance(environment, str):
+        make, env = environment_factory(environment, environment_config), load_environment(environment, environment_config)
+    else:
+        env = environment
+        make = lambda: environment  # noqa: E731  (a given instance: reset per episode)
     if checkpoint_dir is None and policy_factory is None:
         raise ValueError("give a checkpoint_dir, a policy_factory, or both")
+    reward_fns = [load_reward(r) for r in rewards]
     name = Path(checkpoint_dir).name if checkpoint_dir is not None else "policy"
     agent = agent or f"ckpt:{name}"
     if policy_factory is None:
@@ -208,23 +265,31 @@ def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: in
                               device=device, environment=env)
         policy_factory = lambda task: shared  # noqa: E731  (stateless: one policy serves every task)
     ckpt = str(Path(checkpoint_dir).resolve()) if checkpoint_dir is not None else None
+    env_ref = environment if isinstance(environment, str) else env.name
     results: list[dict[str, Any]] = []
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # seeded, without disturbing the caller's RNG state
         torch.manual_seed(seed)
         for i, task in enumerate(env.eval_tasks(seed, n_tasks)):
-            result, messages, turns = _run_one(env, policy_factory(task), task, max_steps)
+            result, messages, turns = _run_one(make(), policy_factory(task), task, max_steps, timeout_s)
+            if reward_fns:
+                result["rewards"], errors = _score_rewards(reward_fns, task, messages, env.tools, timeout_s)
+                if errors:
+                    result["reward_errors"] = errors
             tid = _trajectory_id(ckpt or agent, tag, seed, i, task)
             results.append({"index": i, "trajectory_id": tid, **result})
-            if workspace is not None:
+            if workspace is not None and messages:
                 meta = {"checkpoint": ckpt, "eval_tag": tag, "task": task.to_dict(), "eval_seed": seed,
-                        "world": env.name, "eval_index": i}
+                        "world": env.name, "environment": env_ref, "heldout": True, "eval_index": i}
                 _capture(workspace, tid, agent, name, task, messages, turns, result["reward"], meta, env.tools)
+    if workspace is not None:  # curation of that workspace keeps these tasks out of train
+        record_heldout(workspace, env_ref, [r["task_id"] for r in results])
     elapsed = time.perf_counter() - started
     # the report (eval/online-*.json, MLflow, Dagster metadata) shows what the model wrote: redacted like a corpus
     tasks, _ = Redactor().redact_data(results)
     return {"checkpoint": ckpt, "agent": agent, "eval_tag": tag, "seed": seed, "max_steps": max_steps,
-            **summarize(results), "seconds": elapsed,
+            "environment": env_ref, **summarize(results), **_reward_means(results),
+            "errors": sum("error" in r for r in results), "seconds": elapsed,
             "seconds_per_rollout": elapsed / len(results) if results else math.nan, "tasks": tasks}
 
 

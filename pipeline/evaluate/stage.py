@@ -1,5 +1,6 @@
 """The evaluation stage: offline metrics on an eval slice of the same Deeplake store, online eval in the
-demo world, comparison with the base model and the previous checkpoint, reports, and the promotion gate.
+spec's environment (only when it names one), comparison with the base model and the previous checkpoint,
+reports, and the promotion gate on an online or an offline metric.
 
 A checkpoint becomes the corpus's `LATEST` only when the gate passes, so a worse model never
 silently replaces a better one.
@@ -17,8 +18,10 @@ from typing import Any
 import orjson
 
 from pipeline.capture.workspace import Workspace
-from pipeline.config import CorpusSpec
+from pipeline.config import LOWER_IS_BETTER, ONLINE_METRICS, CorpusSpec
+from pipeline.corpus.heldout import record_heldout
 from pipeline.corpus.store import open_corpus, resolve_corpus_url
+from pipeline.environment import load_environment
 from pipeline.evaluate.compare import build_report, gate, offline_section
 from pipeline.evaluate.offline import evaluate_checkpoint, preference_accuracy
 from pipeline.evaluate.online import online_eval
@@ -127,16 +130,41 @@ def slices_markdown(primary: dict[str, Any], slices: dict[str, dict[str, Any]], 
 
 def _online(spec: CorpusSpec, checkpoint_dir: str | None, ws: Workspace | None, tag: str,
             cache: Path) -> dict[str, Any] | None:
-    if spec.online.n_tasks == 0:
+    if not spec.online_on or spec.environment is None:
         return None
     cached = _read(cache)
     if cached is not None:
         return cached
+    env = load_environment(spec.environment, spec.environment_config)
+    agent = f"ckpt:{Path(checkpoint_dir or 'policy').name}@{env.name}"  # a snapshot filter can name it
     rep = online_eval(checkpoint_dir, seed=spec.online.seed, n_tasks=spec.online.n_tasks,
-                      max_steps=spec.online.max_steps, workspace=ws, tag=tag,
-                      tools_in_prompt=spec.tools_in_prompt, environment=spec.environment)
+                      max_steps=spec.online.max_steps, workspace=ws, tag=tag, agent=agent,
+                      tools_in_prompt=spec.tools_in_prompt, environment=spec.environment,
+                      environment_config=spec.environment_config, rewards=spec.rewards,
+                      timeout_s=spec.online.timeout_s)
     _write(cache, rep)
     return rep
+
+
+def capture_workspace(spec: CorpusSpec, source: Workspace | None) -> Workspace | None:
+    """Where rollouts are captured: `online.capture_to` (the source workspace only when it names it), else nowhere."""
+    name = spec.online.capture_to
+    if not name:
+        return None
+    if source is not None and source.name == name:
+        return source
+    return Workspace.open(name, home=source.home if source is not None else None,
+                          data_root=source.data_root if source is not None else None)
+
+
+def offline_gate(spec: CorpusSpec, tables: Mapping[str, Any]) -> tuple[bool, str]:
+    """The gate on an offline metric of the eval slice: the checkpoint vs the previous model on the same rows."""
+    metric = spec.gate_metric
+    if metric is None:
+        return True, "no gate metric (rl without an environment)"
+    previous = (tables.get("previous") or {}).get("eval")
+    return gate(tables["checkpoint"]["eval"], previous, metric, spec.gate.margin,
+                higher_is_better=metric not in LOWER_IS_BETTER)
 
 
 def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_model_path: str,
@@ -155,14 +183,16 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
     _write(ckpt_dir / "eval" / "offline.json", offline)
     _write(ckpt_dir / "eval" / "offline_slices.json", slices)
 
-    capture = ws if spec.online.capture else None
+    capture = capture_workspace(spec, ws)
     n, seed = spec.online.n_tasks, spec.online.seed
     current = _online(spec, str(ckpt_dir), capture, f"{spec.name}@{version}", ckpt_dir / "eval" / f"online-{seed}-{n}.json")
     base = _online(spec, base_model_path, None, "base", Path(base_model_path) / f"online-{seed}-{n}.json") \
         if Path(base_model_path).exists() else None
     previous = previous_online(spec, ckpt, prev)
+    if current is not None and ws is not None and spec.environment:  # the source's curation must know them too
+        record_heldout(ws, spec.environment, [t["task_id"] for t in current["tasks"]])
 
-    report_md, files, verdict, gate_ok, gate_msg = "", [], None, True, "online eval off"
+    report_md, files, verdict = "", [], None
     prev_dir = previous_model(spec, ckpt, prev)
     offline_tables = {"checkpoint": {"eval": offline, **slices},
                       "base": offline_on_same_rows(spec, url, base_model_path) if Path(base_model_path).exists() else None,
@@ -170,6 +200,7 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
     examples |= {m: pop_examples(t) for m in ("base", "previous") if (t := offline_tables[m])}
     if current is None:  # offline numbers are then the whole evaluation: still draw them
         files = plots({"offline": offline_section(offline_tables, examples)}, ckpt_dir / "eval")
+        gate_ok, gate_msg = offline_gate(spec, offline_tables)
     else:
         curve = [(i + 1, v) for i, v in enumerate(ckpt.losses or [])]
         report = build_report(current, base=base, previous=previous, loss_curve=curve, offline=offline_tables,
@@ -180,7 +211,10 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
             files = log_report(tracker, ckpt.mlflow_run_id, report, out)
         else:
             files = plots(report, out)
-        gate_ok, gate_msg = gate(current, previous, spec.gate.metric, spec.gate.margin)
+        metric = spec.gate_metric or ""
+        gate_ok, gate_msg = gate(current, previous, metric, spec.gate.margin,
+                                 higher_is_better=metric not in LOWER_IS_BETTER) \
+            if metric in ONLINE_METRICS or metric.startswith("reward/") else offline_gate(spec, offline_tables)
     if tracker is not None and ckpt.mlflow_run_id:
         tracker.log_metrics_to_run(ckpt.mlflow_run_id, {f"eval_{k}": v for k, v in _clean(offline).items()
                                                         if isinstance(v, int | float)})
@@ -244,7 +278,7 @@ def _summary(rep: dict[str, Any] | None) -> dict[str, Any]:
     if not rep:
         return {}
     keys = ("success_rate", "mean_reward", "tool_call_error_rate", "mean_steps", "invalid_output_rate", "n_tasks")
-    return _clean({k: rep.get(k) for k in keys})
+    return _clean({k: rep.get(k) for k in (*keys, "errors", *(k for k in rep if k.startswith("reward/")))})
 
 
 def last_gate(checkpoints: Path) -> Gate:

@@ -1,10 +1,10 @@
 """GRPO with TRL on the base model's own chat template and the reward functions of the corpus's environment, tracked in MLflow.
 
-Single-turn: each prompt (tool list + system + user, rendered as *text* with `pipeline.chat.render_prompt`,
-ending with the assistant header) gets `num_generations` sampled next turns, scored by the reward functions
-in `pipeline.demo.rewards` (first tool call, final answer, format). Tools are not executed during the rollout:
-multi-step tool use through GRPO's `tools=` would need a chat template TRL can parse (e.g. its qwen3 one) and
-is left out on purpose; the first action is where a tiny model's mistakes start anyway.
+Each prompt (tool list + system + user, rendered as *text* with `pipeline.chat.render_prompt`, ending with the
+assistant header) gets `num_generations` sampled first turns. They are scored by the spec's `rewards:` (TRL
+reward functions, 'module:function') and, with an environment, by `EpisodeReward`: the environment runs the
+turn's tool calls and the policy continues the episode to its end, which the environment's reward scores
+(`pipeline.train.episode_reward` says why this and not TRL's own `environment_factory`).
 
 Why text prompts: our tokenizer's template is custom, so TRL's conversational path would decode completions
 without a response parser anyway; text keeps prompt tokens identical to the SFT rendering (no BOS is added by
@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from pipeline.environment import DEFAULT_ENVIRONMENT, RewardFunction, load_environment
+from pipeline.environment import GuardedReward, RewardFunction, environment_factory, load_reward
 from pipeline.jsonio import dumps_json
 from pipeline.train import launch
+from pipeline.train.episode_reward import EpisodeReward
 from pipeline.train.recipes import RLRecipe
 from pipeline.train.result import TrainResult
 from pipeline.train.text_columns import prompt_text
@@ -49,9 +50,17 @@ def rl_dataset(rows: Iterable[Mapping[str, Any]], tokenizer: Any = None) -> tupl
     return out, skipped
 
 
-def reward_functions(eos_token_id: int | None, environment: str = DEFAULT_ENVIRONMENT) -> list[RewardFunction]:
-    """The environment's GRPO rewards (`pipeline.environment`; the demo world's by default)."""
-    return load_environment(environment).reward_functions(eos_token_id)
+def reward_functions(eos_token_id: int | None, recipe: RLRecipe) -> list[RewardFunction]:
+    """The recipe's reward functions in order: its `rewards`, then the environment's episode reward."""
+    fns: list[RewardFunction] = [GuardedReward(load_reward(ref, eos_token_id), recipe.timeout_s)
+                                 for ref in recipe.rewards]
+    if recipe.environment:
+        fns.append(EpisodeReward(environment_factory(recipe.environment, recipe.environment_config),
+                                 max_steps=recipe.episode_max_steps, max_new_tokens=recipe.max_completion_length,
+                                 timeout_s=recipe.timeout_s, tools_in_prompt=recipe.tools_in_prompt))
+    if not fns:
+        raise ValueError("GRPO needs reward functions: set rewards: [module:function, ...] or an environment")
+    return fns
 
 
 def _build(data: list[dict[str, str]], recipe: RLRecipe) -> Callable[[list], Any]:
@@ -64,10 +73,15 @@ def _build(data: list[dict[str, str]], recipe: RLRecipe) -> Callable[[list], Any
             **common_args(recipe), num_generations=recipe.num_generations,
             max_completion_length=recipe.max_completion_length, temperature=recipe.temperature, beta=recipe.beta,
             reward_weights=recipe.reward_weights, use_vllm=False, log_completions=False)
-        return GRPOTrainer(model=model, reward_funcs=reward_functions(tokenizer.eos_token_id, recipe.environment), args=config,
-                           train_dataset=datasets.Dataset.from_list(data), processing_class=tokenizer,
-                           callbacks=callbacks,
-                           peft_config=lora_config(recipe.lora_r, recipe.lora_alpha) if use_lora(recipe) else None)
+        fns = reward_functions(tokenizer.eos_token_id, recipe)
+        trainer = GRPOTrainer(model=model, reward_funcs=fns, args=config,
+                              train_dataset=datasets.Dataset.from_list(data), processing_class=tokenizer,
+                              callbacks=callbacks,
+                              peft_config=lora_config(recipe.lora_r, recipe.lora_alpha) if use_lora(recipe) else None)
+        for fn in fns:
+            if isinstance(fn, EpisodeReward):
+                fn.bind(trainer.model, tokenizer)
+        return trainer
 
     return build
 
@@ -82,8 +96,10 @@ def train_grpo(rows: Iterable[Mapping[str, Any]], recipe: RLRecipe, tracker: Any
         data, skipped = rl_dataset(rows, load_tokenizer(recipe.base_model))  # the model's own template
     if not data:
         raise ValueError(f"no usable RL row ({skipped} skipped): nothing to train on")
-    params = {"train_rows": len(data), "skipped_rows": skipped,
-              "reward_functions": "final_answer_reward,tool_call_reward,format_reward"}
+    names = [*recipe.rewards, *([f"episode:{recipe.environment}"] if recipe.environment else [])]
+    if not names:
+        raise ValueError("GRPO needs reward functions: set rewards: [module:function, ...] or an environment")
+    params = {"train_rows": len(data), "skipped_rows": skipped, "reward_functions": ",".join(names)}
     if launch.should_launch(recipe.devices):
         return launch.launch("grpo", {"data": data, "params": params}, recipe, tracker, run_tags)
     return fit_grpo(data, params, recipe, tracker, run_tags)

@@ -15,7 +15,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.config import TrainSettings
-from pipeline.environment import DEFAULT_ENVIRONMENT
 
 DEVICES_HELP = ("Processes (one per GPU) that train together with DDP; > 1 starts them with `accelerate launch` "
                 "(on CPU: gloo, for tests).")
@@ -109,9 +108,17 @@ class RLRecipe(RecipeBase, LoraFields):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature during rollouts.")
     beta: float = Field(0.0, ge=0, description="KL coefficient to the reference model; 0 (TRL's default) loads none.")
     reward_weights: list[float] | None = Field(
-        None, description="Weights of (final_answer, tool_call, format) rewards; None = all 1.")
-    environment: str = Field(DEFAULT_ENVIRONMENT, description="`module:factory` of the environment whose reward "
-                             "functions score the rollouts (a corpus spec's `environment`).")
+        None, description="Weights of the reward functions, in order: `rewards` then the environment's episode "
+                          "reward; None = all 1.")
+    environment: str | None = Field(None, description="`module:factory` of the environment each completion's "
+                                    "episode is continued in and rewarded by (a corpus spec's `environment`).")
+    environment_config: dict[str, Any] = Field(default_factory=dict, description="The factory's keyword arguments.")
+    rewards: list[str] = Field(default_factory=list, description="TRL reward functions, 'module:function' "
+                               "(a corpus spec's `rewards`).")
+    episode_max_steps: int = Field(6, ge=1, description="Assistant turns an episode may take after the "
+                                   "generated first turn, the policy continuing greedily.")
+    timeout_s: float = Field(30.0, gt=0, description="Per-call limit on environment and reward code.")
+    tools_in_prompt: bool = Field(False, description="Show the environment's tools in continued turns' prompts.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="No warmup: a few dozen steps of noisy rewards.")
     lr_scheduler_type: str = Field("constant", description="Constant: rewards, not a schedule, say when to stop.")
 
@@ -120,8 +127,9 @@ class RLRecipe(RecipeBase, LoraFields):
         if (self.per_device_batch_size * self.gradient_accumulation_steps * self.devices) % self.num_generations:
             raise ValueError("per_device_batch_size * gradient_accumulation_steps * devices must be a multiple of "
                              "num_generations (whole groups per generation batch)")
-        if self.reward_weights is not None and len(self.reward_weights) != 3:
-            raise ValueError("reward_weights needs 3 values: final_answer, tool_call, format")
+        n = len(self.rewards) + bool(self.environment)
+        if self.reward_weights is not None and n and len(self.reward_weights) != n:
+            raise ValueError(f"reward_weights needs {n} values: one per reward function, then the episode reward")
         return self
 
     @classmethod

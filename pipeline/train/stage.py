@@ -44,9 +44,22 @@ def _recipe_key(spec: CorpusSpec, start: str) -> str:
     train = spec.train.model_dump()
     if train["devices"] == 1:  # keys from before `devices` existed stay valid
         del train["devices"]
-    blob = orjson.dumps({"train": train, "format": spec.format, "start": start},
-                        option=orjson.OPT_SORT_KEYS)
+    key: dict[str, Any] = {"train": train, "format": spec.format, "start": start}
+    if spec.format == "rl" and (spec.environment or spec.rewards):  # what scores GRPO changes the checkpoint
+        key["scoring"] = [spec.environment, spec.environment_config, spec.rewards]
+    blob = orjson.dumps(key, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha1(blob).hexdigest()[:8]
+
+
+def recipe_for(spec: CorpusSpec, start: str, output_dir: str) -> Any:
+    """The spec's recipe; a method that acts (GRPO) acts in the spec's environment, scored by its rewards."""
+    recipe = method_for(spec.format).make_recipe(spec.train, start, output_dir)
+    if "environment" in type(recipe).model_fields:
+        recipe = type(recipe).model_validate({
+            **recipe.model_dump(), "environment": spec.environment, "rewards": list(spec.rewards),
+            "environment_config": dict(spec.environment_config), "episode_max_steps": spec.online.max_steps,
+            "timeout_s": spec.online.timeout_s, "tools_in_prompt": spec.tools_in_prompt})
+    return recipe
 
 
 def train_corpus(spec: CorpusSpec, corpus_root: str, base_model_path: str, checkpoints_root: Path,
@@ -60,9 +73,7 @@ def train_corpus(spec: CorpusSpec, corpus_root: str, base_model_path: str, check
     if summary_path.exists():
         return CheckpointInfo.read(summary_path, reused=True)
     method = method_for(spec.format)
-    recipe = method.make_recipe(spec.train, start, str(out))
-    if "environment" in type(recipe).model_fields:  # a method that acts (GRPO) acts in the spec's environment
-        recipe = recipe.model_copy(update={"environment": spec.environment})
+    recipe = recipe_for(spec, start, str(out))
     split = TrainSplit(corpus, ref, corpus_root, tools_in_prompt=spec.tools_in_prompt)
     res = method.train(split, recipe, tracker, {**(tags or {}), "corpus": ref, "format": spec.format,
                                                 "content_hash": corpus.lineage.get("content_hash", ""),

@@ -1,0 +1,109 @@
+"""GRPO rewards from multi-step episodes: each generated first turn is continued in the environment.
+
+Why here and not TRL's `environment_factory`/`tools`: TRL 1.16 runs tool calls during generation only for
+chat templates it can parse responses of (its known templates, transformers ≥ 5.2) and only with
+conversational prompts; tracemill renders its own prompts as text. So the trainer samples the first
+assistant turn (the tokens that get the gradient), and this reward function plays the rest of the episode:
+the environment executes that turn's tool calls (`step`), the current policy continues greedily with its
+weights of this step, and the environment's `reward` scores the finished trajectory. A first turn that
+leads to a right answer two tool calls later is rewarded, not only the shape of the first call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pipeline.chat import end_markers, family_of, parse_assistant_output, stop_token_ids, tokenize_prompt
+from pipeline.environment import (
+    Environment,
+    EnvironmentCallError,
+    Message,
+    call_with_timeout,
+    continue_episode,
+    normalize_assistant,
+)
+
+
+def _text(completion: Any) -> str:
+    if isinstance(completion, str):
+        return completion
+    return "".join(str(m.get("content") or "") for m in completion or [] if isinstance(m, dict))
+
+
+class GreedyPolicy:
+    """The model being trained, generating one assistant turn greedily (no gradient) in its own chat template."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_new_tokens: int, tools: list[dict[str, Any]] | None):
+        self.model, self.tokenizer, self.max_new_tokens, self.tools = model, tokenizer, max_new_tokens, tools
+
+    def __call__(self, messages: list[Message]) -> Message:
+        import torch
+
+        tok = self.tokenizer
+        prompt = tokenize_prompt(tok, messages, self.tools)
+        keep = (getattr(self.model.config, "max_position_embeddings", None) or 1 << 30) - self.max_new_tokens
+        prompt = prompt[-keep:]
+        stop = stop_token_ids(tok)
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = self.model.generate(input_ids=torch.tensor([prompt], device=device),
+                                          attention_mask=torch.ones((1, len(prompt)), dtype=torch.long, device=device),
+                                          do_sample=False, max_new_tokens=self.max_new_tokens, eos_token_id=stop,
+                                          pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else stop[0])
+        finally:
+            self.model.train(was_training)
+        text = tok.decode(out[0, len(prompt):].tolist(), skip_special_tokens=False)
+        parsed = parse_assistant_output(text, family_of(tok), end_markers(tok))
+        return {"content": parsed["content"], "tool_calls": parsed["tool_calls"]}
+
+
+class EpisodeReward:
+    """A TRL reward function (`f(prompts, completions, ground_truth, **columns)`) whose value is the
+    environment's reward for the episode that each completion starts. `ground_truth` is the task's
+    `to_dict()` (how RL rows carry it); a row the environment cannot load scores None. Failures in the
+    environment's code score 0 and are counted in `errors` (and logged as `episode/errors`)."""
+
+    __name__ = "episode_reward"
+
+    def __init__(self, make_env: Callable[[], Environment], *, max_steps: int, max_new_tokens: int,
+                 timeout_s: float, tools_in_prompt: bool = False):
+        self.make_env, self.max_steps, self.max_new_tokens = make_env, max_steps, max_new_tokens
+        self.timeout_s, self.tools_in_prompt = timeout_s, tools_in_prompt
+        self.policy: Callable[[list[Message]], Any] | None = None
+        self.errors: list[str] = []
+        self.episodes: list[dict[str, Any]] = []  # steps and reward per scored completion (tests, debugging)
+
+    def bind(self, model: Any, tokenizer: Any) -> None:
+        """Continue episodes with this model (the trainer's, once it is built)."""
+        tools = self.make_env().tools if self.tools_in_prompt else None
+        self.policy = GreedyPolicy(model, tokenizer, self.max_new_tokens, tools)
+
+    def _one(self, completion: Any, truth: Any) -> float | None:
+        env = self.make_env()
+        try:
+            data = json.loads(truth) if isinstance(truth, str) else truth
+            task = call_with_timeout(f"{env.name}.load_task", env.load_task, data, timeout_s=self.timeout_s)
+            opening = call_with_timeout(f"{env.name}.reset", env.reset, task, timeout_s=self.timeout_s)
+        except (EnvironmentCallError, ValueError):
+            return None  # not a task of this environment
+        first = normalize_assistant(parse_assistant_output(_text(completion)), 0)
+        policy = self.policy or (lambda messages: {"content": ""})  # unbound: the first turn alone is the episode
+        episode = continue_episode(env, policy, task, [*opening, first], max_steps=self.max_steps,
+                                   timeout_s=self.timeout_s)
+        if episode.error:
+            self.errors.append(episode.error)
+        self.episodes.append({"steps": sum(m["role"] == "assistant" for m in episode.messages),
+                              "reward": episode.reward, "error": episode.error})
+        return episode.reward
+
+    def __call__(self, completions: Sequence[Any], ground_truth: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        before = len(self.errors)
+        rewards = [self._one(c, t) for c, t in zip(completions, ground_truth, strict=True)]
+        if callable(log := kwargs.get("log_metric")):
+            log("episode/errors", float(len(self.errors) - before))
+        return rewards
