@@ -242,3 +242,10 @@ class MlflowTracker:
 
     def get_run(self, run_id: str) -> Any:
         return self.client.get_run(run_id)
+
+    def run_link(self, run_id: str) -> tuple[str, str]:
+        """("url", the run's page) when the tracking server speaks HTTP, else ("path", the run's artifact
+        folder): a person clicks the first in Dagster and opens the second with `mlflow ui` beside it."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return "url", f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return "path", self.client.get_run(run_id).info.artifact_uri.removeprefix("file://")

@@ -150,8 +150,11 @@ def build_report(current: Mapping[str, Any], *, base: Mapping[str, Any] | None =
 def gate(current: Mapping[str, Any], previous: Mapping[str, Any] | None, metric: str, margin: float,
          higher_is_better: bool = True) -> tuple[bool, str]:
     """Block promotion when the new checkpoint is worse than the previous by more than `margin`.
-    No previous checkpoint passes; a missing/NaN current value fails unless the previous lacks it too."""
-    if previous is None or not finite(previous.get(metric)):
+    No previous checkpoint passes and says so ("first checkpoint"); a missing/NaN current value fails
+    unless the previous lacks it too."""
+    if previous is None:
+        return True, f"{metric}: first checkpoint, nothing to compare with"
+    if not finite(previous.get(metric)):
         return True, f"{metric}: no previous value to compare with"
     cur, prev = current.get(metric), float(previous[metric])
     if not finite(cur):
