@@ -6,6 +6,7 @@ shared by the tests below because training and evaluating is the slow part."""
 import base64
 
 import dagster as dg
+import orjson
 import pytest
 
 from assets.definitions import build_assets, build_definitions
@@ -82,3 +83,22 @@ def test_plots_draw_ci_on_the_delta_and_skip_empty_panels(tmp_path):
                             "ci": {"loss": [-1.0, -1.5, -0.5], "acc": [0.25, 0.0, 0.5]}}}}
     files = plots({"offline": {"tables": tables, "comparisons": cmp, "metrics": ["loss", "acc", "nothing"]}}, tmp_path)
     assert [f.name for f in files] == ["offline_slices.png", "offline_deltas.png"]
+
+
+def test_mlflow_run_has_the_corpus_version_as_input_and_the_model_version_says_what_it_is(graph):
+    from mlflow import MlflowClient
+
+    home, result = graph
+    run_id = _md(result, "checkpoint_sft")["mlflow_run_id"].value
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    assert [d.dataset.name for d in inputs] == ["deeplake://local/sft@v1"]
+    tags = {t.key: t.value for t in inputs[0].tags}
+    assert tags["mlflow.data.context"] == "train" and tags["content_hash"].startswith("sha256:")
+    assert tags["content_hash"].removeprefix("sha256:").startswith(inputs[0].dataset.digest)
+    assert (home / "corpora").as_posix() in inputs[0].dataset.source
+    version = client.get_model_version("tracemill-sft", "1")
+    assert "deeplake://local/sft@v1" in version.description and "verdict" in version.description
+    summary = orjson.loads(next((home / "checkpoints" / "sft").glob("*/tracemill_train.json")).read_bytes())
+    model = client.get_logged_model(summary["model_id"])
+    assert any(m.key == "eval_success_rate" for m in model.metrics or [])

@@ -238,6 +238,13 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
     verdict_gate = Gate(gate_ok, gate_msg, metric or None, num(gate_cur, metric), num(gate_prev, metric),
                         spec.gate.margin, first_checkpoint=gate_prev is None)
     _write(ckpt_dir / "eval" / GATE_FILE, verdict_gate.__dict__)
+    reg = ckpt.registration
+    if tracker is not None and ckpt.mlflow_run_id and reg.model_version:
+        numbers = {f"eval_{k}": v for k, v in {**_clean(offline), **_summary(current)}.items() if finite(v)}
+        tracker.describe_model_version(
+            ckpt.mlflow_run_id, reg.registered_model, reg.model_version, reg.model_id, numbers,
+            f"corpus {ckpt.corpus_ref} (version {version}); verdict: {verdict or 'offline only'}; "
+            f"gate {'passed' if gate_ok else 'FAILED'}: {gate_msg}")
     if gate_ok:
         promote(checkpoints, ckpt_dir)
         if tracker is not None and ckpt.registration.model_version:  # models:/tracemill-<corpus>@champion
