@@ -269,7 +269,7 @@ class MlflowTracker:
         self.client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
 
     def describe_model_version(self, run_id: str, name: str, version: int, model_id: str | None,
-                               metrics: Mapping[str, float], description: str) -> None:
+                               metrics: Mapping[str, float], description: str, step: int = 0) -> None:
         """Eval metrics on the registered version's logged model (MLflow 3 shows a model's metrics on
         its version page) and a description that says what it is: corpus, version, verdict."""
         import time as _time
@@ -277,7 +277,7 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(_time.time() * 1000)
-        rows = [Metric(k, float(v), now, 0, model_id=model_id, run_id=run_id) for k, v in metrics.items()]
+        rows = [Metric(k, float(v), now, step, model_id=model_id, run_id=run_id) for k, v in metrics.items()]
         if rows:
             self.client.log_batch(run_id, metrics=rows)
         self.client.update_model_version(name, str(version), description=description)

@@ -102,3 +102,14 @@ def test_mlflow_run_has_the_corpus_version_as_input_and_the_model_version_says_w
     summary = orjson.loads(next((home / "checkpoints" / "sft").glob("*/tracemill_train.json")).read_bytes())
     model = client.get_logged_model(summary["model_id"])
     assert any(m.key == "eval_success_rate" for m in model.metrics or [])
+
+
+def test_sft_logs_an_eval_loss_curve_on_the_eval_split(graph):
+    from mlflow import MlflowClient
+
+    home, result = graph
+    run_id = _md(result, "checkpoint_sft")["mlflow_run_id"].value
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    history = client.get_metric_history(run_id, "eval_loss")
+    during = {m.step for m in history if 0 < m.step}  # the eval stage adds the last point at the final step
+    assert len(during) >= 2 and all(m.value > 0 for m in history) and 0 not in {m.step for m in history}

@@ -232,7 +232,7 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
             if online_gate else offline_gate(spec, offline_tables)
     if tracker is not None and ckpt.mlflow_run_id:
         tracker.log_metrics_to_run(ckpt.mlflow_run_id, {f"eval_{k}": v for k, v in _clean(offline).items()
-                                                        if isinstance(v, int | float)})
+                                                        if isinstance(v, int | float)}, step=ckpt.steps)
     report_md = slices_markdown(_clean(offline), slices, spec.eval.query) + "\n" + report_md
     num = lambda t, k: float(t[k]) if t and finite(t.get(k)) else None  # noqa: E731
     verdict_gate = Gate(gate_ok, gate_msg, metric or None, num(gate_cur, metric), num(gate_prev, metric),
@@ -244,7 +244,7 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
         tracker.describe_model_version(
             ckpt.mlflow_run_id, reg.registered_model, reg.model_version, reg.model_id, numbers,
             f"corpus {ckpt.corpus_ref} (version {version}); verdict: {verdict or 'offline only'}; "
-            f"gate {'passed' if gate_ok else 'FAILED'}: {gate_msg}")
+            f"gate {'passed' if gate_ok else 'FAILED'}: {gate_msg}", step=ckpt.steps)
     if gate_ok:
         promote(checkpoints, ckpt_dir)
         if tracker is not None and ckpt.registration.model_version:  # models:/tracemill-<corpus>@champion
