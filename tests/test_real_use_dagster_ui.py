@@ -113,3 +113,11 @@ def test_sft_logs_an_eval_loss_curve_on_the_eval_split(graph):
     history = client.get_metric_history(run_id, "eval_loss")
     during = {m.step for m in history if 0 < m.step}  # the eval stage adds the last point at the final step
     assert len(during) >= 2 and all(m.value > 0 for m in history) and 0 not in {m.step for m in history}
+
+
+def test_run_link_is_a_url_for_a_tracking_server():
+    from pipeline.tracking import MlflowTracker
+
+    tracker = MlflowTracker("http://127.0.0.1:5000/", "tracemill")
+    tracker._experiment_id = "7"  # what the server would answer; the link itself needs no request
+    assert tracker.run_link("abc") == ("url", "http://127.0.0.1:5000/#/experiments/7/runs/abc")

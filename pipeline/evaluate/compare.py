@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -145,6 +146,25 @@ def build_report(current: Mapping[str, Any], *, base: Mapping[str, Any] | None =
         "loss_curve": [(int(s), float(v)) for s, v in (loss_curve or [])],
         "offline": offline_section(offline, offline_per_example, n_boot=n_boot, seed=seed) if offline else None,
     }
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The promotion gate's verdict on a checkpoint (`eval/gate.json`)."""
+
+    passed: bool
+    message: str
+    metric: str | None = None
+    value: float | None = None
+    previous: float | None = None
+    margin: float | None = None
+    first_checkpoint: bool = False
+
+    def metadata(self) -> dict[str, Any]:
+        """Numbers for the gate check's metadata (Dagster plots a check's numeric metadata over runs)."""
+        nums = {k: round(v, 4) for k in ("value", "previous", "margin") if finite(v := getattr(self, k))}
+        return {"message": self.message, "metric": self.metric or "", **nums,
+                "first_checkpoint": self.first_checkpoint}
 
 
 def gate(current: Mapping[str, Any], previous: Mapping[str, Any] | None, metric: str, margin: float,

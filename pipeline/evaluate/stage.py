@@ -22,7 +22,7 @@ from pipeline.config import LOWER_IS_BETTER, ONLINE_METRICS, CorpusSpec
 from pipeline.corpus.heldout import record_heldout
 from pipeline.corpus.store import open_corpus, resolve_corpus_url
 from pipeline.environment import load_environment
-from pipeline.evaluate.compare import build_report, gate, offline_section
+from pipeline.evaluate.compare import Gate, build_report, gate, offline_section
 from pipeline.evaluate.offline import evaluate_checkpoint, preference_accuracy
 from pipeline.evaluate.online import online_eval
 from pipeline.evaluate.plots import plots
@@ -34,25 +34,6 @@ from pipeline.train.methods import method_for
 from pipeline.train.tracked_run import quiet_progress
 
 GATE_FILE = "gate.json"
-
-
-@dataclass(frozen=True)
-class Gate:
-    """The promotion gate's verdict on a checkpoint (`eval/gate.json`)."""
-
-    passed: bool
-    message: str
-    metric: str | None = None
-    value: float | None = None
-    previous: float | None = None
-    margin: float | None = None
-    first_checkpoint: bool = False
-
-    def metadata(self) -> dict[str, Any]:
-        """Numbers for the gate check's metadata (Dagster plots a check's numeric metadata over runs)."""
-        nums = {k: round(v, 4) for k in ("value", "previous", "margin") if finite(v := getattr(self, k))}
-        return {"message": self.message, "metric": self.metric or "", **nums,
-                "first_checkpoint": self.first_checkpoint}
 
 
 @dataclass(frozen=True)
