@@ -58,7 +58,8 @@ def _grouped_bars(tables: Mapping[str, Mapping[str, Mapping[str, Any]]], metrics
             pts = [(i + j * width, float(v)) for i, s in enumerate(slices)
                    if finite(v := tables[m].get(s, {}).get(metric))]  # a missing value draws no bar, not a 0
             heights += [h for _, h in pts]
-            ax.bar([x for x, _ in pts], [h for _, h in pts], width, label=m, color=f"C{MODELS.index(m)}")
+            bars = ax.bar([x for x, _ in pts], [h for _, h in pts], width, label=m, color=f"C{MODELS.index(m)}")
+            ax.bar_label(bars, fmt="%.3g", fontsize=6)  # a measured 0 shows as "0", not as an empty panel
         ax.set_xticks(np.arange(len(slices)) + width * (len(models) - 1) / 2, slices, rotation=20, fontsize=7)
         if _is_rate(heights):  # rates on a common scale, also when they are all zero
             ax.set_ylim(0.0, 1.05)
