@@ -2,14 +2,17 @@
 
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from assets.resources import MlflowResource, TracemillResource
+from assets.versions import room_version
 from pipeline.config import CorpusSpec, TracemillConfig
 from pipeline.corpus import stages
 from pipeline.corpus.heldout import heldout_ids
 from pipeline.evaluate import stage as stage_eval
+from pipeline.evaluate.render import images_markdown
 from pipeline.previews import counts_table, markdown_table
 from pipeline.train import stage as stage_train
 from pipeline.train.base_model import prepare_base_model
@@ -48,6 +51,7 @@ def gpu_tags(devices: int = 1) -> dict:
 
 def build_model_asset(joined: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @dg.asset(group_name="model", deps=[joined], kinds={"pytorch"}, automation_condition=built_once(),
+              code_version=room_version("train"),
               description="The base model: a Hugging Face id/path, or a tiny local Llama whose BPE "
                           "tokenizer is trained on the workspace's own text (built once, then reused).")
     def base_model(tracemill: TracemillResource) -> dg.MaterializeResult:
@@ -64,6 +68,7 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
     name = spec.name
 
     @dg.asset(name=f"curated_{name}", group_name="curation", deps=[joined], kinds={"polars"},
+              code_version=room_version("lake", "corpus"),
               automation_condition=follows_updates(),
               description=f"Joined trajectories filtered by `{spec.filter or 'everything'}`, quality rules, "
                           "PII/secret redaction, de-duplication and a stable train/eval split.")
@@ -79,7 +84,7 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
         })
 
     @dg.asset(name=f"corpus_{name}", group_name="corpus", deps=[curated, base_model], kinds={"deeplake"},
-              automation_condition=dg.AutomationCondition.eager(),
+              automation_condition=dg.AutomationCondition.eager(), code_version=room_version("chat", "corpus"),
               description=f"Versioned Deeplake snapshot of curated_{name} at {spec.target}: a commit plus a "
                           "tag vN, text, JSON messages, token ids and loss masks.")
     def corpus(tracemill: TracemillResource) -> dg.MaterializeResult:
@@ -103,6 +108,7 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
     @dg.asset(name=f"checkpoint_{name}", group_name="training", pool="gpu", op_tags=gpu_tags(spec.train.devices),
               deps=[corpus, base_model, *([dg.AssetKey(f"checkpoint_{spec.init_from}")] if spec.init_from else [])],
               kinds={"pytorch", "mlflow"}, automation_condition=retrain_condition(spec),
+              code_version=room_version("chat", "corpus", "train"),
               description=f"TRL {spec.format.upper()} fine-tune on corpus_{name}'s latest version"
                           f"{f', starting from checkpoint_{spec.init_from}' if spec.init_from else ''}; "
                           "tracked in MLflow, saved as a Hugging Face model directory.")
@@ -123,35 +129,48 @@ def build_corpus_assets(spec: CorpusSpec, joined: dg.AssetsDefinition, base_mode
         })
 
     @dg.asset(name=f"eval_{name}", group_name="evaluation", deps=[checkpoint, corpus], kinds={"deeplake", "pytorch"},
-              automation_condition=retrain_condition(spec),
+              automation_condition=retrain_condition(spec), code_version=room_version("train", "evaluate", "demo"),
               description=f"checkpoint_{name} on the eval slice queried from the same Deeplake corpus"
                           + (f", and acting as the agent on held-out tasks of {spec.environment}" if spec.online_on else
                              " (offline only: the spec names no environment)")
                           + "; compared with the base model and the previous checkpoint.")
     def evaluation(tracemill: TracemillResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+        tracker = mlflow.tracker(tracemill.home_path)
         rep = stage_eval.evaluate_corpus(spec, tracemill.corpus_root_url(), tracemill.checkpoints_dir(name),
-                                         tracemill.base_model_path(), tracemill.open_workspace(),
-                                         mlflow.tracker(tracemill.home_path))
-        metrics = {k: v for k, v in rep.offline.items() if isinstance(v, int | float)}
-        online = {f"online_{k}": v for k, v in rep.online.items()}
-        base = {f"base_online_{k}": v for k, v in rep.base_online.items() if k == "success_rate"}
-        plots = {f"plot_{Path(p).stem}": dg.MetadataValue.path(p) for p in rep.plots}
-        return dg.MaterializeResult(metadata={
-            **metrics, **online, **base, **plots, "corpus_version": rep.corpus_ref, "query": rep.query,
-            "checkpoint": dg.MetadataValue.path(rep.checkpoint), "verdict": str(rep.verdict),
-            "gate_passed": rep.gate.passed, "gate": rep.gate.message,
-            "slices": dg.MetadataValue.json(rep.slices),
-            "report": dg.MetadataValue.md(rep.report_markdown or "_online eval off_"),
-        })
+                                         tracemill.base_model_path(), tracemill.open_workspace(), tracker)
+        return dg.MaterializeResult(metadata=eval_metadata(rep, tracker))
 
     @dg.asset_check(asset=evaluation, blocking=True,
                     description=f"Gate: the new checkpoint is not worse than the previous one by more than "
                                 f"{spec.gate.margin} on {spec.gate_metric}; only then is it promoted to LATEST.")
     def not_worse_than_previous(tracemill: TracemillResource) -> dg.AssetCheckResult:
         gate = stage_eval.last_gate(tracemill.checkpoints_dir(name))
-        return dg.AssetCheckResult(passed=bool(gate.passed), metadata={"message": gate.message})
+        return dg.AssetCheckResult(passed=bool(gate.passed), metadata=gate.metadata(), description=gate.message)
 
     return [curated, corpus, corpus_is_trainable, checkpoint, evaluation, not_worse_than_previous]
+
+
+def _round(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Numbers to 4 places: 0.123456789 in a metadata table is noise a person has to read past."""
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+def eval_metadata(rep: stage_eval.EvalResult, tracker: Any) -> dict[str, Any]:
+    """The eval asset's metadata, in the order a person reads it: the answer (verdict, gate, headline
+    success), then the MLflow run, the report with its plots inlined as images, then the detail."""
+    head: dict[str, Any] = {"verdict": str(rep.verdict), "gate_passed": rep.gate.passed, "gate": rep.gate.message}
+    if "success_rate" in rep.online:
+        head["online_success_rate"] = round(rep.online["success_rate"], 4)
+    if rep.mlflow_run_id:
+        kind, link = tracker.run_link(rep.mlflow_run_id)
+        head["mlflow_run"] = dg.MetadataValue.url(link) if kind == "url" else dg.MetadataValue.path(link)
+    report = (rep.report_markdown or "_online eval off_") + "\n\n### Plots\n\n" + images_markdown(rep.plots)
+    plots = {f"plot_{Path(p).stem}": dg.MetadataValue.path(p) for p in rep.plots}
+    return {**head, "report": dg.MetadataValue.md(report), **_round(rep.offline),
+            **_round({f"online_{k}": v for k, v in rep.online.items()}),
+            **_round({f"base_online_{k}": v for k, v in rep.base_online.items() if k == "success_rate"}),
+            "corpus_version": rep.corpus_ref, "query": rep.query, "checkpoint": dg.MetadataValue.path(rep.checkpoint),
+            "slices": dg.MetadataValue.json(rep.slices), **plots}
 
 
 def build_all(cfg: TracemillConfig, joined: dg.AssetsDefinition) -> list:

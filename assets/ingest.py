@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 
 from assets.resources import TracemillResource
+from assets.versions import room_version
 from pipeline.lake import ingest as lake
 from pipeline.lake import join
 from pipeline.previews import counts_table, markdown_table
@@ -21,7 +22,7 @@ def day_partitions(start: str) -> dg.DailyPartitionsDefinition:
 
 def build_ingest_assets(partitions: dg.DailyPartitionsDefinition) -> list:
     @dg.asset(group_name="capture", partitions_def=partitions, kinds={"parquet", "polars"},
-              backfill_policy=dg.BackfillPolicy.single_run(),
+              code_version=room_version("capture", "lake"), backfill_policy=dg.BackfillPolicy.single_run(),
               description="Landed trajectories of one day, validated into Parquet; bad records quarantined.")
     def raw_trajectories(context: dg.AssetExecutionContext, tracemill: TracemillResource) -> dg.MaterializeResult:
         started, ws = time.perf_counter(), tracemill.open_workspace()
@@ -60,7 +61,7 @@ def build_ingest_assets(partitions: dg.DailyPartitionsDefinition) -> list:
         return dg.AssetCheckResult(passed=rate <= 0.2, metadata={"quarantine_rate": round(rate, 4),
                                                                  "valid": good, "quarantined": bad})
 
-    @dg.asset(group_name="capture", kinds={"parquet", "polars"},
+    @dg.asset(group_name="capture", kinds={"parquet", "polars"}, code_version=room_version("capture", "lake"),
               description="Every outcome ever landed (rewards, success, ratings); late ones included.")
     def outcomes(tracemill: TracemillResource) -> dg.MaterializeResult:
         started, ws = time.perf_counter(), tracemill.open_workspace()
@@ -78,7 +79,7 @@ def build_ingest_assets(partitions: dg.DailyPartitionsDefinition) -> list:
 
     @dg.asset(group_name="capture", partitions_def=partitions, deps=[raw_trajectories, outcomes],
               kinds={"parquet", "polars"}, backfill_policy=dg.BackfillPolicy.single_run(),
-              description="One day's trajectories with the latest outcome per name as flat columns.")
+              code_version=room_version("capture", "lake"), description="One day's trajectories with the latest outcome per name as flat columns.")
     def joined_trajectories(context: dg.AssetExecutionContext, tracemill: TracemillResource) -> dg.MaterializeResult:
         started, ws = time.perf_counter(), tracemill.open_workspace()
         out = lake.read_outcomes(ws)

@@ -242,3 +242,42 @@ class MlflowTracker:
 
     def get_run(self, run_id: str) -> Any:
         return self.client.get_run(run_id)
+
+    def run_link(self, run_id: str) -> tuple[str, str]:
+        """("url", the run's page) when the tracking server speaks HTTP, else ("path", the run's artifact
+        folder): a person clicks the first in Dagster and opens the second with `mlflow ui` beside it."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return "url", f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return "path", self.client.get_run(run_id).info.artifact_uri.removeprefix("file://")
+
+    def log_corpus_input(self, run_id: str, name: str, url: str, content_hash: str, context: str = "train") -> None:
+        """The corpus version as the run's input dataset (the run page's "Datasets used"): `name` is
+        `<target>@<version>`, the source the Deeplake URL, the digest the content hash. MLflow keeps a
+        36-character digest, so the full hash also rides along as an input tag."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.http_dataset_source import HTTPDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        try:
+            source = resolve_dataset_source(url)  # file:// and s3:// have MLflow sources of their own
+        except Exception:  # noqa: BLE001  (al://, mem:// … have none: keep the URL itself as the source)
+            source = HTTPDatasetSource(url)
+        digest = content_hash.removeprefix("sha256:")[:36]
+        entity = MetaDataset(source, name=name, digest=digest)._to_mlflow_entity()
+        tags = [InputTag("mlflow.data.context", context), InputTag("content_hash", content_hash)]
+        self.client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
+
+    def describe_model_version(self, run_id: str, name: str, version: int, model_id: str | None,
+                               metrics: Mapping[str, float], description: str, step: int = 0) -> None:
+        """Eval metrics on the registered version's logged model (MLflow 3 shows a model's metrics on
+        its version page) and a description that says what it is: corpus, version, verdict."""
+        import time as _time
+
+        from mlflow.entities import Metric
+
+        now = int(_time.time() * 1000)
+        rows = [Metric(k, float(v), now, step, model_id=model_id, run_id=run_id) for k, v in metrics.items()]
+        if rows:
+            self.client.log_batch(run_id, metrics=rows)
+        self.client.update_model_version(name, str(version), description=description)

@@ -92,7 +92,7 @@ def test_rich_table_renders(report):
 
 def test_plots_are_valid_pngs(report, tmp_path):
     paths = plots(report, tmp_path / "plots")
-    assert [p.name for p in paths] == ["slices.png", "loss_curve.png", "rewards.png"]
+    assert [p.name for p in paths] == ["slices.png", "deltas.png", "loss_curve.png", "rewards.png"]
     for p in paths:
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -174,7 +174,7 @@ def test_offline_slice_plot_is_a_listed_png(tmp_path):
     assert "loss" not in off["comparisons"]["previous"]["hard"]["ci"]  # no per-example losses: no interval
 
     paths = plots(report, tmp_path / "plots")
-    assert [p.name for p in paths] == ["slices.png", "offline_slices.png"]
+    assert [p.name for p in paths] == ["slices.png", "offline_slices.png", "offline_deltas.png"]
     png = tmp_path / "plots" / "offline_slices.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(png) as img:
@@ -196,7 +196,7 @@ def test_offline_slice_plot_is_a_listed_png(tmp_path):
 
     # online eval off (stage_eval): the offline section alone still draws its plot
     alone = plots({"offline": report["offline"]}, tmp_path / "alone")
-    assert [p.name for p in alone] == ["offline_slices.png"]
+    assert [p.name for p in alone] == ["offline_slices.png", "offline_deltas.png"]
 
 
 def test_markdown_says_plainly_whether_better_per_slice_online_and_offline():

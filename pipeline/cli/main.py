@@ -198,6 +198,10 @@ def _register_capture() -> None:
     from pipeline.cli.watch import watch
 
     app.command("watch")(watch)
+    from pipeline.cli.trajectories import outcome_app, trajectories_app
+
+    app.add_typer(trajectories_app, name="trajectories")
+    app.add_typer(outcome_app, name="outcome")
 
 
 _register_capture()

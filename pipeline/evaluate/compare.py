@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -147,11 +148,33 @@ def build_report(current: Mapping[str, Any], *, base: Mapping[str, Any] | None =
     }
 
 
+@dataclass(frozen=True)
+class Gate:
+    """The promotion gate's verdict on a checkpoint (`eval/gate.json`)."""
+
+    passed: bool
+    message: str
+    metric: str | None = None
+    value: float | None = None
+    previous: float | None = None
+    margin: float | None = None
+    first_checkpoint: bool = False
+
+    def metadata(self) -> dict[str, Any]:
+        """Numbers for the gate check's metadata (Dagster plots a check's numeric metadata over runs)."""
+        nums = {k: round(v, 4) for k in ("value", "previous", "margin") if finite(v := getattr(self, k))}
+        return {"message": self.message, "metric": self.metric or "", **nums,
+                "first_checkpoint": self.first_checkpoint}
+
+
 def gate(current: Mapping[str, Any], previous: Mapping[str, Any] | None, metric: str, margin: float,
          higher_is_better: bool = True) -> tuple[bool, str]:
     """Block promotion when the new checkpoint is worse than the previous by more than `margin`.
-    No previous checkpoint passes; a missing/NaN current value fails unless the previous lacks it too."""
-    if previous is None or not finite(previous.get(metric)):
+    No previous checkpoint passes and says so ("first checkpoint"); a missing/NaN current value fails
+    unless the previous lacks it too."""
+    if previous is None:
+        return True, f"{metric}: first checkpoint, nothing to compare with"
+    if not finite(previous.get(metric)):
         return True, f"{metric}: no previous value to compare with"
     cur, prev = current.get(metric), float(previous[metric])
     if not finite(cur):

@@ -3,7 +3,9 @@ Both render the one dict `eval_report.build_report` gathers, from the same heade
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import base64
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from pipeline.evaluate.verdict import MODELS, OFFLINE_PRIMARY, finite, verdict_words
@@ -94,6 +96,13 @@ def markdown_report(report: Mapping[str, Any], title: str = "Checkpoint evaluati
         lines += [f"| {name if i == 0 or rows[i - 1][0] != name else ''} | " + " | ".join(cells) + " |"
                   for i, (name, cells) in enumerate(rows)]
     return "\n".join(lines) + "\n"
+
+
+def images_markdown(paths: Iterable[str | Path]) -> str:
+    """PNGs inlined as `data:` URIs: Dagster's UI renders Markdown metadata, images included, but cannot
+    open a path on the machine that ran the step, so a path alone shows a person nothing."""
+    return "\n".join(f"![{Path(p).stem}](data:image/png;base64,{base64.b64encode(Path(p).read_bytes()).decode()})\n"
+                     for p in paths)
 
 
 def rich_table(report: Mapping[str, Any]) -> Any:

@@ -22,25 +22,18 @@ from pipeline.config import LOWER_IS_BETTER, ONLINE_METRICS, CorpusSpec
 from pipeline.corpus.heldout import record_heldout
 from pipeline.corpus.store import open_corpus, resolve_corpus_url
 from pipeline.environment import load_environment
-from pipeline.evaluate.compare import build_report, gate, offline_section
+from pipeline.evaluate.compare import Gate, build_report, gate, offline_section
 from pipeline.evaluate.offline import evaluate_checkpoint, preference_accuracy
 from pipeline.evaluate.online import online_eval
 from pipeline.evaluate.plots import plots
 from pipeline.evaluate.publish import log_report
 from pipeline.evaluate.render import markdown_report
+from pipeline.evaluate.verdict import finite
 from pipeline.train.checkpoints import finished_checkpoints, promote
 from pipeline.train.methods import method_for
 from pipeline.train.tracked_run import quiet_progress
 
 GATE_FILE = "gate.json"
-
-
-@dataclass(frozen=True)
-class Gate:
-    """The promotion gate's verdict on a checkpoint (`eval/gate.json`)."""
-
-    passed: bool
-    message: str
 
 
 @dataclass(frozen=True)
@@ -198,11 +191,15 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
                       "base": offline_on_same_rows(spec, url, base_model_path) if Path(base_model_path).exists() else None,
                       "previous": offline_on_same_rows(spec, url, prev_dir) if prev_dir else None}
     examples |= {m: pop_examples(t) for m in ("base", "previous") if (t := offline_tables[m])}
+    curve = [(i + 1, v) for i, v in enumerate(ckpt.losses or [])]
+    metric = spec.gate_metric or ""
+    online_gate = current is not None and (metric in ONLINE_METRICS or metric.startswith("reward/"))
+    gate_cur, gate_prev = (current, previous) if online_gate else \
+        (offline_tables["checkpoint"]["eval"], (offline_tables.get("previous") or {}).get("eval"))
     if current is None:  # offline numbers are then the whole evaluation: still draw them
-        files = plots({"offline": offline_section(offline_tables, examples)}, ckpt_dir / "eval")
+        files = plots({"offline": offline_section(offline_tables, examples), "loss_curve": curve}, ckpt_dir / "eval")
         gate_ok, gate_msg = offline_gate(spec, offline_tables)
     else:
-        curve = [(i + 1, v) for i, v in enumerate(ckpt.losses or [])]
         report = build_report(current, base=base, previous=previous, loss_curve=curve, offline=offline_tables,
                               offline_per_example=examples)
         report_md, verdict = markdown_report(report, title=f"eval_{spec.name} — {spec.target}@{version}"), report["verdict"]
@@ -211,16 +208,24 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
             files = log_report(tracker, ckpt.mlflow_run_id, report, out)
         else:
             files = plots(report, out)
-        metric = spec.gate_metric or ""
         gate_ok, gate_msg = gate(current, previous, metric, spec.gate.margin,
                                  higher_is_better=metric not in LOWER_IS_BETTER) \
-            if metric in ONLINE_METRICS or metric.startswith("reward/") else offline_gate(spec, offline_tables)
+            if online_gate else offline_gate(spec, offline_tables)
     if tracker is not None and ckpt.mlflow_run_id:
         tracker.log_metrics_to_run(ckpt.mlflow_run_id, {f"eval_{k}": v for k, v in _clean(offline).items()
-                                                        if isinstance(v, int | float)})
+                                                        if isinstance(v, int | float)}, step=ckpt.steps)
     report_md = slices_markdown(_clean(offline), slices, spec.eval.query) + "\n" + report_md
-    verdict_gate = Gate(gate_ok, gate_msg)
-    _write(ckpt_dir / "eval" / GATE_FILE, {"passed": gate_ok, "message": gate_msg})
+    num = lambda t, k: float(t[k]) if t and finite(t.get(k)) else None  # noqa: E731
+    verdict_gate = Gate(gate_ok, gate_msg, metric or None, num(gate_cur, metric), num(gate_prev, metric),
+                        spec.gate.margin, first_checkpoint=gate_prev is None)
+    _write(ckpt_dir / "eval" / GATE_FILE, verdict_gate.__dict__)
+    reg = ckpt.registration
+    if tracker is not None and ckpt.mlflow_run_id and reg.model_version:
+        numbers = {f"eval_{k}": v for k, v in {**_clean(offline), **_summary(current)}.items() if finite(v)}
+        tracker.describe_model_version(
+            ckpt.mlflow_run_id, reg.registered_model, reg.model_version, reg.model_id, numbers,
+            f"corpus {ckpt.corpus_ref} (version {version}); verdict: {verdict or 'offline only'}; "
+            f"gate {'passed' if gate_ok else 'FAILED'}: {gate_msg}", step=ckpt.steps)
     if gate_ok:
         promote(checkpoints, ckpt_dir)
         if tracker is not None and ckpt.registration.model_version:  # models:/tracemill-<corpus>@champion

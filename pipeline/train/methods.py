@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pipeline.corpus.store import Corpus
 
 TRAIN_QUERY = "SELECT * WHERE \"split\" = 'train'"
+EVAL_QUERY = "SELECT * WHERE \"split\" = 'eval'"  # scored during SFT for an eval_loss curve
 Tags = Mapping[str, str] | None
 
 
@@ -72,7 +73,7 @@ class TrainingMethod:
 
 def _train_sft(split: TrainSplit, recipe: SFTRecipe, tracker: Any, tags: Tags) -> TrainResult:
     return sft.train_sft_corpus(split.ref, recipe, root=split.root, query=split.query, tracker=tracker,
-                                run_tags=tags)
+                                run_tags=tags, eval_query=EVAL_QUERY)
 
 
 def _train_pref(split: TrainSplit, recipe: PrefRecipe, tracker: Any, tags: Tags) -> TrainResult:

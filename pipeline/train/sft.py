@@ -50,11 +50,19 @@ def prepare_rows(rows: Iterable[Mapping[str, Any]], max_length: int) -> tuple[li
     return ids_out, masks_out, skipped
 
 
-def sft_config(recipe: SFTRecipe) -> Any:
-    """The `SFTConfig` for a recipe: the shared TrainingArguments, pre-tokenized rows, no packing."""
+EVAL_ROWS = 64  # held-out rows scored at each eval step: enough for a curve, cheap next to training
+
+
+def sft_config(recipe: SFTRecipe, evaluate: bool = False) -> Any:
+    """The `SFTConfig` for a recipe: the shared TrainingArguments, pre-tokenized rows, no packing; with
+    `evaluate`, the eval split's loss about four times a run, so MLflow shows an `eval_loss` curve."""
     from trl import SFTConfig
 
-    return SFTConfig(**common_args(recipe), max_length=recipe.max_length, weight_decay=recipe.weight_decay,
+    args = common_args(recipe)
+    if evaluate:
+        args |= {"eval_strategy": "steps", "eval_steps": max(1, recipe.max_steps // 4),
+                 "per_device_eval_batch_size": recipe.per_device_batch_size}
+    return SFTConfig(**args, max_length=recipe.max_length, weight_decay=recipe.weight_decay,
                      assistant_only_loss=False, packing=False)
 
 
@@ -66,8 +74,9 @@ def build_trainer(ids: list[list[int]], masks: list[list[int]], recipe: SFTRecip
     return sft_trainer(datasets.Dataset.from_dict({"input_ids": ids, "assistant_masks": masks}), recipe, callbacks)
 
 
-def sft_trainer(dataset: Any, recipe: SFTRecipe, callbacks: list | None = None):
-    """An `SFTTrainer` over a `datasets.Dataset` or `IterableDataset` of `input_ids` + `assistant_masks`."""
+def sft_trainer(dataset: Any, recipe: SFTRecipe, callbacks: list | None = None, eval_dataset: Any = None):
+    """An `SFTTrainer` over a `datasets.Dataset` or `IterableDataset` of `input_ids` + `assistant_masks`
+    (and the same columns held out in `eval_dataset`, scored during training)."""
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
@@ -76,7 +85,8 @@ def sft_trainer(dataset: Any, recipe: SFTRecipe, callbacks: list | None = None):
         tokenizer.pad_token = tokenizer.eos_token
     with quiet_progress():
         model = load_causal_lm(recipe.base_model, settings_for(recipe.device))
-        trainer = SFTTrainer(model=model, args=sft_config(recipe), train_dataset=dataset, processing_class=tokenizer,
+        trainer = SFTTrainer(model=model, args=sft_config(recipe, eval_dataset is not None), train_dataset=dataset,
+                             eval_dataset=eval_dataset, processing_class=tokenizer,
                              callbacks=callbacks,
                              peft_config=lora_config(recipe.lora_r, recipe.lora_alpha) if use_lora(recipe) else None)
     trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; the numbers go to MLflow instead
@@ -95,12 +105,14 @@ def train_sft(rows: Iterable[Mapping[str, Any]], recipe: SFTRecipe, tracker: Any
 
 
 def train_sft_corpus(ref: str, recipe: SFTRecipe, *, root: str | None = None, query: str | None = None,
-                     tracker: Any = None, run_tags: Mapping[str, str] | None = None) -> TrainResult:
+                     tracker: Any = None, run_tags: Mapping[str, str] | None = None,
+                     eval_query: str | None = None) -> TrainResult:
     """Fine-tune on a pinned corpus version (`org/name@vN`, optionally a TQL slice), streamed by `CorpusLoader`
     (column block reads, shuffled by block) instead of materialized as Python rows: memory stays a few
     buffers whatever the corpus size, and a launched group gets the loader's settings, not the rows.
     The loader drops rows without a trainable token, as `prepare_rows` does; batches are cut per optimizer
-    micro-step over all devices, so rows of similar length share a batch."""
+    micro-step over all devices, so rows of similar length share a batch. `eval_query` (the eval split)
+    gives up to `EVAL_ROWS` held-out rows whose loss is logged as `eval_loss` during training."""
     from pipeline.train.loader import CorpusLoader  # torch and deeplake: only when streaming
 
     corpus = {"ref": ref, "root": root, "query": query, "max_length": recipe.max_length, "seed": recipe.seed,
@@ -110,9 +122,13 @@ def train_sft_corpus(ref: str, recipe: SFTRecipe, *, root: str | None = None, qu
     stats = {"train_rows": loader.num_rows, "skipped_rows": selected - loader.num_rows, "corpus_ref": ref}
     if not loader.num_rows:
         raise ValueError(f"no row of {ref} has a trainable token ({selected} skipped): nothing to train on")
+    held_out = loader.corpus.query(eval_query).rows()[:EVAL_ROWS] if eval_query else []
+    ids, masks, _ = prepare_rows(held_out, recipe.max_length)
+    evaluation = {"ids": ids, "masks": masks} if ids else None
     if launch.should_launch(recipe.devices):
-        return launch.launch("sft", {"corpus": loader.config, "stats": stats}, recipe, tracker, run_tags)
-    return fit_sft_corpus(loader.config, stats, recipe, tracker, run_tags)
+        return launch.launch("sft", {"corpus": loader.config, "stats": stats, "evaluation": evaluation}, recipe,
+                             tracker, run_tags)
+    return fit_sft_corpus(loader.config, stats, recipe, tracker, run_tags, evaluation=evaluation)
 
 
 def fit_sft(ids: list[list[int]], masks: list[list[int]], skipped: int, recipe: SFTRecipe, tracker: Any = None,
@@ -126,14 +142,15 @@ def fit_sft(ids: list[list[int]], masks: list[list[int]], skipped: int, recipe: 
 
 
 def fit_sft_corpus(corpus: Mapping[str, Any], stats: Mapping[str, Any], recipe: SFTRecipe, tracker: Any = None,
-                   run_tags: Mapping[str, str] | None = None, callbacks: Sequence[Any] = ()) -> TrainResult:
+                   run_tags: Mapping[str, str] | None = None, callbacks: Sequence[Any] = (),
+                   evaluation: Mapping[str, list] | None = None) -> TrainResult:
     """Train on a corpus stream (`CorpusLoader` settings) in this process. Every epoch reshuffles (the stream
     cycles until `max_steps`); under DDP rank 0 reads and the Trainer hands each rank its share of a batch."""
     from pipeline.train.loader import to_iterable_dataset  # torch and deeplake: only when streaming
 
     settings = {k: v for k, v in corpus.items() if k != "ref"}
     return _fit(lambda: to_iterable_dataset(corpus["ref"], epochs=None, **settings), stats, recipe, tracker, run_tags,
-                callbacks)
+                callbacks, evaluation)
 
 
 def fit_launched(payload: Mapping[str, Any], recipe: SFTRecipe, tracker: Any = None,
@@ -141,12 +158,18 @@ def fit_launched(payload: Mapping[str, Any], recipe: SFTRecipe, tracker: Any = N
     """One rank of a launched group: `payload` is what `train_sft` (prepared rows) or `train_sft_corpus`
     (the loader's settings) handed to `launch`."""
     if "corpus" in payload:
-        return fit_sft_corpus(payload["corpus"], payload["stats"], recipe, tracker, run_tags, callbacks)
+        return fit_sft_corpus(payload["corpus"], payload["stats"], recipe, tracker, run_tags, callbacks,
+                              payload.get("evaluation"))
     return fit_sft(payload["ids"], payload["masks"], payload["skipped"], recipe, tracker, run_tags, callbacks)
 
 
 def _fit(make_dataset: Callable[[], Any], stats: Mapping[str, Any], recipe: SFTRecipe, tracker: Any,
-         run_tags: Mapping[str, str] | None, callbacks: Sequence[Any]) -> TrainResult:
+         run_tags: Mapping[str, str] | None, callbacks: Sequence[Any],
+         evaluation: Mapping[str, list] | None = None) -> TrainResult:
     """The SFT run itself; the dataset is made once the MLflow run is open (a stream opens the corpus then)."""
-    return run_tracked("sft", recipe, lambda cbs: sft_trainer(make_dataset(), recipe, cbs), stats, tracker, run_tags,
-                       callbacks, save=save_merged if use_lora(recipe) else save_with_trainer)  # adapters merged
+    import datasets
+
+    held_out = datasets.Dataset.from_dict({"input_ids": evaluation["ids"], "assistant_masks": evaluation["masks"]}) \
+        if evaluation else None
+    return run_tracked("sft", recipe, lambda cbs: sft_trainer(make_dataset(), recipe, cbs, held_out), stats, tracker,
+                       run_tags, callbacks, save=save_merged if use_lora(recipe) else save_with_trainer)  # adapters merged

@@ -86,6 +86,8 @@ def train_corpus(spec: CorpusSpec, corpus_root: str, base_model_path: str, check
         train_rows=res.train_rows, size_mb=round(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6, 2),
         finished_at=time.time())
     if tracker is not None and res.mlflow_run_id:
+        tracker.log_corpus_input(res.mlflow_run_id, ref, f"{corpus.url}@{corpus.version}",
+                                 corpus.lineage.get("content_hash", ""))
         info = dataclasses.replace(info, registration=register(tracker, res.mlflow_run_id, out, spec.name,
                                                                {"corpus": ref, "format": spec.format}))
     info.write(summary_path)

@@ -1,0 +1,160 @@
+"""`tracemill trajectories list|show` and `tracemill outcome record`: read captured trajectories and
+their outcomes, and add an outcome, from a terminal.
+
+Why: before this, looking at what an agent did (and what it was scored) took Python and Parquet. Both
+read the joined lake, brought up to date from the landing area first (`refresh_lake`, incremental), so
+a trajectory shows up as soon as it has landed, with every outcome recorded for it so far.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from pipeline.capture.workspace import Workspace, WorkspaceNotFound
+from pipeline.cli.common import HomeOpt, JsonOpt, console, fail, fail_filter
+
+trajectories_app = typer.Typer(help="List and read captured trajectories with their outcomes.", no_args_is_help=True)
+outcome_app = typer.Typer(help="Record outcomes (rewards, ratings, labels) for trajectories.", no_args_is_help=True)
+
+FilterOpt = Annotated[str | None, typer.Option("--filter", help="Filter expression over the joined columns, "
+                                               "e.g. \"reward > 0 and agent = 'careful'\".")]
+DayOpt = Annotated[str | None, typer.Option("--day", help="Only this day (YYYY-MM-DD, the capture day).")]
+LimitOpt = Annotated[int, typer.Option("--limit", min=1, help="Show at most this many trajectories (newest first).")]
+RefreshOpt = Annotated[bool, typer.Option("--refresh/--no-refresh",
+                                          help="Bring the lake up to date with the landing area first.")]
+SHOWN = ("trajectory_id", "day", "agent", "task_id", "n_messages", "n_tool_calls", "n_tool_errors")
+
+
+def _open(name: str, home: str | None) -> Workspace:
+    try:
+        return Workspace.open(name, home=home, create=False)
+    except (WorkspaceNotFound, ValueError) as exc:
+        fail(str(exc))
+
+
+def _joined(ws: Workspace, refresh: bool, filter_: str | None, day: str | None) -> Any:
+    """The joined trajectories, filtered; a bad filter fails (with a caret) before the lake is read."""
+    import polars as pl
+
+    from pipeline.lake.filters import FilterError, apply_filter, compile_filter
+    from pipeline.lake.stages import read_joined, refresh_lake
+
+    try:
+        if refresh:
+            refresh_lake(ws, check=lambda columns: compile_filter(filter_, columns))
+        df = read_joined(ws)
+        if day is not None:
+            df = df.filter(pl.col("day") == day) if "day" in df.columns else df.clear()
+        return apply_filter(df, filter_) if filter_ else df
+    except FilterError as exc:
+        fail_filter(exc)
+
+
+def _outcome_columns(df: Any) -> list[str]:
+    """The flat outcome columns a join made (one per outcome name), in the joined frame's order."""
+    from pipeline.lake.ingest import TRAJECTORY_SCHEMA
+
+    skip = {"outcome_names", "step_outcomes_json", "n_outcomes"}
+    return [c for c in df.columns if c not in TRAJECTORY_SCHEMA and c not in skip and not c.endswith("_label")]
+
+
+@trajectories_app.command("list")
+def list_trajectories(workspace: str, filter: FilterOpt = None, day: DayOpt = None, limit: LimitOpt = 50,
+                      refresh: RefreshOpt = True, home: HomeOpt = None, json: JsonOpt = False):
+    """List trajectories (newest first) with their latest outcomes; `show` reads one in full."""
+    df = _joined(_open(workspace, home), refresh, filter, day)
+    total = df.height
+    if total:
+        df = df.sort("started_at", "trajectory_id", descending=True).head(limit)
+    cols = [c for c in SHOWN if c in df.columns] + _outcome_columns(df)
+    rows = df.select(cols).to_dicts() if total else []
+    if json:
+        console.print_json(orjson.dumps({"total": total, "trajectories": rows}, default=str).decode())
+        return
+    table = Table(*cols, title=f"{workspace}: {len(rows)} of {total} trajectories", title_style="bold")
+    for r in rows:
+        table.add_row(*("" if r[c] is None else f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+    console.print(table)
+
+
+def _message(m: dict[str, Any]) -> Panel:
+    """One message: its text (reasoning dimmed), each tool call with its arguments, a tool error in red."""
+    body = Text()
+    if m.get("reasoning"):
+        body.append(m["reasoning"] + "\n", style="dim italic")
+    if m.get("content"):
+        body.append(m["content"])
+    for call in m.get("tool_calls") or []:
+        body.append(f"\n→ {call.get('name')}({call.get('arguments', '{}')})", style="cyan")
+    title = m.get("role", "?") + (f" · {m['name']}" if m.get("name") else "")
+    style = "red" if m.get("is_error") else {"user": "green", "assistant": "blue", "tool": "yellow"}.get(m.get("role"), "")
+    return Panel(body, title=title, title_align="left", border_style=style)
+
+
+@trajectories_app.command("show")
+def show_trajectory(workspace: str, trajectory_id: str, refresh: RefreshOpt = True, home: HomeOpt = None,
+                    json: JsonOpt = False):
+    """One trajectory in full: its messages and tool calls, then every outcome recorded for it."""
+    import polars as pl
+
+    from pipeline.lake.ingest import read_outcomes
+
+    ws = _open(workspace, home)
+    found = _joined(ws, refresh, None, None)
+    found = found.filter(pl.col("trajectory_id") == trajectory_id) if found.height else found
+    if not found.height:
+        fail(f"trajectory {trajectory_id!r} is not in workspace {workspace!r}: "
+             f"`tracemill trajectories list {workspace}` shows the ids")
+    row = found.row(0, named=True)
+    messages = orjson.loads(row["messages_json"] or "[]")
+    outcomes = read_outcomes(ws).filter(pl.col("trajectory_id") == trajectory_id).sort("recorded_at")
+    if json:
+        console.print_json(orjson.dumps({**{k: row[k] for k in SHOWN if k in row}, "messages": messages,
+                                         "outcomes": outcomes.to_dicts()}, default=str).decode())
+        return
+    console.print(Text.assemble((trajectory_id, "bold"), f"  agent {row['agent']} · task {row['task_id']} · "
+                                f"day {row['day']} · {row['n_messages']} messages, {row['n_tool_calls']} tool calls"))
+    for m in messages:
+        console.print(_message(m))
+    table = Table("name", "value", "label", "step", "source", "recorded_at", title="outcomes", title_style="bold")
+    for o in outcomes.iter_rows(named=True):
+        table.add_row(o["name"], "" if o["value"] is None else f"{o['value']:g}", o["label"] or "",
+                      "" if o["step"] is None else str(o["step"]), o["source"], str(o["recorded_at"]))
+    console.print(table if outcomes.height else Text("no outcomes recorded", style="dim"))
+
+
+def parse_value(text: str) -> tuple[float | bool | None, str | None]:
+    """VALUE as (value, label): a number, true/false, or any other word as a label without a value."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true", None
+    try:
+        return float(text), None
+    except ValueError:
+        return None, text
+
+
+@outcome_app.command("record")
+def record_outcome(workspace: str, trajectory_id: str, name: str, value: str,
+                   source: Annotated[str, typer.Option(help="Who scored it: human, judge, env, test…")] = "human",
+                   home: HomeOpt = None):
+    """Record outcome NAME = VALUE (a number, true/false, or a word kept as a label) for a trajectory;
+    the next `list`/`show` (or the late-outcome sensor) joins it in."""
+    from pydantic import ValidationError
+
+    ws = _open(workspace, home)
+    number, label = parse_value(value)
+    try:
+        out = ws.record_outcome(trajectory_id, name, number, label=label, source=source)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"outcome {'.'.join(map(str, first['loc']))}: {first['msg']} (NAME is a letter or _ then "
+             f"letters, digits, _ . -)")
+    shown = out.label if out.value is None else f"{out.value:g}"
+    console.print(f"recorded {name} = {shown} for {trajectory_id} in {workspace} (source {source})")
