@@ -2,6 +2,8 @@
 materialized. Real assets on a temp home, a real Dagster instance, and Dagster's own evaluator of
 automation conditions (the one the automation sensor runs on every tick)."""
 
+from collections.abc import Callable
+
 import dagster as dg
 
 from assets.definitions import build_assets
@@ -25,10 +27,8 @@ def _requested(result: dg.EvaluateAutomationConditionsResult) -> set[str]:
     return {r.key.to_user_string() for r in result.results if r.true_subset.size}
 
 
-def test_a_rejoined_day_recurates_although_most_days_are_missing(home, tiny_model_dir):
-    ws = Workspace.open("demo", home=home)
-    stats = populate(ws, days=DAYS, per_day=8, seed=3, late_fraction=0.5)
-    cfg = _config(str(tiny_model_dir))
+def _graph(cfg: TracemillConfig, home) -> tuple[list, dg.Definitions, dg.DagsterInstance, Callable[..., None]]:
+    """The real asset graph of `cfg` on a temp home, an ephemeral instance, and `materialize(select, day)`."""
     assets, checks = build_assets(cfg)
     defs = dg.Definitions(assets=assets, asset_checks=checks, resources=local_resources(
         cfg.workspace, home=str(home), base_model=cfg.base_model))
@@ -37,6 +37,15 @@ def test_a_rejoined_day_recurates_although_most_days_are_missing(home, tiny_mode
     def materialize(select: list[str], day: str | None = None) -> None:
         assert dg.materialize([*assets, *checks], selection=select, partition_key=day, instance=instance,
                               resources=defs.resources).success
+
+    return assets, defs, instance, materialize
+
+
+def test_a_rejoined_day_recurates_although_most_days_are_missing(home, tiny_model_dir):
+    ws = Workspace.open("demo", home=home)
+    stats = populate(ws, days=DAYS, per_day=8, seed=3, late_fraction=0.5)
+    cfg = _config(str(tiny_model_dir))
+    assets, defs, instance, materialize = _graph(cfg, home)
 
     tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # before anything landed
     assert _requested(tick) == set()
@@ -72,14 +81,7 @@ def test_a_spec_that_retrains_on_new_versions_trains_and_evaluates_by_itself(hom
     spec = CorpusSpec(name="sft", filter="reward > 0", target="deeplake://local/sft", retrain="on_new_version")
     cfg = TracemillConfig(workspace="demo", base_model=str(tiny_model_dir), partitions_start="2026-11-01",
                           corpora=[spec])
-    assets, checks = build_assets(cfg)
-    defs = dg.Definitions(assets=assets, asset_checks=checks, resources=local_resources(
-        cfg.workspace, home=str(home), base_model=cfg.base_model))
-    instance = dg.DagsterInstance.ephemeral()
-
-    def materialize(select: list[str], day: str | None = None) -> None:
-        assert dg.materialize([*assets, *checks], selection=select, partition_key=day, instance=instance,
-                              resources=defs.resources).success
+    assets, defs, instance, materialize = _graph(cfg, home)
 
     tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # the sensor's first tick
     materialize(INGEST, DAYS[0])
