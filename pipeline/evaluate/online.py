@@ -24,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.chat import end_markers, family_of, parse_assistant_output, stop_token_ids, tokenize_prompt
+from pipeline.chat.generate import greedy_turn
 from pipeline.corpus.heldout import record_heldout
 from pipeline.corpus.redact import Redactor
 from pipeline.environment import (
@@ -98,32 +98,10 @@ class ModelPolicy:
     turns: list[Turn] = field(default_factory=list)
 
     def __call__(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        tok = self.tokenizer
-        prompt = tokenize_prompt(tok, messages, self.tools)
-        max_pos = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
-        keep = max_pos - self.max_new_tokens
-        truncated = len(prompt) > keep
-        prompt = prompt[-keep:] if truncated else prompt
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        stop = stop_token_ids(tok)
-        device = next(self.model.parameters()).device
-        started = time.perf_counter()
-        with torch.no_grad():
-            out = self.model.generate(input_ids=torch.tensor([prompt], device=device),
-                                      attention_mask=torch.ones((1, len(prompt)), dtype=torch.long, device=device),
-                                      do_sample=False, max_new_tokens=self.max_new_tokens,
-                                      eos_token_id=stop, pad_token_id=pad)
-        new = out[0, len(prompt):].tolist()
-        text = tok.decode(new, skip_special_tokens=False)
-        ends = end_markers(tok)
-        parsed = parse_assistant_output(text, family_of(tok), ends)
-        ended = any(e in text for e in ends) or (bool(new) and new[-1] in stop)
-        invalid = bool(parsed["invalid_tool_calls"]) or not (parsed["content"] or parsed["tool_calls"])
-        self.turns.append(Turn(len(prompt), len(new), (time.perf_counter() - started) * 1000,
-                               "stop" if ended else "length", invalid or not ended, truncated))
-        return {"content": parsed["content"], "tool_calls": parsed["tool_calls"]}
+        turn = greedy_turn(self.model, self.tokenizer, messages, self.tools, self.max_new_tokens)
+        self.turns.append(Turn(turn.prompt_tokens, turn.new_tokens, turn.ms, "stop" if turn.ended else "length",
+                               turn.invalid, turn.truncated))
+        return turn.message
 
 
 def model_policy(checkpoint_dir: str | Path, *, max_new_tokens: int = 64, tools_in_prompt: bool = False,

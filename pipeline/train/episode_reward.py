@@ -15,7 +15,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeline.chat import end_markers, family_of, parse_assistant_output, stop_token_ids, tokenize_prompt
+from pipeline.chat import parse_assistant_output
+from pipeline.chat.generate import greedy_turn
 from pipeline.environment import (
     Environment,
     EnvironmentCallError,
@@ -39,27 +40,12 @@ class GreedyPolicy:
         self.model, self.tokenizer, self.max_new_tokens, self.tools = model, tokenizer, max_new_tokens, tools
 
     def __call__(self, messages: list[Message]) -> Message:
-        import torch
-
-        tok = self.tokenizer
-        prompt = tokenize_prompt(tok, messages, self.tools)
-        keep = (getattr(self.model.config, "max_position_embeddings", None) or 1 << 30) - self.max_new_tokens
-        prompt = prompt[-keep:]
-        stop = stop_token_ids(tok)
-        device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():
-                out = self.model.generate(input_ids=torch.tensor([prompt], device=device),
-                                          attention_mask=torch.ones((1, len(prompt)), dtype=torch.long, device=device),
-                                          do_sample=False, max_new_tokens=self.max_new_tokens, eos_token_id=stop,
-                                          pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else stop[0])
+            return greedy_turn(self.model, self.tokenizer, messages, self.tools, self.max_new_tokens).message
         finally:
             self.model.train(was_training)
-        text = tok.decode(out[0, len(prompt):].tolist(), skip_special_tokens=False)
-        parsed = parse_assistant_output(text, family_of(tok), end_markers(tok))
-        return {"content": parsed["content"], "tool_calls": parsed["tool_calls"]}
 
 
 class EpisodeReward:
