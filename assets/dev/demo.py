@@ -95,7 +95,7 @@ def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None, 
             run("ingest_daily", day)
         second = run("corpus_refresh")
 
-    console.rule("[bold]4. fine-tune and evaluate")
+    console.rule(f"[bold]{4 if delivered else 3}. fine-tune and evaluate")
     trained = run("train_and_eval")
 
     names = [c.name for c in cfg.corpora]
