@@ -4,7 +4,6 @@ sometimes, broken never), practice tasks disjoint from the held-out ones, and ON
 
 from __future__ import annotations
 
-import os
 from random import Random
 
 from examples.code.agents import AGENTS
@@ -33,15 +32,16 @@ def test_example_code_whole_loop(tmp_path, monkeypatch):
     checkpoint's and the base model's online success on the held-out tasks, captured to code_eval."""
     from assets.dev.demo import main
 
-    monkeypatch.setenv("TRACEMILL_HOME", str(tmp_path))
-    monkeypatch.delenv("TRACEMILL_CONFIG", raising=False)
+    monkeypatch.setenv("TRACEMILL_HOME", str(tmp_path))  # run_demo rewrites these two: restored afterwards
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.setenv("TRACEMILL_CONFIG", "examples/code/tracemill.yaml")
     summary = main(["--config", "examples/code/tracemill.yaml", "--populate", "examples.code.agents:populate",
                     "--per-day", "12", "--train-steps", "2"])
-    os.environ.pop("TRACEMILL_CONFIG", None)
     assert summary["counts"]["trajectories"] == 36 and summary["workspace"] == "code"
     for name in ("code_sft", "code_rl"):
         assert summary["corpora"][name]["dagster/row_count"] > 0
         assert summary["checkpoints"][name]["steps"] == 2
         ev = summary["evals"][name]
         assert 0 <= ev["online_success_rate"] <= 1 and 0 <= ev["base_online_success_rate"] <= 1
-    assert (tmp_path / "landing" / "code_eval").exists() or any(tmp_path.rglob("*code_eval*"))
+    captured = tmp_path / "workspaces" / "code_eval"  # online rollouts: their own workspace, not `code`
+    assert any((captured / "landing" / "trajectory").rglob("*.*")) and (captured / "heldout_tasks.json").exists()
