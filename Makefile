@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: setup demo test test-fast chromium backfill ui mlflow-ui lint bench clean smollm2
+.PHONY: setup demo example-support example-code test test-fast chromium backfill ui mlflow-ui lint bench clean smollm2
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ setup: $(STAMP)        # the Dagster instance settings (assets/dagster.yaml) int
 
 demo: setup
 	$(PY) -m assets.dev.demo
+
+# The issue-14 examples: the same whole loop in their own world, home and config (examples/*/README.md).
+example-support example-code: example-%: setup
+	TRACEMILL_HOME=$(CURDIR)/.tracemill/example-$* DAGSTER_HOME=$(CURDIR)/.tracemill/example-$*/dagster \
+	  $(PY) -m assets.dev.demo --config examples/$*/tracemill.yaml --populate examples.$*.agents:populate \
+	  --per-day $(or $(PER_DAY),40)
 
 test: setup chromium
 	$(PY) -m pytest

@@ -4,10 +4,17 @@ The story it tells: trajectories land over three days with 30% of their rewards 
 graph runs and snapshots corpus v1; the late rewards arrive, the affected day partitions are
 re-materialized (what the late-outcome sensor does in production) and the corpus gets v2; then the
 tiny model is fine-tuned on v2 and evaluated on its eval slice. Run it twice: same data, same version.
+
+The same story runs the examples (issue 14): `--config` picks another tracemill.yaml and `--populate`
+another scripted-traffic function (`module:function`, called as `populate(ws, days=, per_day=, seed=)`,
+returning stats with `trajectories_per_agent` and, optionally, held-back `late_outcomes`), e.g.
+`python -m assets.dev.demo --config examples/support/tracemill.yaml --populate examples.support.agents:populate`.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import os
 import time
 import warnings
@@ -31,8 +38,20 @@ def _prepare_env() -> Path:
     return home
 
 
-def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None) -> dict:
+DEMO_POPULATE = "pipeline.demo.agents:populate"
+
+
+def _load(ref: str):
+    """`module:function` → the function (the populate hook)."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None, config: str | None = None,
+             populate: str = DEMO_POPULATE) -> dict:
     t0 = time.time()
+    if config:  # every later load_config() (assets, sensors) must read the same file
+        os.environ["TRACEMILL_CONFIG"] = str(Path(config).resolve())
     warnings.filterwarnings("ignore", module=r"dagster(\..*)?$")  # beta/preview notices, not news for a demo
     home = _prepare_env()
     import dagster as dg
@@ -40,7 +59,6 @@ def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None) 
     from assets.definitions import build_definitions
     from pipeline.capture.workspace import Workspace
     from pipeline.config import load_config
-    from pipeline.demo.agents import deliver_late, populate
     from pipeline.lake.ingest import workspace_counts
 
     cfg = load_config()
@@ -51,8 +69,8 @@ def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None) 
     instance = dg.DagsterInstance.get()
     ws = Workspace.open(cfg.workspace)
 
-    console.rule("[bold]1. agents act in the demo world")
-    stats = populate(ws, days=DEMO_DAYS, per_day=per_day, seed=seed)
+    console.rule(f"[bold]1. agents act in the {cfg.workspace} world")
+    stats = _load(populate)(ws, days=DEMO_DAYS, per_day=per_day, seed=seed)
     console.print(f"captured {sum(stats.trajectories_per_agent.values())} trajectories "
                   f"({len(stats.late_outcomes)} rewards held back as late)")
 
@@ -68,13 +86,16 @@ def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None) 
         run("ingest_daily", day)
     first = run("corpus_refresh")
 
-    console.rule("[bold]3. late rewards arrive → affected partitions re-materialized")
-    delivered = deliver_late(ws, stats)
-    for day in DEMO_DAYS:
-        run("ingest_daily", day)
-    second = run("corpus_refresh")
+    delivered, second = 0, first
+    if getattr(stats, "late_outcomes", None):
+        console.rule("[bold]3. late rewards arrive → affected partitions re-materialized")
+        delivered = ws.write_outcomes(stats.late_outcomes)
+        stats.late_outcomes = []
+        for day in DEMO_DAYS:
+            run("ingest_daily", day)
+        second = run("corpus_refresh")
 
-    console.rule("[bold]4. fine-tune and evaluate")
+    console.rule(f"[bold]{4 if delivered else 3}. fine-tune and evaluate")
     trained = run("train_and_eval")
 
     names = [c.name for c in cfg.corpora]
@@ -106,7 +127,7 @@ def _fmt(v) -> str:
 
 def _print_summary(s: dict) -> None:
     c = s["counts"]
-    t = Table(title="tracemill demo", show_header=False, title_style="bold")
+    t = Table(title=f"tracemill demo ({s['workspace']})", show_header=False, title_style="bold")
     t.add_row("trajectories captured", f"{c['trajectories']} ({c['messages']} messages, {c['tool_calls']} tool calls)")
     t.add_row("outcomes", f"{c['outcomes']} ({s['late_delivered']} arrived late)")
     t.add_row("quarantined records", str(c["quarantined"]))
@@ -133,5 +154,16 @@ def _print_summary(s: dict) -> None:
                   "[bold]make mlflow-ui[/] (MLflow, http://127.0.0.1:5000)")
 
 
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", help="a tracemill.yaml (default: $TRACEMILL_CONFIG or ./tracemill.yaml)")
+    ap.add_argument("--populate", default=DEMO_POPULATE, help="module:function writing the scripted traffic")
+    ap.add_argument("--per-day", type=int, default=300, help="trajectories captured per day (3 days)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-steps", type=int, help="override every corpus's train.max_steps")
+    a = ap.parse_args(argv)
+    return run_demo(a.per_day, a.seed, a.train_steps, a.config, a.populate)
+
+
 if __name__ == "__main__":
-    run_demo()
+    main()

@@ -24,6 +24,17 @@ TASKS = [
     ("rev", "Write `def rev(s)` returning the reversed string.", [("rev('ab')", "ba"), ("rev('')", "")]),
     ("evens", "Write `def evens(xs)` returning the even numbers of xs.", [("evens([1, 2, 4])", [2, 4])]),
 ]
+# Practice tasks for the scripted agents (`train_tasks`): the held-out TASKS above never reach a train split.
+TRAIN = [
+    ("double", "Write `def double(x)` returning 2 * x.", [("double(4)", 8), ("double(0)", 0)]),
+    ("neg", "Write `def neg(x)` returning -x.", [("neg(3)", -3), ("neg(-1)", 1)]),
+    ("first", "Write `def first(xs)` returning the first item of xs.", [("first([7, 8])", 7)]),
+    ("last", "Write `def last(xs)` returning the last item of xs.", [("last([7, 8])", 8)]),
+    ("upper", "Write `def upper(s)` returning s in upper case.", [("upper('ab')", "AB")]),
+    ("total", "Write `def total(xs)` returning the sum of xs.", [("total([1, 2, 3])", 6), ("total([])", 0)]),
+    ("odds", "Write `def odds(xs)` returning the odd numbers of xs.", [("odds([1, 2, 3])", [1, 3])]),
+    ("maxi", "Write `def maxi(xs)` returning the largest item of xs.", [("maxi([3, 9, 2])", 9)]),
+]
 _NET = ["unshare", "-rn"] if shutil.which("unshare") and subprocess.run(
     ["unshare", "-rn", "true"], capture_output=True).returncode == 0 else []
 
@@ -60,6 +71,10 @@ class CodeEnv:
 
     def eval_tasks(self, seed: int, n: int) -> list[CodeTask]:
         return [CodeTask(f"code-{name}", prompt, [list(t) for t in tests]) for name, prompt, tests in TASKS][:n]
+
+    def train_tasks(self) -> list[CodeTask]:
+        """The practice tasks (TRAIN), disjoint from the held-out eval tasks."""
+        return [CodeTask(f"code-{name}", prompt, [list(t) for t in tests]) for name, prompt, tests in TRAIN]
 
     def load_task(self, data: dict[str, Any]) -> CodeTask:
         return CodeTask(data["task_id"], data["prompt"], data["tests"])

@@ -111,6 +111,14 @@ def offline_section(tables: Mapping[str, Mapping[str, Mapping[str, Any]] | None]
     return {"metrics": metrics, "primary": primary, "tables": clean, "comparisons": comparisons}
 
 
+def _default_slices(current: Mapping[str, Any]) -> dict[str, Slice]:
+    """The demo world's slices (by currency, quantity) when its tasks are what was evaluated; any other
+    environment's tasks have other fields, so they get only "all" (issue 14: examples/support, code)."""
+    tasks = current.get("tasks") or []
+    demo = all(isinstance(r.get("task"), Mapping) and {"currency", "quantity"} <= set(r["task"]) for r in tasks)
+    return DEFAULT_SLICES if demo else {"all": DEFAULT_SLICES["all"]}
+
+
 def build_report(current: Mapping[str, Any], *, base: Mapping[str, Any] | None = None,
                  previous: Mapping[str, Any] | None = None, slices: Mapping[str, Slice] | None = None,
                  metrics: Sequence[str] = DEFAULT_METRICS, loss_curve: Sequence[tuple[int, float]] | None = None,
@@ -120,7 +128,7 @@ def build_report(current: Mapping[str, Any], *, base: Mapping[str, Any] | None =
     """One JSON-able dict with slice × metric tables for each model, paired comparisons of the
     checkpoint against base and previous per slice, reward lists, the loss curve, and (when given)
     the offline metrics per slice in the same shape (see `offline_section`)."""
-    slices = dict(slices or DEFAULT_SLICES)
+    slices = dict(slices or _default_slices(current))
     results = {k: v for k, v in zip(MODELS, (current, base, previous), strict=True) if v is not None}
     tables = {m: slice_metrics(r, slices) for m, r in results.items()}
     comparisons: dict[str, dict[str, Any]] = {}
