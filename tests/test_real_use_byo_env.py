@@ -90,7 +90,7 @@ def bad_policy(task):
 
 # ---- the tests --------------------------------------------------------------------------------------------
 SPEC = CorpusSpec(name="adder", format="rl", target="deeplake://local/adder", environment=ENV,
-                  environment_config={"offset": 1}, online={"n_tasks": 4, "max_steps": 3, "timeout_s": 1.0},
+                  environment_config={"offset": 1}, online={"n_tasks": 4, "max_steps": 3, "timeout_s": 2.0},
                   rewards=["tracemill.rewards:valid_tool_call", "tracemill.rewards:exact_answer",
                            f"{__name__}:raising_reward", f"{__name__}:hanging_reward"],
                   train={"max_steps": 1, "batch_size": 4, "num_generations": 4, "max_completion_length": 12})

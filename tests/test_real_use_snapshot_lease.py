@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import deeplake
+import orjson
 import pytest
 
-from pipeline.corpus.lease import LeaseHeld, SnapshotLease, lease_url, read_lease
+from pipeline.corpus.lease import LeaseHeld, SnapshotLease, _store, lease_url, read_lease
 from pipeline.corpus.store import list_versions, open_corpus, resolve_corpus_url, snapshot
 from tests.test_cli import tm
 from tests.test_corpus import make_rows
@@ -54,6 +55,15 @@ def child(script: str, *args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-c", script, *args], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def expire(url: str) -> None:
+    """Move a lease's expiry into the past through the lease's own store (If-Match on S3), as the end of a
+    dead holder's TTL would: the takeover is then tested without a race against a short TTL on a loaded machine."""
+    store = _store(url)
+    data, token = store.read()
+    record = {**orjson.loads(data), "expires_at": time.time() - 1}
+    assert store.replace(orjson.dumps(record), token) is not None
 
 
 def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
@@ -133,23 +143,25 @@ def test_a_writer_killed_right_after_its_revert_leaves_a_clean_head(tmp_path):
 
 def test_a_killed_holder_blocks_only_until_its_lease_expires(tmp_path):
     url = resolve_corpus_url("org/sft", f"file://{tmp_path}/corpora")
-    holder = child(HOLDER, url, "2", "die")
+    holder = child(HOLDER, url, "600", "die")  # a TTL no loaded machine outlives within this test
     assert holder.wait(timeout=120) == 9 and holder.stdout.read().strip() == "held"
     with pytest.raises(LeaseHeld, match=r"is being snapshotted by .*:\d+:.*lease until"):
         snapshot(make_rows(range(3)), url)
-    wait_for(lambda: read_lease(url)["expires_at"] < time.time(), what="the lease to expire")
+    expire(url)  # what the passing of its TTL does, without waiting on the clock
     assert snapshot(make_rows(range(3)), url).version == "v1"  # taken over
     assert read_lease(url) is None and not Path(lease_url(url).removeprefix("file://")).exists()
 
 
 def test_a_live_holder_keeps_renewing_past_its_ttl(tmp_path):
     url = resolve_corpus_url("org/sft", f"file://{tmp_path}/corpora")
-    holder = child(HOLDER, url, "3", "wait", stdin=subprocess.PIPE)  # renews every second
+    # renews every 3 s; only a holder starved for 6 s would lose it, which is what the lease is for
+    holder = child(HOLDER, url, "9", "wait", stdin=subprocess.PIPE)
     try:
         assert holder.stdout.readline().strip() == "held"
         first = read_lease(url)["expires_at"]
+        wait_for(lambda: read_lease(url)["expires_at"] > first, what="the holder to renew its lease")
         wait_for(lambda: time.time() > first + 0.5, what="the first expiry to pass")
-        assert read_lease(url)["expires_at"] > time.time()  # renewed
+        assert read_lease(url)["expires_at"] > first  # renewed past its first expiry
         with pytest.raises(LeaseHeld):  # so still held after its first expiry
             SnapshotLease(url, "org/sft").acquire()
     finally:
@@ -182,9 +194,9 @@ def test_s3_lease_is_exclusive_and_expired_ones_are_taken_over(tmp_path):
     assert [v["version"] for v in list_versions(url)] == [f"v{i}" for i in range(1, codes.count(0) + 1)]
     assert read_lease(url) is None  # every winner deleted its lease (If-Match on its own ETag)
 
-    holder = child(HOLDER, url, "1.5", "die")
+    holder = child(HOLDER, url, "600", "die")
     assert holder.wait(timeout=120) == 9
     with pytest.raises(LeaseHeld):
         snapshot(make_rows(range(7)), url)
-    wait_for(lambda: read_lease(url)["expires_at"] < time.time(), what="the S3 lease to expire")
+    expire(url)
     assert snapshot(make_rows(range(7)), url).created and read_lease(url) is None
