@@ -11,7 +11,9 @@ import hashlib
 from functools import cache
 from pathlib import Path
 
-PIPELINE = Path(__file__).resolve().parent.parent / "pipeline"
+import pipeline
+
+PIPELINE = Path(pipeline.__file__).resolve().parent  # where the library is installed, checkout or wheel
 
 
 @cache

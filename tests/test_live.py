@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from pipeline.capture.workspace import Workspace
-from pipeline.corpus.store import list_versions
+from pipeline.corpus.store import list_versions, open_corpus
 from pipeline.demo.agents import DemoStats, populate
 from pipeline.lake.backfill import plan_backfill, run_backfill
 from pipeline.lake.late import trajectory_days
@@ -228,13 +228,22 @@ def test_a_late_reward_becomes_a_new_corpus_version_by_itself(live):
     assert late, "the demo world held back no positive reward for the control day"
     assert ws.write_outcomes(late[:1]) == 1  # into the landing area, as an agent's SDK writes it
 
-    def new_version() -> list[dict] | None:
+    rewarded = late[0].trajectory_id
+    target = CONFIG["corpora"][0]["target"]
+
+    def version_with_the_late_row() -> list[dict] | None:
+        # Joins from the steps above may still add versions: what matters is that a version the automation
+        # made by itself holds the trajectory whose reward arrived late (it had none before).
         live.snapshot()
         versions = _versions()
-        return versions if len(versions) > len(before) and live.caught_up() else None
+        if len(versions) <= len(before) or not live.caught_up():
+            return None
+        return versions if rewarded in set(open_corpus(f"{target}@{versions[-1]['version']}").column("trajectory_id")) \
+            else None
 
-    after = wait_for(new_version, 240, "a new corpus version from the late reward", every=2)
-    assert len(after) == len(before) + 1 and after[-1]["row_count"] > before[-1]["row_count"], (before, after)
+    after = wait_for(version_with_the_late_row, 240, "a new corpus version holding the late-rewarded row", every=2)
+    assert rewarded not in set(open_corpus(f"{target}@{before[-1]['version']}").column("trajectory_id"))
+    assert after[-1]["row_count"] > before[-1]["row_count"], (before, after)
     rejoined = {t["value"] for r in live.sensor_runs() for t in r["tags"] if t["key"] == "dagster/partition"}
     assert DAYS[1] in rejoined  # the late_outcomes sensor re-joined the control day this time
     runs = live.sensor_runs("tracemill_automation")

@@ -145,7 +145,7 @@ def launch(kind: str, payload: Mapping[str, Any], recipe: Any, tracker: Any = No
         (work / "spec.json").write_bytes(orjson.dumps(spec))
         (work / "data.json").write_bytes(orjson.dumps(payload))
         cmd = command(devices, settings.mixed_precision, work / "spec.json", work / "data.json")
-        root = str(Path(__file__).resolve().parent.parent)  # so `-m pipeline.train.worker` imports this tree
+        root = str(Path(__file__).resolve().parents[2])  # the folder holding `pipeline/`: the worker imports this tree
         env = {**os.environ, WORKER_ENV: "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         start = time.perf_counter()
