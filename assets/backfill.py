@@ -77,20 +77,26 @@ class EventTail:
         self.instance, self.token, self.emit = instance, token, emit
         self.run_id: str | None = None
         self.cursor: str | None = None
+        self.seen: set[int] = set()  # storage ids already emitted
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._follow, daemon=True)
 
-    def poll(self) -> None:
+    def poll(self, cursor: str | None = None, *, advance: bool = True) -> None:
         if self.run_id is None:
             runs = self.instance.get_run_records(dg.RunsFilter(tags={BACKFILL_TAG: self.token}), limit=1)
             if not runs:
                 return
             self.run_id = runs[0].dagster_run.run_id
+        cursor = self.cursor if advance else cursor
         while True:
-            page = self.instance.get_records_for_run(self.run_id, cursor=self.cursor)
+            page = self.instance.get_records_for_run(self.run_id, cursor=cursor)
             for record in page.records:
-                self.emit(to_event(record.event_log_entry))
-            self.cursor = page.cursor
+                if record.storage_id not in self.seen:
+                    self.seen.add(record.storage_id)
+                    self.emit(to_event(record.event_log_entry))
+            cursor = page.cursor
+            if advance:
+                self.cursor = cursor
             if not page.has_more:
                 return
 
@@ -105,7 +111,9 @@ class EventTail:
     def __exit__(self, *exc: object) -> None:
         self.done.set()
         self.thread.join()
-        self.poll()  # whatever was written after the last tick
+        # the whole run once more, from its first record: a record committed after one with a higher id
+        # (two writers) would be behind the live cursor; `seen` keeps every record to one emit
+        self.poll(None, advance=False)
 
 
 def execute(instance: dg.DagsterInstance, selection: Sequence[str], tags: dict[str, str], config: dict,
