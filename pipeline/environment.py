@@ -25,7 +25,7 @@ import importlib
 import inspect
 import json
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, Protocol, runtime_checkable
@@ -39,6 +39,8 @@ DEFAULT_TIMEOUT_S = 30.0
 Message = dict[str, Any]
 # A policy maps the conversation so far to the next assistant message (or plain text).
 Policy = Callable[[list[Message]], "Message | str"]
+# A batched policy answers many open episodes at once: (episode indices, their conversations) -> one reply each.
+BatchPolicy = Callable[[Sequence[int], Sequence[list[Message]]], "list[Message | str]"]
 # A TRL reward function: f(prompts=…, completions=…, completion_ids=…, **dataset columns) -> one value each.
 RewardFunction = Callable[..., list[Any]]
 
@@ -203,15 +205,17 @@ class Episode:
     error: str | None = None
 
 
-def continue_episode(env: Environment, policy: Policy, task: Any, messages: list[Message], *, max_steps: int,
-                     timeout_s: float = DEFAULT_TIMEOUT_S) -> Episode:
-    """Run an episode from `messages` (the opening, plus any turns already taken): execute the last
-    assistant turn's tool calls, ask the policy for the next turn, until a turn without tool calls (the
-    final answer) or `max_steps` assistant turns (then the answer is empty). The environment's reward
-    scores the result. Errors in user code end the episode with reward 0 and the reason."""
-    messages = list(messages)
-    calls = sum(len(m.get("tool_calls") or []) for m in messages)
+def _episode(env: Environment, task: Any, messages: list[Message] | None, *, max_steps: int,
+             timeout_s: float) -> Generator[list[Message], Message | str, Episode]:
+    """The episode loop as a generator: it yields the conversation whenever the policy must write the next
+    assistant turn and is sent that turn back. Why a generator: the same loop then runs one episode with
+    a plain policy (`continue_episode`) or many in lockstep with a batched one (`run_episodes`).
+    `messages=None` resets the environment on `task` first."""
     try:
+        if messages is None:
+            messages = list(call_with_timeout(f"{env.name}.reset", env.reset, task, timeout_s=timeout_s))
+        messages = list(messages)
+        calls = sum(len(m.get("tool_calls") or []) for m in messages)
         while True:
             last = messages[-1] if messages and messages[-1]["role"] == "assistant" else None
             if last is not None:
@@ -224,21 +228,67 @@ def continue_episode(env: Environment, policy: Policy, task: Any, messages: list
                                      "content": str(content), "is_error": bool(is_error)})
             if sum(m["role"] == "assistant" for m in messages) >= max_steps:
                 return Episode(messages, "", 0.0)
-            msg = normalize_assistant(policy(messages), calls)
+            msg = normalize_assistant((yield messages), calls)
             calls += len(msg["tool_calls"])
             messages.append(msg)
         final = messages[-1]["content"] or ""
         reward = call_with_timeout(f"{env.name}.reward", env.reward, task, messages, timeout_s=timeout_s)
         return Episode(messages, final, float(reward))
     except EnvironmentCallError as exc:
-        return Episode(messages, "", 0.0, str(exc))
+        return Episode(messages or [], "", 0.0, str(exc))
+
+
+def continue_episode(env: Environment, policy: Policy, task: Any, messages: list[Message], *, max_steps: int,
+                     timeout_s: float = DEFAULT_TIMEOUT_S) -> Episode:
+    """Run an episode from `messages` (the opening, plus any turns already taken): execute the last
+    assistant turn's tool calls, ask the policy for the next turn, until a turn without tool calls (the
+    final answer) or `max_steps` assistant turns (then the answer is empty). The environment's reward
+    scores the result. Errors in user code end the episode with reward 0 and the reason."""
+    loop = _episode(env, task, messages, max_steps=max_steps, timeout_s=timeout_s)
+    try:
+        conversation = next(loop)
+        while True:
+            conversation = loop.send(policy(conversation))
+    except StopIteration as done:
+        return done.value
 
 
 def run_episode(env: Environment, policy: Policy, task: Any, *, max_steps: int = 8,
                 timeout_s: float = DEFAULT_TIMEOUT_S) -> Episode:
     """Reset the environment on `task` and let the policy act in it (see `continue_episode`)."""
-    try:
-        opening = call_with_timeout(f"{env.name}.reset", env.reset, task, timeout_s=timeout_s)
-    except EnvironmentCallError as exc:
-        return Episode([], "", 0.0, str(exc))
-    return continue_episode(env, policy, task, list(opening), max_steps=max_steps, timeout_s=timeout_s)
+    return continue_episode(env, policy, task, None, max_steps=max_steps, timeout_s=timeout_s)  # type: ignore[arg-type]
+
+
+def run_episodes(envs: Sequence[Environment], policy: BatchPolicy, tasks: Sequence[Any], *, max_steps: int = 8,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, openings: Sequence[list[Message] | None] | None = None,
+                 on_done: Callable[[int, Episode], None] | None = None) -> list[Episode]:
+    """Many episodes in lockstep: each round, every episode still open gets its next turn from one call of
+    the batched policy (`policy(indices, conversations)`, one reply each), so a model generates all of
+    them in one batch. The same loop as `run_episode`, episode by episode; `openings` continue episodes
+    from given messages instead of resetting (GRPO's sampled first turns). `on_done(i, episode)` is called
+    as each one finishes."""
+    starts = openings or [None] * len(tasks)
+    loops = [_episode(env, task, opening, max_steps=max_steps, timeout_s=timeout_s)
+             for env, task, opening in zip(envs, tasks, starts, strict=True)]
+    done: dict[int, Episode] = {}
+    waiting: dict[int, list[Message]] = {}
+
+    def advance(i: int, reply: Message | str | None, first: bool = False) -> None:
+        try:
+            waiting[i] = next(loops[i]) if first else loops[i].send(reply)
+        except StopIteration as finished:
+            waiting.pop(i, None)
+            done[i] = finished.value
+            if on_done is not None:
+                on_done(i, finished.value)
+
+    for i in range(len(loops)):
+        advance(i, None, first=True)
+    while waiting:
+        order = sorted(waiting)
+        replies = policy(order, [waiting[i] for i in order])
+        if len(replies) != len(order):
+            raise ValueError(f"a batched policy must answer each of the {len(order)} conversations, got {len(replies)}")
+        for i, reply in zip(order, replies, strict=True):
+            advance(i, reply)
+    return [done[i] for i in range(len(loops))]

@@ -24,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.chat.generate import greedy_turn
+from pipeline.chat.generate import greedy_turns
 from pipeline.corpus.heldout import record_heldout
 from pipeline.corpus.redact import Redactor
 from pipeline.environment import (
@@ -33,6 +33,7 @@ from pipeline.environment import (
     Environment,
     EnvironmentCallError,
     EnvTask,
+    Episode,
     Policy,
     RewardFunction,
     call_with_timeout,
@@ -40,6 +41,7 @@ from pipeline.environment import (
     load_environment,
     load_reward,
     run_episode,
+    run_episodes,
 )
 from pipeline.schema import utcnow
 
@@ -87,8 +89,10 @@ class Turn:
 
 @dataclass
 class ModelPolicy:
-    """Greedy policy of a causal LM in its own chat template (tool calls parsed in its family's format). Stateless between calls (the model sees
-    only the messages), so one instance serves every task; `turns` logs each call for telemetry."""
+    """Greedy policy of a causal LM in its own chat template (tool calls parsed in its family's format).
+    Stateless between calls (the model sees only the messages), so one instance serves every task. As a
+    plain policy it logs each call in `turns`; as a batched one (`batch`, for `run_episodes`) it answers all
+    open episodes in one `generate` and logs each episode's turns under its index in `episode_turns`."""
 
     model: Any
     tokenizer: Any
@@ -96,12 +100,24 @@ class ModelPolicy:
     max_new_tokens: int = 64
     tools: list[dict[str, Any]] | None = None
     turns: list[Turn] = field(default_factory=list)
+    episode_turns: dict[int, list[Turn]] = field(default_factory=dict)
+
+    def _generate(self, conversations: Sequence[list[dict[str, Any]]]) -> list[tuple[Turn, dict[str, Any]]]:
+        out = greedy_turns(self.model, self.tokenizer, conversations, self.tools, self.max_new_tokens)
+        return [(Turn(g.prompt_tokens, g.new_tokens, g.ms, "stop" if g.ended else "length", g.invalid, g.truncated),
+                 g.message) for g in out]
 
     def __call__(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        turn = greedy_turn(self.model, self.tokenizer, messages, self.tools, self.max_new_tokens)
-        self.turns.append(Turn(turn.prompt_tokens, turn.new_tokens, turn.ms, "stop" if turn.ended else "length",
-                               turn.invalid, turn.truncated))
-        return turn.message
+        turn, message = self._generate([messages])[0]
+        self.turns.append(turn)
+        return message
+
+    def batch(self, indices: Sequence[int], conversations: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        replies = []
+        for i, (turn, message) in zip(indices, self._generate(conversations), strict=True):
+            self.episode_turns.setdefault(i, []).append(turn)
+            replies.append(message)
+        return replies
 
 
 def model_policy(checkpoint_dir: str | Path, *, max_new_tokens: int = 64, tools_in_prompt: bool = False,
@@ -162,27 +178,42 @@ def _capture(workspace: Any, trajectory_id: str, agent: str, model: str, task: E
         workspace.record_outcome(trajectory_id, name, value, source="env")
 
 
-def _run_one(env: Environment, policy: Policy, task: EnvTask, max_steps: int,
-             timeout_s: float) -> tuple[dict[str, Any], list[dict[str, Any]], list[Turn] | None]:
-    """One episode and its per-task numbers; turns come from the policy's log when it keeps one. A failure
-    of the environment's code is recorded in `error` (reward 0) instead of stopping the evaluation."""
-    log: list[Turn] | None = getattr(policy, "turns", None)
-    first = len(log) if log is not None else 0
-    t0 = time.perf_counter()
-    episode = run_episode(env, policy, task, max_steps=max_steps, timeout_s=timeout_s)
+def _result(task: EnvTask, episode: Episode, seconds: float, turns: list[Turn] | None) -> dict[str, Any]:
+    """One episode's per-task numbers; a failure of the environment's code is recorded in `error` (reward 0)
+    instead of stopping the evaluation. The rollout's messages travel with it (traces, reports)."""
     messages, reward = episode.messages, episode.reward
-    seconds = time.perf_counter() - t0
-    turns = log[first:] if log is not None else None
     assistants = [m for m in messages if m["role"] == "assistant"]
     tools = [m for m in messages if m["role"] == "tool"]
     invalid = (sum(t.invalid for t in turns) if turns is not None
                else sum(not (m["content"] or m["tool_calls"]) for m in assistants))
-    result = {"task_id": task.task_id, "task": task.to_dict(), "final_answer": episode.final_answer, "reward": reward,
-              "success": reward >= 1.0, "steps": len(assistants), "tool_calls": len(tools),
-              "tool_errors": sum(bool(m.get("is_error")) for m in tools), "invalid_turns": int(invalid),
-              "finished": bool(assistants) and not assistants[-1]["tool_calls"], "seconds": seconds,
-              **({"error": episode.error} if episode.error else {})}
-    return result, messages, turns
+    return {"task_id": task.task_id, "task": task.to_dict(), "final_answer": episode.final_answer, "reward": reward,
+            "success": reward >= 1.0, "steps": len(assistants), "tool_calls": len(tools),
+            "tool_errors": sum(bool(m.get("is_error")) for m in tools), "invalid_turns": int(invalid),
+            "finished": bool(assistants) and not assistants[-1]["tool_calls"], "seconds": seconds,
+            **({"error": episode.error} if episode.error else {})}
+
+
+def _rollouts(make: Callable[[], Environment], tasks: Sequence[EnvTask], policy_factory: PolicyFactory | None,
+              shared: ModelPolicy | None, max_steps: int,
+              timeout_s: float) -> list[tuple[dict[str, Any], list[dict[str, Any]], list[Turn] | None]]:
+    """Every task's episode: (result, messages, turns). A model policy advances all episodes together,
+    one batched `generate` per round; an injected policy runs them one after another."""
+    if shared is not None:
+        started, ended = time.perf_counter(), {}
+        episodes = run_episodes([make() for _ in tasks], shared.batch, tasks, max_steps=max_steps, timeout_s=timeout_s,
+                                on_done=lambda i, _: ended.setdefault(i, time.perf_counter()))
+        return [(_result(task, ep, ended[i] - started, shared.episode_turns.get(i, [])), ep.messages,
+                 shared.episode_turns.get(i, [])) for i, (task, ep) in enumerate(zip(tasks, episodes, strict=True))]
+    out = []
+    for task in tasks:
+        policy = policy_factory(task)  # type: ignore[misc]
+        log: list[Turn] | None = getattr(policy, "turns", None)
+        first = len(log) if log is not None else 0
+        t0 = time.perf_counter()
+        episode = run_episode(make(), policy, task, max_steps=max_steps, timeout_s=timeout_s)
+        turns = log[first:] if log is not None else None
+        out.append((_result(task, episode, time.perf_counter() - t0, turns), episode.messages, turns))
+    return out
 
 
 def _score_rewards(fns: Sequence[RewardFunction], task: EnvTask, messages: list[dict[str, Any]],
@@ -238,28 +269,29 @@ def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: in
     reward_fns = [load_reward(r) for r in rewards]
     name = Path(checkpoint_dir).name if checkpoint_dir is not None else "policy"
     agent = agent or f"ckpt:{name}"
-    if policy_factory is None:
+    shared = None
+    if policy_factory is None:  # stateless: one policy serves every task, in batches
         shared = model_policy(checkpoint_dir, max_new_tokens=max_new_tokens, tools_in_prompt=tools_in_prompt,
                               device=device, environment=env)
-        policy_factory = lambda task: shared  # noqa: E731  (stateless: one policy serves every task)
     ckpt = str(Path(checkpoint_dir).resolve()) if checkpoint_dir is not None else None
     env_ref = environment if isinstance(environment, str) else env.name
     results: list[dict[str, Any]] = []
     started = time.perf_counter()
+    tasks = list(env.eval_tasks(seed, n_tasks))
     with torch.random.fork_rng(devices=[]):  # seeded, without disturbing the caller's RNG state
         torch.manual_seed(seed)
-        for i, task in enumerate(env.eval_tasks(seed, n_tasks)):
-            result, messages, turns = _run_one(make(), policy_factory(task), task, max_steps, timeout_s)
-            if reward_fns:
-                result["rewards"], errors = _score_rewards(reward_fns, task, messages, env.tools, timeout_s)
-                if errors:
-                    result["reward_errors"] = errors
-            tid = _trajectory_id(ckpt or agent, tag, seed, i, task)
-            results.append({"index": i, "trajectory_id": tid, **result})
-            if workspace is not None and messages:
-                meta = {"checkpoint": ckpt, "eval_tag": tag, "task": task.to_dict(), "eval_seed": seed,
-                        "world": env.name, "environment": env_ref, "heldout": True, "eval_index": i}
-                _capture(workspace, tid, agent, name, task, messages, turns, result["reward"], meta, env.tools)
+        rollouts = _rollouts(make, tasks, policy_factory, shared, max_steps, timeout_s)
+    for i, (task, (result, messages, turns)) in enumerate(zip(tasks, rollouts, strict=True)):
+        if reward_fns:
+            result["rewards"], errors = _score_rewards(reward_fns, task, messages, env.tools, timeout_s)
+            if errors:
+                result["reward_errors"] = errors
+        tid = _trajectory_id(ckpt or agent, tag, seed, i, task)
+        results.append({"index": i, "trajectory_id": tid, **result, "messages": messages})
+        if workspace is not None and messages:
+            meta = {"checkpoint": ckpt, "eval_tag": tag, "task": task.to_dict(), "eval_seed": seed,
+                    "world": env.name, "environment": env_ref, "heldout": True, "eval_index": i}
+            _capture(workspace, tid, agent, name, task, messages, turns, result["reward"], meta, env.tools)
     if workspace is not None:  # curation of that workspace keeps these tasks out of train
         record_heldout(workspace, env_ref, [r["task_id"] for r in results])
     elapsed = time.perf_counter() - started

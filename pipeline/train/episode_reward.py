@@ -16,14 +16,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline.chat import parse_assistant_output
-from pipeline.chat.generate import greedy_turn
+from pipeline.chat.generate import greedy_turns
 from pipeline.environment import (
     Environment,
     EnvironmentCallError,
     Message,
     call_with_timeout,
-    continue_episode,
     normalize_assistant,
+    run_episodes,
 )
 
 
@@ -34,18 +34,23 @@ def _text(completion: Any) -> str:
 
 
 class GreedyPolicy:
-    """The model being trained, generating one assistant turn greedily (no gradient) in its own chat template."""
+    """The model being trained, generating assistant turns greedily (no gradient) in its own chat template;
+    `batch` answers every open episode of a reward call in one `generate` (`run_episodes`)."""
 
     def __init__(self, model: Any, tokenizer: Any, max_new_tokens: int, tools: list[dict[str, Any]] | None):
         self.model, self.tokenizer, self.max_new_tokens, self.tools = model, tokenizer, max_new_tokens, tools
 
-    def __call__(self, messages: list[Message]) -> Message:
+    def batch(self, indices: Sequence[int], conversations: Sequence[list[Message]]) -> list[Message]:
         was_training = self.model.training
         self.model.eval()
         try:
-            return greedy_turn(self.model, self.tokenizer, messages, self.tools, self.max_new_tokens).message
+            turns = greedy_turns(self.model, self.tokenizer, conversations, self.tools, self.max_new_tokens)
+            return [t.message for t in turns]
         finally:
             self.model.train(was_training)
+
+    def __call__(self, messages: list[Message]) -> Message:
+        return self.batch([0], [messages])[0]
 
 
 class EpisodeReward:
@@ -60,7 +65,7 @@ class EpisodeReward:
                  timeout_s: float, tools_in_prompt: bool = False):
         self.make_env, self.max_steps, self.max_new_tokens = make_env, max_steps, max_new_tokens
         self.timeout_s, self.tools_in_prompt = timeout_s, tools_in_prompt
-        self.policy: Callable[[list[Message]], Any] | None = None
+        self.policy: Callable[[list[Message]], Any] | None = None  # a GreedyPolicy once bound
         self.errors: list[str] = []
         self.episodes: list[dict[str, Any]] = []  # steps and reward per scored completion (tests, debugging)
 
@@ -69,27 +74,35 @@ class EpisodeReward:
         tools = self.make_env().tools if self.tools_in_prompt else None
         self.policy = GreedyPolicy(model, tokenizer, self.max_new_tokens, tools)
 
-    def _one(self, completion: Any, truth: Any) -> float | None:
-        env = self.make_env()
+    def _opening(self, env: Environment, completion: Any, truth: Any) -> tuple[Any, list[Message]] | None:
+        """The task and the episode so far (its opening plus the sampled first turn); None when the row is
+        not a task of this environment."""
         try:
             data = json.loads(truth) if isinstance(truth, str) else truth
             task = call_with_timeout(f"{env.name}.load_task", env.load_task, data, timeout_s=self.timeout_s)
             opening = call_with_timeout(f"{env.name}.reset", env.reset, task, timeout_s=self.timeout_s)
         except (EnvironmentCallError, ValueError):
-            return None  # not a task of this environment
-        first = normalize_assistant(parse_assistant_output(_text(completion)), 0)
-        policy = self.policy or (lambda messages: {"content": ""})  # unbound: the first turn alone is the episode
-        episode = continue_episode(env, policy, task, [*opening, first], max_steps=self.max_steps,
-                                   timeout_s=self.timeout_s)
-        if episode.error:
-            self.errors.append(episode.error)
-        self.episodes.append({"steps": sum(m["role"] == "assistant" for m in episode.messages),
-                              "reward": episode.reward, "error": episode.error})
-        return episode.reward
+            return None
+        return task, [*opening, normalize_assistant(parse_assistant_output(_text(completion)), 0)]
 
     def __call__(self, completions: Sequence[Any], ground_truth: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        """Every completion's episode, continued together: one batched `generate` per round of turns."""
         before = len(self.errors)
-        rewards = [self._one(c, t) for c, t in zip(completions, ground_truth, strict=True)]
+        envs = [self.make_env() for _ in completions]
+        starts = [self._opening(env, c, t) for env, c, t in zip(envs, completions, ground_truth, strict=True)]
+        live = [i for i, s in enumerate(starts) if s is not None]
+        one = self.policy or (lambda messages: {"content": ""})  # unbound: the first turn alone is the episode
+        policy = getattr(one, "batch", None) or (lambda indices, conversations: [one(c) for c in conversations])
+        episodes = run_episodes([envs[i] for i in live], policy, [starts[i][0] for i in live],  # type: ignore[index]
+                                max_steps=self.max_steps, timeout_s=self.timeout_s,
+                                openings=[starts[i][1] for i in live])  # type: ignore[index]
+        rewards: list[float | None] = [None] * len(completions)
+        for i, episode in zip(live, episodes, strict=True):
+            if episode.error:
+                self.errors.append(episode.error)
+            self.episodes.append({"steps": sum(m["role"] == "assistant" for m in episode.messages),
+                                  "reward": episode.reward, "error": episode.error})
+            rewards[i] = episode.reward
         if callable(log := kwargs.get("log_metric")):
             log("episode/errors", float(len(self.errors) - before))
         return rewards
