@@ -24,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from pipeline import progress
 from pipeline.chat.generate import greedy_turn
 from pipeline.corpus.heldout import record_heldout
 from pipeline.corpus.redact import Redactor
@@ -248,7 +249,8 @@ def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: in
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # seeded, without disturbing the caller's RNG state
         torch.manual_seed(seed)
-        for i, task in enumerate(env.eval_tasks(seed, n_tasks)):
+        episodes = list(env.eval_tasks(seed, n_tasks))
+        for i, task in enumerate(episodes):
             result, messages, turns = _run_one(make(), policy_factory(task), task, max_steps, timeout_s)
             if reward_fns:
                 result["rewards"], errors = _score_rewards(reward_fns, task, messages, env.tools, timeout_s)
@@ -260,6 +262,7 @@ def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: in
                 meta = {"checkpoint": ckpt, "eval_tag": tag, "task": task.to_dict(), "eval_seed": seed,
                         "world": env.name, "environment": env_ref, "heldout": True, "eval_index": i}
                 _capture(workspace, tid, agent, name, task, messages, turns, result["reward"], meta, env.tools)
+            progress.report(i + 1, len(episodes))  # episodes done: a terminal (the demo) shows them, Dagster ignores it
     if workspace is not None:  # curation of that workspace keeps these tasks out of train
         record_heldout(workspace, env_ref, [r["task_id"] for r in results])
     elapsed = time.perf_counter() - started
