@@ -23,6 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from assets.dev.demo_progress import stage_lines
 from assets.instance import dagster_home_for, ensure_dagster_home
 
 DEMO_DAYS = ["2026-11-16", "2026-11-17", "2026-11-18"]
@@ -75,8 +76,9 @@ def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None, 
                   f"({len(stats.late_outcomes)} rewards held back as late)")
 
     def run(job: str, partition_key: str | None = None) -> dg.ExecuteInProcessResult:
-        result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition_key,
-                                                               run_config=QUIET)
+        with stage_lines(instance, console) as run_id:  # a line per step and training/eval progress
+            result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition_key,
+                                                                   run_config=QUIET, run_id=run_id)
         if not result.success:
             raise SystemExit(f"job {job} failed")
         return result

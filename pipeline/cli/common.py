@@ -27,6 +27,7 @@ err = Console(stderr=True)
 
 HomeOpt = Annotated[str | None, typer.Option("--home", envvar="TRACEMILL_HOME", help="tracemill home folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+WorkspaceArg = Annotated[str, typer.Argument(help="Workspace name (`tracemill workspace list`).")]
 RootOpt = Annotated[str | None, typer.Option("--root", envvar="TRACEMILL_CORPUS_ROOT",
                                              help="Corpus root (default: the profile's corpus_root, else "
                                                   "file://<home>/corpora).")]
@@ -51,6 +52,14 @@ def fail_filter(exc: FilterError, code: int = 1) -> NoReturn:
               soft_wrap=True)
     err.print(Text(f"  {exc.window}\n  {' ' * exc.offset}^"), soft_wrap=True)
     raise typer.Exit(code)
+
+
+def note_unpinned(ref: str, version: str) -> None:
+    """Say on stderr which version a corpus reference without `@vN` resolved to: commands that read a
+    corpus (train, export) take its latest version then, and the log must still name what was read."""
+    if "@" not in ref.rsplit("/", 1)[-1]:
+        err.print(Text(f"note: --corpus {ref} names no version: using its latest, {ref}@{version} "
+                       f"(pass {ref}@{version} to pin it)"), soft_wrap=True)
 
 
 def settings(home: str | None = None, root: str | None = None) -> Settings:

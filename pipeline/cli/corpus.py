@@ -16,7 +16,9 @@ from pipeline.cli.common import (
     RootOpt,
     check_base_model,
     console,
+    err,
     fail,
+    note_unpinned,
     settings,
 )
 from pipeline.cli.errors import STORE_FIX
@@ -72,6 +74,7 @@ def snapshot(
     from pipeline.lake.filters import compile_filter
     from pipeline.lake.stages import refresh_lake
     from pipeline.models import resolve_model
+    from pipeline.progress import report, stage, stage_bars
     from pipeline.train.base_model import prepare_base_model
 
     try:  # a bad --to fails here, not after ingest and curation
@@ -86,21 +89,26 @@ def snapshot(
     ws = Workspace.open(workspace, home=home, create=False)
     spec = CorpusSpec(name="cli", format=format, filter=filter, target=to, eval_fraction=eval_fraction,
                       redact=not no_redact, wait=WaitPolicy(**_wait_policy(wait)))
-    with console.status("ingesting landed records and joining outcomes…"):
-        # the filter against the lake's columns, before the trajectory ingest (minutes on a big landing area)
-        lake_counts = refresh_lake(ws, check=lambda columns: compile_filter(filter, columns)).as_dict()
-    with console.status("curating…"):
-        _, cstats = stages.curate_corpus(ws, spec)
-    models = Path(resolve_model("tiny", (Path(home) if home else ws.home) / "models")).parent
-    if base_model == "tiny":
-        prepare_base_model(ws, "tiny", models)
-    with console.status("tokenizing and writing the snapshot…"):
+    # one row per stage on stderr (count, elapsed, ETA): ingest and curate here, tokenize and write are
+    # declared by the library where they run (`pipeline.progress.stage`)
+    with stage_bars(err, enabled=not json):
+        with stage("ingest", unit="days") as note:
+            # the filter against the lake's columns, before the trajectory ingest (minutes on a big landing area)
+            lake_counts = refresh_lake(ws, check=lambda columns: compile_filter(filter, columns)).as_dict()
+            note(f"{lake_counts['trajectories']} trajectories joined, {lake_counts['quarantined']} quarantined")
+        with stage("curate", unit="trajectories") as note:
+            _, cstats = stages.curate_corpus(ws, spec)
+            report(cstats.input_rows, cstats.input_rows)
+            note(f"kept {cstats.kept} ({cstats.after_filter} passed the filter)")
+        models = Path(resolve_model("tiny", (Path(home) if home else ws.home) / "models")).parent
+        if base_model == "tiny":
+            prepare_base_model(ws, "tiny", models)
         try:
             info = stages.snapshot_corpus(ws, spec, _root(root, home), base_model, models, allow_empty)
         except (LeaseHeld, LeaseLost) as exc:  # another snapshot of this corpus is running
             fail(str(exc))
-    if info.mode == "empty":
-        fail(info.lineage["empty"]["reason"])
+        if info.mode == "empty":  # inside: the rows go, the reason stays one line
+            fail(info.lineage["empty"]["reason"])
     result = {"ref": info.ref, "version": info.version, "created": info.created, "mode": info.mode,
               "rows": info.row_count, "appended": info.appended, "content_hash": info.content_hash,
               "lake": lake_counts, "curation": cstats.as_dict(), "wait": info.lineage.get("wait")}
@@ -137,7 +145,8 @@ def corpus_list(ref: Annotated[str, typer.Argument(help="Corpus, e.g. org/sft.")
 
 @corpus_app.command("show")
 def corpus_show(ref: Annotated[str, typer.Argument(help="org/sft@v3 (latest when no @).")], home: HomeOpt = None,
-                root: RootOpt = None, json: JsonOpt = False, rows: int = 5):
+                root: RootOpt = None, json: JsonOpt = False,
+                rows: Annotated[int, typer.Option(help="Rows to preview.")] = 5):
     """Lineage, split counts and a preview of one version."""
     from pipeline.corpus.store import open_corpus
 
@@ -163,8 +172,10 @@ def corpus_show(ref: Annotated[str, typer.Argument(help="org/sft@v3 (latest when
 
 
 @corpus_app.command("diff")
-def corpus_diff(a: str, b: str, home: HomeOpt = None, root: RootOpt = None, json: JsonOpt = False):
-    """What changed between two versions (rows added and removed)."""
+def corpus_diff(a: Annotated[str, typer.Argument(help="The older version, e.g. org/sft@v1.")],
+                b: Annotated[str, typer.Argument(help="The newer version of the same corpus: org/sft@v2, or just v2.")],
+                home: HomeOpt = None, root: RootOpt = None, json: JsonOpt = False):
+    """What changed between two versions of one corpus (rows added, removed, changed)."""
     from pipeline.corpus.store import diff_versions
 
     try:
@@ -176,3 +187,43 @@ def corpus_diff(a: str, b: str, home: HomeOpt = None, root: RootOpt = None, json
         return
     for k, v in d.items():
         console.print(f"{k}: {v}")
+
+
+@corpus_app.command("export")
+def corpus_export(
+    ref: Annotated[str, typer.Argument(help="Corpus version, e.g. org/sft@v3; without @vN the latest (named on "
+                                            "stderr).")],
+    out: Annotated[Path, typer.Option("--out", help="File (jsonl, parquet) or folder (hf) to write.")],
+    format: Annotated[str, typer.Option("--format", help="hf (a `datasets.load_from_disk` folder) | parquet | "
+                                                         "jsonl (one row per line).")] = "jsonl",
+    split: Annotated[str | None, typer.Option("--split", help="Only this split: train | eval.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
+    home: HomeOpt = None, root: RootOpt = None, json: JsonOpt = False,
+):
+    """Export a corpus version in TRL's dataset shapes: sft `messages` + `tools`, dpo `prompt`/`chosen`/
+    `rejected`, kto `prompt`/`completion`/`label`, rl `prompt` + `ground_truth` (ids, rewards and `split` ride
+    along), ready for `datasets.load_from_disk`, `load_dataset("parquet"|"json", …)` and TRL's trainers."""
+    import shutil
+
+    from pipeline.corpus.export import TRL_COLUMNS, corpus_format, write_export
+    from pipeline.corpus.store import open_corpus
+
+    if format not in ("hf", "parquet", "jsonl"):
+        fail(f"--format {format!r}: choose hf, parquet or jsonl")
+    if split not in (None, "train", "eval"):
+        fail(f"--split {split!r}: choose train or eval")
+    if out.exists() and not overwrite:
+        fail(f"--out {out} already exists: pass --overwrite to replace it, or another path")
+    c = open_corpus(ref, root=_root(root, home))  # a missing corpus or version: the one-line exit
+    note_unpinned(ref, c.version)
+    shape = corpus_format(c)
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    rows = write_export(c, out, format, split=split)  # type: ignore[arg-type]
+    result = {"ref": f"{c.url}@{c.version}", "out": str(out), "format": format, "rows": rows, "shape": shape,
+              "columns": [col for col in TRL_COLUMNS[shape] if col in c.columns or col == "tools"], "split": split}
+    if json:
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+        return
+    console.print(f"wrote {rows} {shape} rows ({', '.join(result['columns'])}) of [bold]{result['ref']}[/] "
+                  f"to {out} ({format})")

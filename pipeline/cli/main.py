@@ -10,15 +10,37 @@ from typing import Annotated
 import orjson
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.capture.workspace import Workspace, WorkspaceNotFound
-from pipeline.cli.common import HomeOpt, JsonOpt, console, err, fail
+from pipeline.cli.common import HomeOpt, JsonOpt, WorkspaceArg, console, err, fail, flat
 from pipeline.cli.errors import OneLineErrors, apply_hub_environment
 
 app = typer.Typer(help="tracemill: agent trajectories → curated, versioned corpora → trained models.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False, cls=OneLineErrors)
 workspace_app = typer.Typer(help="Create, list, inspect and delete workspaces.", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
+_STACK = ("torch", "transformers", "trl", "datasets", "deeplake", "dagster", "mlflow", "polars")
+
+
+def versions() -> list[tuple[str, str]]:
+    """tracemill's version, then the stack's, read from package metadata (nothing is imported: instant)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("tracemill", *_STACK):
+        try:
+            out.append((name, version(name)))
+        except PackageNotFoundError:
+            out.append((name, "not installed"))
+    return out
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        (name, own), *stack = versions()
+        sys.stdout.write(f"{name} {own}\n" + "".join(f"  {n} {v}\n" for n, v in stack))
+        raise typer.Exit()
 
 
 @app.callback()
@@ -27,6 +49,8 @@ def root(
                                         help="Show the full traceback of an error instead of one line.")] = False,
     online: Annotated[bool, typer.Option("--online", help="Let Hugging Face libraries reach the hub (default: "
                                          "offline unless HF_HUB_OFFLINE is set), e.g. to download a base model.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the versions of tracemill and of its stack, then exit.")] = False,
 ) -> None:
     """tracemill: agent trajectories → curated, versioned corpora → trained models."""
     apply_hub_environment(online)  # `debug` is read by OneLineErrors from this context
@@ -55,7 +79,8 @@ def schema(out: Annotated[Path | None, typer.Option(help="Write one <record>.sch
 
 
 @workspace_app.command("create")
-def workspace_create(name: str, description: str = "", home: HomeOpt = None):
+def workspace_create(name: WorkspaceArg, description: Annotated[str, typer.Option(
+        help="A free-text note kept with the workspace.")] = "", home: HomeOpt = None):
     """Create a workspace (a folder under the tracemill home)."""
     try:
         ws = Workspace.create(name, home=home, description=description)
@@ -80,7 +105,7 @@ def workspace_list(home: HomeOpt = None, json: JsonOpt = False):
 
 
 @workspace_app.command("show")
-def workspace_show(name: str, home: HomeOpt = None, json: JsonOpt = False):
+def workspace_show(name: WorkspaceArg, home: HomeOpt = None, json: JsonOpt = False):
     """Counts of trajectories, messages, tool calls, outcomes and quarantined records."""
     from pipeline.lake.ingest import workspace_counts
 
@@ -96,7 +121,7 @@ def workspace_show(name: str, home: HomeOpt = None, json: JsonOpt = False):
 
 
 @workspace_app.command("delete")
-def workspace_delete(name: str, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+def workspace_delete(name: WorkspaceArg, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
                      home: HomeOpt = None):
     """Delete a workspace and everything captured in it."""
     ws = open_ws(name, home)
@@ -158,7 +183,8 @@ def import_cmd(
         console.print(f"imported {summary.trajectories} trajectories, {summary.outcomes} outcomes "
                       f"into [bold]{ws.name}[/]")
         for p, e in summary.errors[:20]:
-            err.print(f"[yellow]{p}[/] record {e.index}: {e.field}: {e.reason}")
+            # str(e): "line 4: messages.0.role: …", or "line 4: invalid JSON …" when no field is at fault
+            err.print(Text.assemble((p, "yellow"), f" {flat(str(e))}"), soft_wrap=True)
         if not default_time and summary.timeless:
             err.print(f"[yellow]note:[/] {sum(summary.timeless.values())} trajectories without timestamps landed on "
                       f"{', '.join(summary.timeless)}: the day they were first imported here (a re-import keeps "

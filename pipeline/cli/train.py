@@ -1,4 +1,7 @@
-"""`tracemill train …` and `tracemill eval …`: train from a pinned corpus version, report on a checkpoint."""
+"""`tracemill train …` and `tracemill eval …`: train from a corpus version, report on a checkpoint.
+
+A `--corpus` without `@vN` trains on the latest version and says which on stderr (the run is tagged
+with the exact version either way), so a reader of the log knows what was trained on."""
 
 from __future__ import annotations
 
@@ -10,14 +13,25 @@ from typing import Annotated
 import orjson
 import typer
 
-from pipeline.cli.common import HomeOpt, JsonOpt, RootOpt, check_base_model, console, err, fail, settings
+from pipeline.cli.common import (
+    HomeOpt,
+    JsonOpt,
+    RootOpt,
+    check_base_model,
+    console,
+    err,
+    fail,
+    note_unpinned,
+    settings,
+)
 from pipeline.config import TrainSettings
 from pipeline.jsonio import finite_or_none
 from pipeline.progress import progress_bar
 from pipeline.train.checkpoints import LATEST_FILE, register
 from pipeline.train.methods import METHODS, TrainSplit, method_for
 
-train_app = typer.Typer(help="Fine-tune from a pinned corpus version (org/name@vN).", no_args_is_help=True)
+train_app = typer.Typer(help="Fine-tune from a corpus version (org/name@vN; the latest, named on stderr, without @vN).",
+                         no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate checkpoints and show their reports.", no_args_is_help=True)
 
 def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: int, learning_rate: float | None,
@@ -36,6 +50,7 @@ def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: in
         c = open_corpus(corpus, root=resolved.corpus_root_url)
     except LookupError as exc:
         fail(str(exc))
+    note_unpinned(corpus, c.version)
     have = c.lineage.get("format", "sft")
     if have != fmt:
         fail(f"{corpus} holds {have} rows, not {fmt}: use `tracemill train {method_for(have).name}` "
@@ -62,7 +77,8 @@ def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: in
     with progress_bar(f"{fmt} steps"):
         res = method.train(split, recipe, tracker, tags)
     console.print(f"saved [bold]{res.checkpoint_dir}[/]: {res.steps} steps, loss {res.losses[0]:.3f} → "
-                  f"{res.final_loss:.3f}, {res.tokens_per_second:,.0f} tokens/s, MLflow run {res.mlflow_run_id}")
+                  f"{res.final_loss:.3f}, {res.tokens_per_second:,.0f} tokens/s"
+                  + (f", MLflow run {res.mlflow_run_id}" if res.mlflow_run_id else " (not tracked)"))
     if tracker is not None and res.mlflow_run_id:
         reg = register(tracker, res.mlflow_run_id, res.checkpoint_dir, c.url.rstrip("/").rsplit("/", 1)[-1], tags)
         if reg.model_uri:
@@ -71,19 +87,23 @@ def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: in
             err.print(f"[yellow]checkpoint kept, but not registered in MLflow:[/] {reg.registration_error}")
 
 
-def _command(fmt: str):
+def _command(name: str, fmt: str):
+    example = f"org/{fmt}@v3"  # a corpus of this method's format: `train dpo` needs dpo rows
+
     def command(
-        corpus: Annotated[str, typer.Option("--corpus", help="Pinned corpus version, e.g. org/sft@v3.")],
+        corpus: str,  # annotated below: the help names this method's corpus
         base_model: Annotated[str, typer.Option("--base-model", help="HF model id or path ('tiny': the local one).")] = "tiny",
-        out: Annotated[Path | None, typer.Option("--out", help="Checkpoint folder.")] = None,
-        max_steps: Annotated[int, typer.Option("--max-steps")] = 100,
-        learning_rate: Annotated[float | None, typer.Option("--lr")] = None,
+        out: Annotated[Path | None, typer.Option("--out", help="Checkpoint folder (default: "
+                                                 "<home>/checkpoints/cli/<format>-<version>).")] = None,
+        max_steps: Annotated[int, typer.Option("--max-steps", help="Optimizer steps to train for.")] = 100,
+        learning_rate: Annotated[float | None, typer.Option("--lr", help="Learning rate (default: the method's, "
+                                                            "as in a corpus spec's train: section).")] = None,
         batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per optimizer step "
                                                 "(split across --devices).")] = 8,
         lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters (merged on save).")] = False,
-        seed: int = 0,
+        seed: Annotated[int, typer.Option(help="Random seed (data order, initialisation, sampling).")] = 0,
         tools_in_prompt: Annotated[bool, typer.Option(help="Render tool definitions into prompts.")] = False,
-        track: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = True,
+        track: Annotated[bool, typer.Option(help="Log the run to MLflow and register the checkpoint.")] = True,
         devices: Annotated[int, typer.Option("--devices", min=1, help="GPUs (processes) to train on; > 1 "
                                              "starts them with `accelerate launch` (DDP).")] = 1,
         home: HomeOpt = None, root: RootOpt = None,
@@ -91,12 +111,18 @@ def _command(fmt: str):
         _run(fmt, corpus, base_model, out, max_steps, learning_rate, batch_size, lora, seed, tools_in_prompt,
              home, root, track, devices)
 
-    command.__doc__ = f"{fmt.upper()} fine-tune from a pinned corpus version, with a progress bar and MLflow tracking."
+    # `from __future__ import annotations` makes annotations strings read in the module's globals, so the
+    # one that depends on this method is set as an object
+    command.__annotations__["corpus"] = Annotated[str, typer.Option(
+        "--corpus", help=f"Corpus version of {fmt} rows, e.g. {example}; without @vN its latest version is "
+                         "used and named on stderr.")]
+    command.__doc__ = (f"{name.upper()} fine-tune from a {fmt} corpus version, with a progress bar and MLflow "
+                       f"tracking.\n\nExample: tracemill train {name} --corpus {example} --max-steps 200")
     return command
 
 
 for _method in METHODS:  # one `tracemill train <method>` command per training method
-    train_app.command(_method.name)(_command(_method.corpus_format))
+    train_app.command(_method.name)(_command(_method.name, _method.corpus_format))
 
 
 def _report_folder(checkpoint: Path) -> Path:

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.capture.workspace import Workspace, WorkspaceNotFound
-from pipeline.cli.common import HomeOpt, JsonOpt, console, fail, fail_filter
+from pipeline.cli.common import HomeOpt, JsonOpt, WorkspaceArg, console, fail, fail_filter
 
 trajectories_app = typer.Typer(help="List and read captured trajectories with their outcomes.", no_args_is_help=True)
 outcome_app = typer.Typer(help="Record outcomes (rewards, ratings, labels) for trajectories.", no_args_is_help=True)
@@ -28,6 +28,7 @@ DayOpt = Annotated[str | None, typer.Option("--day", help="Only this day (YYYY-M
 LimitOpt = Annotated[int, typer.Option("--limit", min=1, help="Show at most this many trajectories (newest first).")]
 RefreshOpt = Annotated[bool, typer.Option("--refresh/--no-refresh",
                                           help="Bring the lake up to date with the landing area first.")]
+TrajectoryIdArg = Annotated[str, typer.Argument(help="Trajectory id (`tracemill trajectories list` shows them).")]
 SHOWN = ("trajectory_id", "day", "agent", "task_id", "n_messages", "n_tool_calls", "n_tool_errors")
 
 
@@ -65,7 +66,7 @@ def _outcome_columns(df: Any) -> list[str]:
 
 
 @trajectories_app.command("list")
-def list_trajectories(workspace: str, filter: FilterOpt = None, day: DayOpt = None, limit: LimitOpt = 50,
+def list_trajectories(workspace: WorkspaceArg, filter: FilterOpt = None, day: DayOpt = None, limit: LimitOpt = 50,
                       refresh: RefreshOpt = True, home: HomeOpt = None, json: JsonOpt = False):
     """List trajectories (newest first) with their latest outcomes; `show` reads one in full."""
     df = _joined(_open(workspace, home), refresh, filter, day)
@@ -98,7 +99,7 @@ def _message(m: dict[str, Any]) -> Panel:
 
 
 @trajectories_app.command("show")
-def show_trajectory(workspace: str, trajectory_id: str, refresh: RefreshOpt = True, home: HomeOpt = None,
+def show_trajectory(workspace: WorkspaceArg, trajectory_id: TrajectoryIdArg, refresh: RefreshOpt = True, home: HomeOpt = None,
                     json: JsonOpt = False):
     """One trajectory in full: its messages and tool calls, then every outcome recorded for it."""
     import polars as pl
@@ -141,7 +142,9 @@ def parse_value(text: str) -> tuple[float | bool | None, str | None]:
 
 
 @outcome_app.command("record")
-def record_outcome(workspace: str, trajectory_id: str, name: str, value: str,
+def record_outcome(workspace: WorkspaceArg, trajectory_id: TrajectoryIdArg,
+                   name: Annotated[str, typer.Argument(help="Outcome name, e.g. reward or helpful.")],
+                   value: Annotated[str, typer.Argument(help="A number, true/false, or a word (kept as a label).")],
                    source: Annotated[str, typer.Option(help="Who scored it: human, judge, env, test…")] = "human",
                    home: HomeOpt = None):
     """Record outcome NAME = VALUE (a number, true/false, or a word kept as a label) for a trajectory;

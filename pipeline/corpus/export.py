@@ -78,7 +78,7 @@ def trl_rows(corpus: Corpus, format: str | None = None, *, split: str | None = N
     """The corpus rows in TRL's shape for `format` (default: the lineage's, else inferred from columns).
     With `include_tokens`, token columns are kept (sft's renamed to TRL's `input_ids`/`assistant_masks`,
     which SFTTrainer honours as pre-tokenized); they only fit the tokenizer the corpus was built with."""
-    fmt = format or corpus.lineage.get("format") or infer_format(corpus.columns)
+    fmt = corpus_format(corpus, format)
     if fmt not in TRL_COLUMNS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(TRL_COLUMNS)}")
     have = set(corpus.columns)
@@ -106,17 +106,44 @@ def trl_rows(corpus: Corpus, format: str | None = None, *, split: str | None = N
     return out
 
 
-def to_hf_dataset(ref: str, root: str | None = None, format: str | None = None, *, split: str | None = None,
-                  include_tokens: bool = False) -> Any:
-    """`datasets.Dataset` of a corpus version (`org/name@vN`; latest without @) in TRL's format."""
+def corpus_format(corpus: Corpus, format: str | None = None) -> str:
+    """The TRL row shape a corpus exports as: `format`, else its lineage's, else inferred from its columns."""
+    return format or corpus.lineage.get("format") or infer_format(corpus.columns)
+
+
+def _dataset(corpus: Corpus, format: str | None, split: str | None, include_tokens: bool = False) -> Any:
     import datasets
 
-    corpus = open_corpus(ref, root)
     rows = trl_rows(corpus, format, split=split, include_tokens=include_tokens)
     if rows:
         return datasets.Dataset.from_list(rows)
-    fmt = format or corpus.lineage.get("format") or infer_format(corpus.columns)
+    fmt = corpus_format(corpus, format)
     return datasets.Dataset.from_dict({c: [] for c in (*TRL_COLUMNS[fmt], *META_COLUMNS[fmt])})
+
+
+def to_hf_dataset(ref: str, root: str | None = None, format: str | None = None, *, split: str | None = None,
+                  include_tokens: bool = False) -> Any:
+    """`datasets.Dataset` of a corpus version (`org/name@vN`; latest without @) in TRL's format."""
+    return _dataset(open_corpus(ref, root), format, split, include_tokens)
+
+
+def write_export(corpus: Corpus, out_path: str | Path, fmt: Literal["jsonl", "parquet", "hf"] = "jsonl",
+                 format: str | None = None, *, split: str | None = None) -> int:
+    """Write an open corpus version to `out_path` (see `export_corpus`); returns the rows written."""
+    if fmt not in ("jsonl", "parquet", "hf"):
+        raise ValueError(f"unknown export type {fmt!r}; expected jsonl, parquet or hf")
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "jsonl":
+        rows = trl_rows(corpus, format, split=split)
+        out.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+        return len(rows)
+    ds = _dataset(corpus, format, split)
+    if fmt == "parquet":
+        ds.to_parquet(str(out))
+    else:
+        ds.save_to_disk(str(out))
+    return ds.num_rows
 
 
 def export_corpus(ref: str, out_path: str | Path, fmt: Literal["jsonl", "parquet", "hf"] = "jsonl",
@@ -124,17 +151,7 @@ def export_corpus(ref: str, out_path: str | Path, fmt: Literal["jsonl", "parquet
     """Write a corpus version to `out_path`: JSONL (one TRL row per line, no Arrow null padding: what
     OpenAI-style fine-tuning APIs take), Parquet (the HF dataset's Arrow table), or an HF dataset folder
     (`datasets.load_from_disk`). Returns the path written."""
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "jsonl":
-        rows = trl_rows(open_corpus(ref, root), format, split=split)
-        out.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    elif fmt in ("parquet", "hf"):
-        ds = to_hf_dataset(ref, root, format, split=split)
-        if fmt == "parquet":
-            ds.to_parquet(str(out))
-        else:
-            ds.save_to_disk(str(out))
-    else:
+    if fmt not in ("jsonl", "parquet", "hf"):  # before the corpus is opened
         raise ValueError(f"unknown export type {fmt!r}; expected jsonl, parquet or hf")
-    return out
+    write_export(open_corpus(ref, root), out_path, fmt, format, split=split)
+    return Path(out_path)

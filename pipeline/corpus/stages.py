@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from pipeline import storage
+from pipeline import progress, storage
 from pipeline.capture.workspace import Workspace
 from pipeline.chat import chat_template_for
 from pipeline.config import CorpusSpec
@@ -152,11 +152,15 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
     tokenizer = AutoTokenizer.from_pretrained(model)
     chat = chat_template_for(tokenizer)  # the model's own template, or its family's fallback (chosen by a probe)
     fingerprint = tokenizer_fingerprint(base_model, model, chat.fingerprint())
-    rows, untrainable, reuse = tokenize_with_cache(  # only rows new since the last snapshot are tokenized
-        curated, lambda df: tokenize_format_rows(spec.format, df, tokenizer, spec.train.max_length, spec.tools_in_prompt),
-        ws.root / "curated" / f"{spec.name}.tokens.parquet",
-        {"format": spec.format, "tokenizer": fingerprint, "max_length": spec.train.max_length,
-         "tools_in_prompt": spec.tools_in_prompt})
+    with progress.stage("tokenize", unit="rows") as note:
+        rows, untrainable, reuse = tokenize_with_cache(  # only rows new since the last snapshot are tokenized
+            curated, lambda df: tokenize_format_rows(spec.format, df, tokenizer, spec.train.max_length,
+                                                     spec.tools_in_prompt),
+            ws.root / "curated" / f"{spec.name}.tokens.parquet",
+            {"format": spec.format, "tokenizer": fingerprint, "max_length": spec.train.max_length,
+             "tools_in_prompt": spec.tools_in_prompt})
+        progress.report(reuse["tokenized"], reuse["tokenized"])
+        note(f"{reuse['cached']} reused from the last snapshot, {untrainable} untrainable")
     event(log, "tokenized", corpus=spec.name, **reuse, untrainable=untrainable)
     if not rows.height and not allow_empty:  # every curated row was untrainable
         return _refuse_empty(url, joined, spec, curated.height, untrainable)
@@ -166,8 +170,10 @@ def snapshot_corpus(ws: Workspace, spec: CorpusSpec, corpus_root: str, base_mode
                "max_length": spec.train.max_length,
                "dropped_untrainable": untrainable, "tools_in_prompt": spec.tools_in_prompt,
                "wait": decision.as_dict()}
-    info = snapshot(rows, spec.target, root=corpus_root, lineage=lineage, message=f"{spec.name}: {rows.height} rows, filter `{spec.filter}`",
-                    allow_empty=allow_empty)
+    with progress.stage("write", unit="rows") as note:
+        info = snapshot(rows, spec.target, root=corpus_root, lineage=lineage,
+                        message=f"{spec.name}: {rows.height} rows, filter `{spec.filter}`", allow_empty=allow_empty)
+        note(f"{info.version or 'no version'} ({info.mode}, {info.row_count} rows)")
     event(log, "snapshot", corpus=spec.name, corpus_ref=f"{spec.target}@{info.version}", new_version=info.created,
           rows=info.row_count, appended=info.appended, content_hash=info.content_hash, parent=info.parent,
           mode=info.mode)

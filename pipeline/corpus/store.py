@@ -22,6 +22,7 @@ import deeplake
 import numpy as np
 import polars as pl
 
+from pipeline import progress
 from pipeline.corpus import columns as io
 from pipeline.corpus.lease import LEASE_TTL, SnapshotLease
 from pipeline.corpus.recovery import reset_head
@@ -197,6 +198,7 @@ def _write(rows: pl.DataFrame, url: str, lineage: dict[str, Any], message: str, 
         part = delta.slice(start, APPEND_BATCH)
         ds.append({**{c: io.to_storage(part[c], keys[c]) for c in part.columns},
                    HASH_COL: hashes[fresh[start:start + APPEND_BATCH]]})
+        progress.report(start + part.height, delta.height)
 
     version = f"v{last + 1}"
     record = {"filter": None, "source_partitions": [], "tokenizer": None, **lineage,
@@ -292,6 +294,11 @@ def diff_versions(ref_a: str, ref_b: str, root: str | None = None, sample: int =
     """Trajectory-level diff between two versions; `ref_b` may be a bare `vN` of the same corpus."""
     if VERSION_RE.match(ref_b):
         ref_b = f"{parse_ref(ref_a)[0]}@{ref_b}"
+    name_a, name_b = parse_ref(ref_a)[0], parse_ref(ref_b)[0]
+    if resolve_corpus_url(name_a, root) != resolve_corpus_url(name_b, root):
+        # rows of two corpora share no history (and often no row shape): a diff would say "all removed, all added"
+        raise ValueError(f"corpus diff compares two versions of one corpus; {name_a} and {name_b} are different "
+                         f"corpora: diff e.g. {name_a}@v1 {name_a}@v2, or `tracemill corpus show` each")
     a, b = open_corpus(ref_a, root), open_corpus(ref_b, root)
     ha = dict(zip(a.column("trajectory_id"), _hash_values(a.column(HASH_COL)), strict=True))
     hb = dict(zip(b.column("trajectory_id"), _hash_values(b.column(HASH_COL)), strict=True))

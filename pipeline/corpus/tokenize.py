@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import polars as pl
 
+from pipeline import progress
 from pipeline.chat import tokenize_conversation, tokenize_prompt
 from pipeline.corpus.rows import with_row_key
 
@@ -21,7 +22,9 @@ def tokenize_rows(df: pl.DataFrame, tokenizer: Any, max_length: int,
                   tools_in_prompt: bool = True) -> tuple[pl.DataFrame, int]:
     """Add input_ids / loss_mask / n_tokens; rows with no trainable token are dropped (NaN losses)."""
     ids, masks, keep = [], [], []
-    for r in df.iter_rows(named=True):
+    for n, r in enumerate(df.iter_rows(named=True), start=1):
+        if n % 64 == 0:
+            progress.report(n, df.height)
         tools = orjson.loads(r["tools"] or "[]") if tools_in_prompt else None
         i, m = tokenize_conversation(tokenizer, orjson.loads(r["messages"]), tools, max_length=max_length)
         keep.append(sum(m) > 0)
@@ -44,7 +47,9 @@ def tokenize_format_rows(format: str, df: pl.DataFrame, tokenizer: Any, max_leng
         return tokenize_rows(df, tokenizer, max_length, tools_in_prompt)
     sides = {"dpo": ("chosen", "rejected"), "kto": ("completion",), "rl": ()}[format]
     cols: dict[str, list[Any]] = defaultdict(list)
-    for r in df.iter_rows(named=True):
+    for n, r in enumerate(df.iter_rows(named=True), start=1):
+        if n % 64 == 0:
+            progress.report(n, df.height)
         prompt = orjson.loads(r["prompt"])
         tools = orjson.loads(r["tools"] or "[]") if tools_in_prompt else None
         p_ids = tokenize_prompt(tokenizer, prompt, tools)

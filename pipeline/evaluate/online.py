@@ -24,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from pipeline import progress
 from pipeline.chat.generate import greedy_turns
 from pipeline.corpus.heldout import record_heldout
 from pipeline.corpus.redact import Redactor
@@ -200,8 +201,13 @@ def _rollouts(make: Callable[[], Environment], tasks: Sequence[EnvTask], policy_
     one batched `generate` per round; an injected policy runs them one after another."""
     if shared is not None:
         started, ended = time.perf_counter(), {}
+
+        def done(i: int, _: Episode) -> None:
+            ended[i] = time.perf_counter()
+            progress.report(len(ended), len(tasks))  # episodes done: a terminal (the demo) shows them, Dagster ignores it
+
         episodes = run_episodes([make() for _ in tasks], shared.batch, tasks, max_steps=max_steps, timeout_s=timeout_s,
-                                on_done=lambda i, _: ended.setdefault(i, time.perf_counter()))
+                                on_done=done)
         return [(_result(task, ep, ended[i] - started, shared.episode_turns.get(i, [])), ep.messages,
                  shared.episode_turns.get(i, [])) for i, (task, ep) in enumerate(zip(tasks, episodes, strict=True))]
     out = []
@@ -213,6 +219,7 @@ def _rollouts(make: Callable[[], Environment], tasks: Sequence[EnvTask], policy_
         episode = run_episode(make(), policy, task, max_steps=max_steps, timeout_s=timeout_s)
         turns = log[first:] if log is not None else None
         out.append((_result(task, episode, time.perf_counter() - t0, turns), episode.messages, turns))
+        progress.report(len(out), len(tasks))
     return out
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 
+from pipeline import progress
 from pipeline.capture.workspace import Workspace
 from pipeline.lake import ingest as lake
 from pipeline.lake.join import ALWAYS, column_name, join_day
@@ -63,10 +64,12 @@ def refresh_lake(ws: Workspace, check: Callable[[dict[str, Any]], Any] | None = 
         check(joined_columns(outcomes))
     lake.ingest_preferences(ws)
     days = trajectories = quarantined = 0
-    for day in ws.days("trajectory"):
+    landed = ws.days("trajectory")
+    for day in landed:
         df, stats = lake.ingest_trajectories(ws, day)
         join_day(ws, day, outcomes)
         days += 1
         trajectories += df.height
         quarantined += stats.quarantined
+        progress.report(days, len(landed))  # the CLI's "ingest" row: days done of all landed days
     return LakeRefresh(days, trajectories, quarantined)

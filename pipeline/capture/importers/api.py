@@ -10,7 +10,7 @@ position and field path and never stop the rest of the batch.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -177,11 +177,14 @@ class _Batches:
 
 def import_paths(paths: Iterable[str | os.PathLike], workspace: Workspace, format: str | None = None,
                  progress: bool = True, *, batch_size: int = 500, agent: str | None = None,
-                 default_time: datetime | None = None, console: Console | None = None) -> ImportSummary:
+                 default_time: datetime | None = None, console: Console | None = None,
+                 on_progress: Callable[[int, int], None] | None = None) -> ImportSummary:
     """Import files and directories into `workspace` (durable, append-only landing). Without
     `default_time`, records without timestamps go to the import day, or to the day the same
     trajectory was first imported into this workspace (`ImportDays`), so re-imports never spread
-    one trajectory over two day partitions."""
+    one trajectory over two day partitions. The bar (and `on_progress(bytes_done, trajectories)`, for
+    callers without a terminal) counts trajectories read so far, not records or lines: outcomes and
+    errors are not trajectories."""
     files, unreadable = walk(paths)
     days = None if default_time else ImportDays(index_path(workspace), import_day())
     default_time = default_time or (days.today if days else None)
@@ -191,9 +194,16 @@ def import_paths(paths: Iterable[str | os.PathLike], workspace: Workspace, forma
                    TextColumn("{task.fields[items]} trajectories"), TimeRemainingColumn(),
                    console=console, disable=not progress, transient=False)
     done = 0
+
+    def show(completed: int, trajectories: int) -> None:
+        bar.update(task, completed=completed, items=trajectories)
+        if on_progress is not None:
+            on_progress(completed, trajectories)
+
     with bar:
         task = bar.add_task("importing", total=total or 1, items=0)
         for path in files:
+            before = summary.trajectories  # the files before this one (this one's count is still 0)
             fs = FileSummary(path=str(path))
             summary.files.append(fs)
             bar.update(task, description=path.name)
@@ -204,15 +214,15 @@ def import_paths(paths: Iterable[str | os.PathLike], workspace: Workspace, forma
             except (UnknownFormatError, ValueError, OSError) as exc:
                 fs.skipped = str(exc)
                 done += _size(path)
-                bar.update(task, completed=done)
+                show(done, before)
                 continue
-            batches = _Batches(workspace, batch_size, fs, days)
+            batches, read = _Batches(workspace, batch_size, fs, days), 0
             for n, item in enumerate(items, start=1):
                 batches.add(item)
+                read += isinstance(item, Trajectory)
                 if n % 200 == 0:
-                    bar.update(task, completed=done + src.bytes_read,
-                               items=summary.trajectories + fs.trajectories)
+                    show(done + src.bytes_read, before + read)
             batches.flush()
             done += src.total_bytes
-            bar.update(task, completed=done, items=summary.trajectories)
+            show(done, summary.trajectories)
     return summary

@@ -62,7 +62,7 @@ class RecordError:
 
     def __str__(self) -> str:
         where = f"line {self.line}" if self.line is not None else f"record {self.index}"
-        return f"{where}: {self.field or '<record>'}: {self.reason}"
+        return f"{where}: {self.field}: {self.reason}" if self.field else f"{where}: {self.reason}"
 
 
 Item = Trajectory | Outcome | Preference | RecordError
