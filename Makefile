@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: setup demo example-support example-code test test-fast chromium backfill ui mlflow-ui lint bench clean smollm2
+.PHONY: setup demo demo-real example-support example-code test test-fast chromium backfill ui mlflow-ui lint bench clean smollm2
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ example-support example-code: example-%: setup
 	TRACEMILL_HOME=$(CURDIR)/.tracemill/example-$* DAGSTER_HOME=$(CURDIR)/.tracemill/example-$*/dagster \
 	  $(PY) -m assets.dev.demo --config examples/$*/tracemill.yaml --populate examples.$*.agents:populate \
 	  --per-day $(or $(PER_DAY),40)
+
+# The real-model lane (examples/real/README.md): SmolLM2-135M-Instruct in its own chat template, same loop and
+# assets; its own home; the headline (base vs checkpoints on unseen-item tasks) lands in .tracemill/demo-summary.json.
+REAL_HOME := $(TRACEMILL_HOME)/demo-real
+demo-real: smollm2
+	mkdir -p $(REAL_HOME) && ln -sfn $(TRACEMILL_HOME)/models $(REAL_HOME)/models
+	TRACEMILL_HOME=$(REAL_HOME) DAGSTER_HOME=$(REAL_HOME)/dagster \
+	  $(PY) -m assets.dev.demo --config examples/real/tracemill.yaml \
+	  --populate pipeline.demo.agents:populate_seen_items --per-day $(or $(PER_DAY),100)
+	cp $(REAL_HOME)/demo-summary.json $(TRACEMILL_HOME)/demo-summary.json
 
 test: setup chromium
 	$(PY) -m pytest

@@ -4,12 +4,13 @@ import orjson
 
 from pipeline.config import CorpusSpec, OnlineEvalSettings
 from pipeline.evaluate.compare import gate
-from pipeline.evaluate.stage import previous_online
+from pipeline.evaluate.stage import online_report_name, previous_online
 
 
 def _online(path, success):
+    spec = CorpusSpec(name="x", target="deeplake://l/x", online=OnlineEvalSettings(seed=7, n_tasks=4))
     (path / "eval").mkdir(parents=True)
-    (path / "eval" / "online-7-4.json").write_bytes(orjson.dumps({"success_rate": success}))
+    (path / "eval" / online_report_name(spec)).write_bytes(orjson.dumps({"success_rate": success}))
 
 
 def test_first_dpo_checkpoint_is_judged_against_its_sft_start(tmp_path):

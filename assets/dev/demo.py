@@ -66,6 +66,7 @@ def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None, 
     if train_steps is not None:
         for spec in cfg.corpora:
             spec.train.max_steps = train_steps
+    _precision_this_machine_has(cfg)
     defs = build_definitions(cfg)
     instance = dg.DagsterInstance.get()
     ws = Workspace.open(cfg.workspace)
@@ -109,8 +110,45 @@ def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None, 
         "evals": {n: _meta(trained, f"eval_{n}") for n in names},
         "wall_seconds": round(time.time() - t0, 1), "home": str(home),
     }
+    summary["headline"] = write_headline(cfg, home, summary)
     _print_summary(summary)
     return summary
+
+
+def write_headline(cfg, home: Path, summary: dict) -> dict:
+    """`demo-summary.json` in the home: per corpus, the base model's and the checkpoint's online success on the
+    same held-out tasks, on the tasks about items no training trajectory names, and the paired bootstrap
+    interval of the difference (`pipeline.evaluate.headline`)."""
+    from pipeline.demo.world import UNSEEN_ITEMS
+    from pipeline.evaluate.headline import headline
+    from pipeline.evaluate.stage import online_reports
+    from pipeline.jsonio import dumps_json
+    from pipeline.models import resolve_model
+
+    base_path = resolve_model(cfg.base_model, home / "models")
+    corpora = {}
+    for spec in cfg.corpora:
+        ckpt = str(summary["evals"][spec.name].get("checkpoint") or "")
+        current, base = online_reports(spec, ckpt, base_path) if ckpt else (None, None)
+        if current is None:
+            continue  # offline-only spec: no online headline
+        corpora[spec.name] = headline(Path(ckpt).name, current, base,
+                                      novel=lambda task: task.get("item") in UNSEEN_ITEMS).to_dict()
+    out = {"model": cfg.base_model, "corpora": corpora, "wall_seconds": summary["wall_seconds"]}
+    (home / "demo-summary.json").write_text(dumps_json(out, indent=2) + "\n")
+    return out
+
+
+def _precision_this_machine_has(cfg) -> None:
+    """The real-model lane asks for bf16 (twice as fast on a CPU with bf16 instructions); a machine without
+    them (or a GPU, where `auto` already picks it) trains that lane in its automatic precision instead."""
+    from pipeline.train.devices import machine_facts
+
+    facts = machine_facts()
+    for spec in cfg.corpora:
+        if spec.train.precision == "bf16" and not facts.cpu_bf16 and not facts.cuda:
+            console.print(f"[yellow]{spec.name}: this CPU has no bfloat16 instructions: training in fp32 (slower)")
+            spec.train.precision = "auto"
 
 
 def _meta(result, asset: str) -> dict:
@@ -148,10 +186,14 @@ def _print_summary(s: dict) -> None:
                 t.add_row(f"offline {k}", _fmt(ev[k]))
         t.add_row("online success (held-out tasks)",
                   f"{_fmt(ev.get('online_success_rate'))} vs base model {_fmt(ev.get('base_online_success_rate'))}")
+        if (h := s["headline"]["corpora"].get(name)) and h["n_unseen_item_tasks"]:
+            t.add_row("… on unseen-item tasks", f"{_fmt(h['success_unseen'])} of {h['n_unseen_item_tasks']} vs base model "
+                      f"{_fmt(h['base_success_unseen'])}; Δ success 95% CI {h['ci95']}")
         t.add_row("verdict / gate", f"{ev.get('verdict')} / {'passed' if ev.get('gate_passed') else 'FAILED'}")
         console.print(t)
     first = next(iter(s["corpora"].values()), {})
-    console.print(f"corpora under {first.get('url', '')}  ·  wall time {s['wall_seconds']} s")
+    console.print(f"corpora under {first.get('url', '')}  ·  wall time {s['wall_seconds']} s  ·  "
+                  f"headline in {Path(s['home']) / 'demo-summary.json'}")
     console.print("Look closer:  [bold]make ui[/] (Dagster, http://127.0.0.1:3000)   "
                   "[bold]make mlflow-ui[/] (MLflow, http://127.0.0.1:5000)")
 

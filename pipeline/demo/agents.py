@@ -20,7 +20,7 @@ import orjson
 from pipeline.capture.workspace import Workspace
 from pipeline.demo.rollout import rollout
 from pipeline.demo.scoring import numbers_in
-from pipeline.demo.world import ITEMS, TOOLS, Task, fmt, make_task
+from pipeline.demo.world import ITEMS, SEEN_ITEMS, TOOLS, Task, fmt, make_task
 from pipeline.schema import Outcome, Preference
 
 
@@ -237,18 +237,19 @@ def make_bad_records(seed: int, day: str, n: int) -> list[dict[str, Any]]:
 
 
 def populate(ws: Workspace, *, days: list[str], per_day: int, seed: int = 0, late_fraction: float = 0.3,
-             bad_records: int = 2, preferences_per_day: int = 2) -> DemoStats:
+             bad_records: int = 2, preferences_per_day: int = 2, items: tuple[str, ...] | None = None) -> DemoStats:
     """Write `per_day` trajectories for each ISO day: tasks drawn per day, each attempted by
     `ATTEMPTS_PER_TASK` different agents. Reward and success outcomes are written at once, except for a
     `late_fraction` of trajectories whose outcomes are held in `stats.late_outcomes` (see
-    `deliver_late`). A few human preferences pair a successful attempt with a failed one."""
+    `deliver_late`). A few human preferences pair a successful attempt with a failed one. `items` limits
+    the tasks to those items (default: all)."""
     stats = DemoStats(trajectories_per_agent={a: 0 for a in AGENTS}, successes_per_agent={a: 0 for a in AGENTS})
     for day in days:
         day_start = datetime.fromisoformat(day).replace(tzinfo=UTC)
         plan = Random(f"schedule|{seed}|{day}")
         attempts: list[tuple[Task, Agent]] = []
         while len(attempts) < per_day:
-            task = make_task(plan)
+            task = make_task(plan, items)
             attempts += [(task, AGENTS[a]) for a in plan.sample(sorted(AGENTS), ATTEMPTS_PER_TASK)]
         now: list[Outcome] = []
         by_task: dict[str, list[tuple[str, float]]] = {}
@@ -281,6 +282,12 @@ def populate(ws: Workspace, *, days: list[str], per_day: int, seed: int = 0, lat
     if bad_records and days:
         stats.bad_records = ws.writer.append("trajectory", days[0], make_bad_records(seed, days[0], bad_records))
     return stats
+
+
+def populate_seen_items(ws: Workspace, *, days: list[str], per_day: int, seed: int = 0) -> DemoStats:
+    """The real-model lane's traffic (`make demo-real`): as `populate`, but no trajectory names an item of
+    `UNSEEN_ITEMS`, which its held-out tasks ask about (`make_env(unseen_item_share=…)`)."""
+    return populate(ws, days=days, per_day=per_day, seed=seed, items=SEEN_ITEMS)
 
 
 def deliver_late(ws: Workspace, stats: DemoStats) -> int:

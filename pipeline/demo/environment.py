@@ -20,9 +20,10 @@ class DemoEnvironment:
     name: str = "demo"
     tools: list[dict[str, Any]] = field(default_factory=lambda: TOOLS)
     task: Task | None = None
+    unseen_item_share: float = 0.0  # share of held-out tasks about items no training trajectory names
 
     def eval_tasks(self, seed: int, n: int) -> Sequence[Task]:
-        return eval_tasks(seed, n)
+        return eval_tasks(seed, n, self.unseen_item_share)
 
     def load_task(self, data: dict[str, Any]) -> Task:
         return Task.from_dict(data)
@@ -41,5 +42,9 @@ class DemoEnvironment:
         return grade(task, last.get("content") if last.get("role") == "assistant" else None)
 
 
-def make_env() -> DemoEnvironment:
-    return DemoEnvironment()
+def make_env(unseen_item_share: float = 0.0) -> DemoEnvironment:
+    """`environment_config: {unseen_item_share: 0.5}` makes half the held-out tasks ask about
+    `UNSEEN_ITEMS` (the real-model lane's traffic never names them: `agents.populate_seen_items`)."""
+    if not 0.0 <= unseen_item_share <= 1.0:
+        raise ValueError(f"environment_config.unseen_item_share must be between 0 and 1, got {unseen_item_share}")
+    return DemoEnvironment(unseen_item_share=float(unseen_item_share))

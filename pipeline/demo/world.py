@@ -47,6 +47,10 @@ ITEMS: dict[str, Item] = {i.name: i for i in [
 RATES: dict[str, float] = {"USD": 1.0, "EUR": 0.92, "GBP": 0.79, "CHF": 0.88, "CAD": 1.36}  # per 1 USD
 QUANTITIES = (2, 3, 4, 5, 6, 7, 8, 9, 1.5, 2.5)
 USD_SHARE = 0.3  # share of tasks asked in USD: their chain has no convert step
+# Items the real-model lane (`make demo-real`) never trains on: its held-out tasks ask about them, so a
+# success there means the model copied a name it has never seen (a tiny model cannot; a pretrained one can).
+UNSEEN_ITEMS: tuple[str, ...] = ("batteries", "cement", "coffee", "paint", "sandpaper", "wire")
+SEEN_ITEMS: tuple[str, ...] = tuple(i for i in ITEMS if i not in UNSEEN_ITEMS)
 SYSTEM_PROMPT = "Use the tools and copy numbers from their results. End with: The answer is <amount> <currency>."
 
 
@@ -189,18 +193,25 @@ def build_task(item: str, quantity: float, price: float, currency: str) -> Task:
                 quantity=quantity, unit=it.unit, price=price, currency=currency, total_usd=total, answer=answer)
 
 
-def make_task(rng: Random) -> Task:
-    item = rng.choice(list(ITEMS))
+def make_task(rng: Random, items: tuple[str, ...] | None = None) -> Task:
+    """A random task about one of `items` (default: every item)."""
+    item = rng.choice(list(items or ITEMS))
     quantity = rng.choice(QUANTITIES)
     price = round(rng.uniform(ITEMS[item].low, ITEMS[item].high), 2)
     currency = "USD" if rng.random() < USD_SHARE else rng.choice([c for c in RATES if c != "USD"])
     return build_task(item, quantity, price, currency)
 
 
-def eval_tasks(seed: int, n: int) -> list[Task]:
-    """`n` fresh tasks from a random stream separate from `populate`'s, so they are not training tasks."""
+def eval_tasks(seed: int, n: int, unseen_share: float = 0.0) -> list[Task]:
+    """`n` fresh tasks from a random stream separate from `populate`'s, so they are not training tasks.
+    With `unseen_share`, that share of them (every k-th, so both kinds spread over the list) asks about
+    `UNSEEN_ITEMS` and the rest about `SEEN_ITEMS`; 0 draws from every item, as the tiny demo does."""
     rng = Random(f"eval-tasks|{seed}")
-    return [make_task(rng) for _ in range(n)]
+    if unseen_share <= 0:
+        return [make_task(rng) for _ in range(n)]
+    n_unseen = round(n * unseen_share)
+    unseen_at = {round(k * n / n_unseen) for k in range(n_unseen)} if n_unseen else set()
+    return [make_task(rng, UNSEEN_ITEMS if i in unseen_at else SEEN_ITEMS) for i in range(n)]
 
 
 def call_tool(task: Task, name: str, arguments: Any) -> tuple[str, bool]:

@@ -177,9 +177,9 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
     _write(ckpt_dir / "eval" / "offline_slices.json", slices)
 
     capture = capture_workspace(spec, ws)
-    n, seed = spec.online.n_tasks, spec.online.seed
-    current = _online(spec, str(ckpt_dir), capture, f"{spec.name}@{version}", ckpt_dir / "eval" / f"online-{seed}-{n}.json")
-    base = _online(spec, base_model_path, None, "base", Path(base_model_path) / f"online-{seed}-{n}.json") \
+    name = online_report_name(spec)
+    current = _online(spec, str(ckpt_dir), capture, f"{spec.name}@{version}", ckpt_dir / "eval" / name)
+    base = _online(spec, base_model_path, None, "base", Path(base_model_path) / name) \
         if Path(base_model_path).exists() else None
     previous = previous_online(spec, ckpt, prev)
     if current is not None and ws is not None and spec.environment:  # the source's curation must know them too
@@ -237,11 +237,27 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
         plots=[str(f) for f in files if str(f).endswith(".png")], mlflow_run_id=ckpt.mlflow_run_id)
 
 
+def online_report_name(spec: CorpusSpec) -> str:
+    """The file an online report is cached in, in the model's folder: keyed by everything that changes
+    the numbers (seed, tasks, environment and its config, tools in the prompt, steps), so a base model
+    shared by two specs is measured once per setting and never answers with another setting's report."""
+    key = hashlib.sha1(orjson.dumps([spec.environment, spec.environment_config, spec.tools_in_prompt,
+                                     spec.online.max_steps], option=orjson.OPT_SORT_KEYS)).hexdigest()[:8]
+    return f"online-{spec.online.seed}-{spec.online.n_tasks}-{key}.json"
+
+
+def online_reports(spec: CorpusSpec, checkpoint_dir: str | Path, base_model_path: str | Path
+                   ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(checkpoint's, base model's) online reports as the last evaluation wrote them, per task."""
+    name = online_report_name(spec)
+    return _read(Path(checkpoint_dir) / "eval" / name), _read(Path(base_model_path) / name)
+
+
 def previous_online(spec: CorpusSpec, ckpt: Mapping[str, Any], prev: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """What a new checkpoint must not be worse than: the previous checkpoint of the same corpus, or — for
     the first DPO/RL checkpoint — the checkpoint it started from (e.g. SFT), on the same held-out tasks.
     Checkpoints are `CheckpointInfo`s or their JSON (both map the summary file's keys)."""
-    name = f"online-{spec.online.seed}-{spec.online.n_tasks}.json"
+    name = online_report_name(spec)
     if prev is not None:
         return _read(Path(prev["checkpoint_dir"]) / "eval" / name)
     if spec.init_from:

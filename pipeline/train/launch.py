@@ -129,7 +129,7 @@ def launch(kind: str, payload: Mapping[str, Any], recipe: Any, tracker: Any = No
     """Train `payload` (prepared rows, or a corpus stream's settings) with `recipe.devices` processes, each
     running the `kind` training method's `fit_launched`; returns rank 0's `TrainResult`.
     Child output goes to `echo` (stderr: stdout stays the caller's, e.g. `--json`)."""
-    devices, settings = recipe.devices, settings_for(recipe.device)
+    devices, settings = recipe.devices, settings_for(recipe.device, recipe.precision)
     if settings.device == "cuda" and machine_facts().gpus < devices:
         raise ValueError(f"devices={devices} but only {machine_facts().gpus} CUDA device(s) are visible")
     out = Path(recipe.output_dir)

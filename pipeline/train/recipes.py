@@ -39,12 +39,14 @@ class RecipeBase(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA with bf16 when available.")
     devices: int = Field(_SPEC["devices"].default, ge=1, description=DEVICES_HELP)
+    precision: Literal["auto", "fp32", "bf16"] = Field(_SPEC["precision"].default, description=_SPEC["precision"].description)
 
     @staticmethod
     def shared(settings: TrainSettings, base_model: str, output_dir: str) -> dict[str, Any]:
         """The fields a corpus spec's `train:` block sets the same way for every trainer."""
         return {"base_model": base_model, "output_dir": output_dir, "max_steps": settings.max_steps,
-                "learning_rate": settings.learning_rate, "seed": settings.seed, "devices": settings.devices}
+                "learning_rate": settings.learning_rate, "seed": settings.seed, "devices": settings.devices,
+                "precision": settings.precision}
 
 
 class LoraFields(BaseModel):

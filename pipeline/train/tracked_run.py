@@ -51,7 +51,7 @@ def common_args(recipe: Any) -> dict[str, Any]:
         warmup_steps=recipe.warmup_ratio,  # <1 means a ratio in transformers 5
         lr_scheduler_type=recipe.lr_scheduler_type, max_grad_norm=recipe.max_grad_norm,
         logging_steps=recipe.logging_steps, save_strategy="no", eval_strategy="no", report_to="none",
-        disable_tqdm=True, dataloader_num_workers=0, **settings_for(recipe.device).training_args())
+        disable_tqdm=True, dataloader_num_workers=0, **settings_for(recipe.device, recipe.precision).training_args())
 
 
 def use_lora(recipe: Any) -> bool:
