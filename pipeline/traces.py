@@ -43,13 +43,16 @@ class Score:
 
 @dataclass
 class TrajectoryTrace:
-    """What one trace shows. `key` identifies the trajectory (its id); `inputs` what the agent was asked (the
-    task), `outputs` what it answered; `tags` are searchable (`tag.task_id = 't-3'`), `metadata` is context."""
+    """What one trace shows. `key` identifies the trajectory (its id); `inputs` what the agent was asked
+    (default: the messages before its first turn), `outputs` what it answered (default: its last turn);
+    `expectations` the ground truth beside the scores (an eval task with its answer); `tags` are searchable
+    (`tag.task_id = 't-3'`), `metadata` is context."""
 
     key: str
     name: str
     messages: Sequence[Mapping[str, Any]]
     scores: Sequence[Score] = ()
+    expectations: Mapping[str, Any] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
     metadata: Mapping[str, str] = field(default_factory=dict)
     inputs: Any = None
@@ -141,7 +144,7 @@ def build_trace(t: TrajectoryTrace, experiment_id: str, run_id: str | None = Non
                 model_id: str | None = None) -> tuple[Any, list[Any]]:
     """(TraceInfo, spans) for one trajectory. Step timings are spread evenly over the trajectory's duration
     (the order is what a reader needs; a rollout records no per-tool time)."""
-    from mlflow.entities import AssessmentSource, Feedback, TraceInfo, TraceLocation, TraceState
+    from mlflow.entities import AssessmentSource, Expectation, Feedback, TraceInfo, TraceLocation, TraceState
 
     otel_id = _digest(experiment_id, run_id or "", t.key, size=16)
     trace_id = "tr-" + otel_id.hex()
@@ -150,7 +153,8 @@ def build_trace(t: TrajectoryTrace, experiment_id: str, run_id: str | None = Non
     total_ns = max(int((t.seconds or 0) * 1e9), len(drawn) + 1)
     root_id = _digest(trace_id, "root", size=8)
     last = next((m for m in reversed(t.messages) if m.get("role") == "assistant"), None)
-    inputs = t.inputs if t.inputs is not None else {"messages": [_openai(m) for m in t.messages[:2]]}
+    asked = next((i for i, m in enumerate(t.messages) if m.get("role") == "assistant"), len(t.messages))
+    inputs = t.inputs if t.inputs is not None else {"messages": [_openai(m) for m in t.messages[:asked]]}
     outputs = t.outputs if t.outputs is not None else (last or {}).get("content")
     spans = [_span(trace_id, otel_id, root_id, None, t.name, "AGENT", inputs, outputs, start_ns, start_ns + total_ns,
                    t.error, {})]
@@ -167,6 +171,8 @@ def build_trace(t: TrajectoryTrace, experiment_id: str, run_id: str | None = Non
     feedback = [Feedback(name=s.name, value=s.value, rationale=s.rationale,
                          source=AssessmentSource(source_type=_SOURCE_TYPES.get(s.source, "CODE"), source_id=s.source),
                          metadata={"step": str(s.step)} if s.step is not None else None) for s in t.scores]
+    feedback += [Expectation(name=k, value=v, source=AssessmentSource(source_type="CODE", source_id="environment"))
+                 for k, v in t.expectations.items()]
     info = TraceInfo(trace_id=trace_id, trace_location=TraceLocation.from_experiment_id(experiment_id),
                      request_time=start_ns // 1_000_000, execution_duration=total_ns // 1_000_000,
                      state=TraceState.ERROR if t.error else TraceState.OK, request_preview=_preview(inputs),

@@ -47,11 +47,13 @@ def test_rollouts_are_traces_on_the_run_with_reward_and_steps(tracker):
         assert info.trace_metadata["mlflow.sourceRun"] == run_id
         assert info.tags["corpus"] == CORPUS and info.tags["environment"] == report["environment"]
         assert info.tags["checkpoint"] == "ckpt:careful" and info.tags["tracemill.trajectory_id"] == r["trajectory_id"]
-        scores = {a.name: a.value for a in info.assessments}
+        scores = {a.name: a.value for a in info.assessments if a.feedback is not None}
         assert scores == {"reward": r["reward"], "success": r["success"]} == {"reward": 1.0, "success": True}
+        assert [a.value for a in info.assessments if a.expectation is not None] == [r["task"]]  # the ground truth
         spans = trace.data.spans
         root = next(s for s in spans if s.parent_id is None)
-        assert root.span_type == "AGENT" and root.outputs == r["final_answer"] and root.inputs["task"] == r["task"]
+        assert root.span_type == "AGENT" and root.outputs == r["final_answer"]
+        assert [m["role"] for m in root.inputs["messages"]] == ["system", "user"]  # what the checkpoint was asked
         turns = [s for s in spans if s.span_type == "CHAT_MODEL"]
         tools = [s for s in spans if s.span_type == "TOOL"]
         assert len(turns) == r["steps"] and len(tools) == r["tool_calls"]

@@ -134,7 +134,7 @@ def test_rollouts_are_traces_on_the_training_run_with_plots_apart_and_counts_as_
         assert trace.info.trace_metadata["mlflow.sourceRun"] == run_id
         assert trace.info.trace_metadata["mlflow.modelId"] == summary["model_id"]
         assert trace.info.tags["corpus"] == "deeplake://local/sft@v1" and trace.info.tags["task_id"]
-        assert {a.name for a in trace.info.assessments} == {"reward", "success"}
+        assert {a.name for a in trace.info.assessments} == {"reward", "success", "task"}
         assert any(s.span_type == "CHAT_MODEL" and s.outputs for s in trace.data.spans)
 
     plots = {a.path for d in ("online", "offline", "loss") for a in client.list_artifacts(run_id, f"plots/{d}")}

@@ -1,7 +1,8 @@
 """The checkpoint's online-eval rollouts as MLflow traces on the run that trained it.
 
 A success rate says how often; the rollouts say why. Each held-out task the checkpoint acted on becomes
-one trace (its turns and tool calls as spans, the environment's reward and success as assessments),
+one trace (its turns and tool calls as spans, the environment's reward and success as assessments, the
+task with its expected answer as an expectation),
 linked to the training run (`mlflow.sourceRun`: the run page's Traces tab) and to the registered
 version's logged model (`mlflow.modelId`), tagged with the checkpoint, corpus, task and environment so
 `tag.task_id = '…'` or `tag.corpus = '…'` finds them. The messages are the online report's, redacted
@@ -35,7 +36,8 @@ def rollout_traces(report: Mapping[str, Any], corpus: str, limit: int) -> list[T
             metadata={"checkpoint_dir": str(checkpoint), "eval_seed": str(report.get("seed")),
                       "eval_index": str(r.get("index")), "steps": str(r.get("steps")),
                       "tool_calls": str(r.get("tool_calls")), "tool_errors": str(r.get("tool_errors"))},
-            inputs={"task": r.get("task")}, outputs=r.get("final_answer"), seconds=r.get("seconds"),
+            expectations={"task": r["task"]} if r.get("task") else {}, outputs=r.get("final_answer"),
+            seconds=r.get("seconds"),
             error=r.get("error")))
     return out
 
