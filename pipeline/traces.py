@@ -168,10 +168,11 @@ def build_trace(t: TrajectoryTrace, experiment_id: str, run_id: str | None = Non
         metadata["mlflow.sourceRun"] = run_id  # what the run page's Traces tab filters on
     if model_id:
         metadata["mlflow.modelId"] = model_id  # and the logged model's page
-    feedback = [Feedback(name=s.name, value=s.value, rationale=s.rationale,
+    feedback = [Feedback(name=s.name, value=s.value, rationale=s.rationale, trace_id=trace_id,
                          source=AssessmentSource(source_type=_SOURCE_TYPES.get(s.source, "CODE"), source_id=s.source),
                          metadata={"step": str(s.step)} if s.step is not None else None) for s in t.scores]
-    feedback += [Expectation(name=k, value=v, source=AssessmentSource(source_type="CODE", source_id="environment"))
+    feedback += [Expectation(name=k, value=v, trace_id=trace_id,
+                             source=AssessmentSource(source_type="CODE", source_id="environment"))
                  for k, v in t.expectations.items()]
     info = TraceInfo(trace_id=trace_id, trace_location=TraceLocation.from_experiment_id(experiment_id),
                      request_time=start_ns // 1_000_000, execution_duration=total_ns // 1_000_000,
@@ -214,6 +215,10 @@ def log_traces(tracker: Any, traces: Iterable[TrajectoryTrace], run_id: str | No
         try:
             client.log_spans(experiment_id, [s for _, spans in fresh for s in spans])
         except NotImplementedError:  # a store without span logging keeps spans as trace artifacts
+            spans_in_store = False
+        except MlflowException as exc:  # a tracking server over a file store answers this way
+            if "span logging is not supported" not in str(exc):
+                raise
             spans_in_store = False
     for info, spans in fresh:
         if spans_in_store:

@@ -110,3 +110,18 @@ def test_logged_model_is_named_after_corpus_and_version(tracker, tmp_path):
                                    {"eval_success_rate": 0.5, "eval_n_rows": 12}, "corpus …")
     metrics = {m.key for m in tracker.client.get_logged_model(reg.model_id).metrics or []}
     assert metrics == {"eval_success_rate"}
+
+
+def test_a_store_without_span_logging_keeps_the_spans_as_trace_artifacts(tmp_path, monkeypatch):
+    """A file store (or a tracking server over one) cannot store spans in its database: the trace is still
+    written, its spans as the trace's artifact, the way MLflow's own exporter falls back."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    tracker = MlflowTracker((tmp_path / "mlruns").as_uri(), experiment="file-store")
+    report = _rollouts("careful", 2)
+    run_id = _run(tracker)
+    done = log_rollouts(tracker, report, run_id, CORPUS, limit=2)
+    assert len(done.trace_ids) == 2
+    trace = tracker.client.get_trace(done.trace_ids[0])
+    assert "mlflow.trace.spansLocation" not in trace.info.tags
+    assert sum(s.span_type == "TOOL" for s in trace.data.spans) == report["tasks"][0]["tool_calls"]
+    assert log_rollouts(tracker, report, run_id, CORPUS, limit=2).skipped == 2
