@@ -164,6 +164,8 @@ def eval_metadata(rep: stage_eval.EvalResult, tracker: Any) -> dict[str, Any]:
     if rep.mlflow_run_id:
         kind, link = tracker.run_link(rep.mlflow_run_id)
         head["mlflow_run"] = dg.MetadataValue.url(link) if kind == "url" else dg.MetadataValue.path(link)
+        if rep.traces:  # the checkpoint's rollouts, in that run's Traces tab
+            head["mlflow_traces"] = rep.traces
     report = (rep.report_markdown or "_online eval off_") + "\n\n### Plots\n\n" + images_markdown(rep.plots)
     plots = {f"plot_{Path(p).stem}": dg.MetadataValue.path(p) for p in rep.plots}
     return {**head, "report": dg.MetadataValue.md(report), **_round(rep.offline),

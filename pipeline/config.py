@@ -78,6 +78,8 @@ class OnlineEvalSettings(_Cfg):
     capture_to: str | None = Field(None, description="Workspace the rollouts are captured into (tagged with the "
                                    "checkpoint and environment); none by default, never implicitly the source.")
     timeout_s: float = Field(30.0, gt=0, description="Per-call limit on environment and reward code.")
+    trace_limit: int = Field(30, ge=0, description="Rollouts of the checkpoint logged as MLflow traces on its "
+                             "training run (its Traces tab), in task order (0: none).")
 
     @model_validator(mode="before")
     @classmethod

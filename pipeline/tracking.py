@@ -24,6 +24,25 @@ from pipeline.settings import current_settings, default_tracking_uri
 
 MAX_PARAM_CHARS = 6000  # MLflow rejects longer param values
 _BATCH = 100  # params per log_batch call (MLflow's limit); metrics allow 1000
+# Counts, not curves: how many rows, tasks, tokens, errors, parameters a run saw. As metrics they fill the
+# run's charts with panels nobody reads as a trend; `log_metrics` writes them as run tags instead.
+COUNT_NAMES = frozenset({"errors", "tokens", "total_flos", "epoch", "parameters", "step"})
+_COUNT_PREFIXES = ("n_", "num_")
+_COUNT_SUFFIXES = ("_rows", "_count", "_examples", "_pairs")
+_SCOPES = ("eval_", "online_", "base_online_", "train_")
+
+
+def is_count(key: str) -> bool:
+    """`n_tasks`, `eval_n_rows`, `num_tokens`, `online_errors`, `train_rows`, `total_flos`…: a count (or a
+    progress counter), not something whose curve says how training or a model is doing."""
+    name = key.rsplit("/", 1)[-1]
+    for scope in _SCOPES:
+        name = name.removeprefix(scope)
+    return name in COUNT_NAMES or name.startswith(_COUNT_PREFIXES) or key.endswith(_COUNT_SUFFIXES)
+
+
+def _tag_value(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def local_tracking_uri(home: str | Path) -> str:
@@ -179,16 +198,23 @@ class MlflowTracker:
             self.client.log_batch(self._run_id(run_id), params=items[i:i + _BATCH])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, run_id: str | None = None) -> None:
-        """Values that are not numbers are skipped rather than failing a training run."""
-        from mlflow.entities import Metric
+        """Values that are not numbers are skipped rather than failing a training run; counts (`is_count`)
+        go to the run's tags (the latest value), not its charts."""
+        from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        items = []
+        items, tags = [], []
         for key, value in metrics.items():
             try:
-                items.append(Metric(key, float(value), now, step or 0))
+                number = float(value)
             except (TypeError, ValueError):
                 continue
+            if is_count(key):
+                tags.append(RunTag(key, _tag_value(number)))
+            else:
+                items.append(Metric(key, number, now, step or 0))
+        if tags:
+            self.client.log_batch(self._run_id(run_id), tags=tags)
         for i in range(0, len(items), 1000):
             self.client.log_batch(self._run_id(run_id), metrics=items[i:i + 1000])
 
@@ -209,15 +235,17 @@ class MlflowTracker:
 
     # -- model registry ---------------------------------------------------------------------------
     def register_checkpoint(self, run_id: str, checkpoint_dir: str | Path, name: str,
-                            tags: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                            tags: Mapping[str, Any] | None = None, model_name: str | None = None) -> dict[str, Any]:
         """Log a saved HF model directory as the run's model and register it as a new version of `name`.
         MLflow's transformers flavor cannot read transformers 5 checkpoints (its task lookup breaks), so
         this uses MLflow 3's flavor-neutral logged model: the directory's files as the model's artifacts
-        (`mlflow artifacts download -u models:/<name>/<version>` gives back a `from_pretrained` folder)."""
+        (`mlflow artifacts download -u models:/<name>/<version>` gives back a `from_pretrained` folder). The
+        logged model is called `model_name` (e.g. `tracemill-sft-v3`: the corpus and its version), so the
+        experiment's Models tab says what each one was trained on."""
         from mlflow.exceptions import MlflowException
 
         tags = {k: str(v) for k, v in (tags or {}).items()}
-        model = self.client.create_logged_model(self.experiment_id, name="model", source_run_id=run_id,
+        model = self.client.create_logged_model(self.experiment_id, name=model_name or name, source_run_id=run_id,
                                                 tags=tags, model_type="hf-transformers-checkpoint")
         try:
             self.client.log_model_artifacts(model.model_id, str(checkpoint_dir))
@@ -277,7 +305,8 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(_time.time() * 1000)
-        rows = [Metric(k, float(v), now, step, model_id=model_id, run_id=run_id) for k, v in metrics.items()]
+        rows = [Metric(k, float(v), now, step, model_id=model_id, run_id=run_id) for k, v in metrics.items()
+                if not is_count(k)]
         if rows:
             self.client.log_batch(run_id, metrics=rows)
         self.client.update_model_version(name, str(version), description=description)

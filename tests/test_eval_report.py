@@ -106,13 +106,15 @@ def test_log_report_sends_metrics_and_artifacts(report, tmp_path):
         def log_metrics_to_run(self, run_id, metrics, step=None):
             self.metrics[run_id] = metrics
 
-        def log_artifacts(self, local_dir, artifact_path=None, run_id=None):
-            self.artifacts.append((str(local_dir), artifact_path, run_id))
+        def log_artifact(self, local_path, artifact_path=None, run_id=None):
+            self.artifacts.append((local_path.name, artifact_path, run_id))
 
     tracker = FakeTracker()
     files = log_report(tracker, "run-1", report, tmp_path / "out")
     assert tracker.metrics["run-1"]["online_success_rate"] == 1.0
-    assert tracker.artifacts == [(str(tmp_path / "out"), "online_eval", "run-1")]
+    assert tracker.artifacts == [("report.md", "online_eval", "run-1"), ("report.json", "online_eval", "run-1"),
+                                 ("slices.png", "plots/online", "run-1"), ("deltas.png", "plots/online", "run-1"),
+                                 ("loss_curve.png", "plots/loss", "run-1"), ("rewards.png", "plots/online", "run-1")]
     assert {f.name for f in files} >= {"report.md", "report.json", "slices.png"}
 
 
@@ -136,8 +138,12 @@ def test_mlflow_round_trip(report, tmp_path):
     log_report(tracker, run.run_id, report, tmp_path / "out")
     logged = tracker.get_run(run.run_id).data.metrics
     assert logged["online_success_rate"] == 1.0
+    assert "online_n_tasks" not in logged and tracker.get_run(run.run_id).data.tags["online_n_tasks"] == "20"
     names = {a.path for a in tracker.client.list_artifacts(run.run_id, "online_eval")}
-    assert {"online_eval/report.md", "online_eval/slices.png"} <= names
+    assert names == {"online_eval/report.md", "online_eval/report.json"}
+    plots_logged = {a.path for d in ("online", "loss") for a in tracker.client.list_artifacts(run.run_id, f"plots/{d}")}
+    assert plots_logged == {"plots/online/slices.png", "plots/online/deltas.png", "plots/online/rewards.png",
+                            "plots/loss/loss_curve.png"}
 
 
 def _hand_built_report(with_online_models: bool = True) -> dict:
@@ -186,12 +192,13 @@ def test_offline_slice_plot_is_a_listed_png(tmp_path):
         def log_metrics_to_run(self, run_id, metrics, step=None):
             pass
 
-        def log_artifacts(self, local_dir, artifact_path=None, run_id=None):
-            self.logged = sorted(p.name for p in local_dir.iterdir())
+        def log_artifact(self, local_path, artifact_path=None, run_id=None):
+            self.logged = {**getattr(self, "logged", {}), local_path.name: artifact_path}
 
     tracker = Tracker()
     files = log_report(tracker, "run-1", report, tmp_path / "out")
-    assert "offline_slices.png" in {f.name for f in files} and "offline_slices.png" in tracker.logged
+    assert "offline_slices.png" in {f.name for f in files} and tracker.logged["offline_slices.png"] == "plots/offline"
+    assert tracker.logged["offline_deltas.png"] == "plots/offline" and tracker.logged["slices.png"] == "plots/online"
     assert (tmp_path / "out" / "report.json").read_text().count('"offline"') == 1
 
     # online eval off (stage_eval): the offline section alone still draws its plot

@@ -115,6 +115,36 @@ def test_sft_logs_an_eval_loss_curve_on_the_eval_split(graph):
     assert len(during) >= 2 and all(m.value > 0 for m in history) and 0 not in {m.step for m in history}
 
 
+def test_rollouts_are_traces_on_the_training_run_with_plots_apart_and_counts_as_tags(graph):
+    """The eval stage logs to the run that trained the checkpoint (`sft-<version>-<recipe>`): its Traces tab
+    lists the rollouts, its Artifacts tab has one folder per kind of plot, its charts hold no counts."""
+    from mlflow import MlflowClient
+
+    from pipeline.tracking import is_count
+
+    home, result = graph
+    run_id = _md(result, "checkpoint_sft")["mlflow_run_id"].value
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    summary = orjson.loads(next((home / "checkpoints" / "sft").glob("*/tracemill_train.json")).read_bytes())
+    traces = client.search_traces(locations=[run.info.experiment_id], run_id=run_id)
+    assert len(traces) == 2 == _md(result, "eval_sft")["mlflow_traces"].value  # online.n_tasks held-out tasks
+    for found in traces:
+        trace = client.get_trace(found.info.trace_id)
+        assert trace.info.trace_metadata["mlflow.sourceRun"] == run_id
+        assert trace.info.trace_metadata["mlflow.modelId"] == summary["model_id"]
+        assert trace.info.tags["corpus"] == "deeplake://local/sft@v1" and trace.info.tags["task_id"]
+        assert {a.name for a in trace.info.assessments} == {"reward", "success", "task"}
+        assert any(s.span_type == "CHAT_MODEL" and s.outputs for s in trace.data.spans)
+
+    plots = {a.path for d in ("online", "offline", "loss") for a in client.list_artifacts(run_id, f"plots/{d}")}
+    assert {"plots/online/slices.png", "plots/offline/offline_slices.png", "plots/loss/loss_curve.png"} <= plots
+    assert not [a.path for a in client.list_artifacts(run_id, "online_eval") if a.path.endswith(".png")]
+    assert not [k for k in run.data.metrics if is_count(k)] and {"loss", "eval_loss"} <= set(run.data.metrics)
+    assert int(run.data.tags["eval_n_rows"]) > 0 and int(run.data.tags["online_n_tasks"]) == 2
+    assert client.get_logged_model(summary["model_id"]).name == "tracemill-sft-v1"
+
+
 def test_run_link_is_a_url_for_a_tracking_server():
     from pipeline.tracking import MlflowTracker
 

@@ -38,8 +38,8 @@ class Tracker:
     def log_metrics_to_run(self, run_id: str, metrics: dict, step: int | None = None) -> None:
         self.metrics = metrics
 
-    def log_artifacts(self, local_dir: Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
-        self.artifacts = local_dir
+    def log_artifact(self, local_path: Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
+        self.artifacts = [*getattr(self, "artifacts", []), local_path]
 
 
 def answers_at_once(task: object) -> object:

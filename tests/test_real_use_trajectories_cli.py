@@ -61,3 +61,36 @@ def test_outcome_record_is_joined_into_list_and_show(world):
     assert outs["verdict"]["label"] == "sloppy" and outs["verdict"]["value"] is None
     bad = tm("outcome", "record", "demo", tid, "no spaces", "1", home=home)
     assert bad.returncode == 1 and bad.stderr.startswith("error: outcome name") and bad.stderr.count("\n") == 1
+
+
+def test_publish_makes_one_trace_per_trajectory_with_steps_and_outcomes(world):
+    from mlflow import MlflowClient
+
+    home, stats = world
+    rewarded = {t for t, r in stats.rewards.items() if r > 0}
+    out = tm("trajectories", "publish", "demo", "--filter", "reward > 0", "--limit", "2", "--json", home=home)
+    assert out.returncode == 0, out.stderr
+    done = json.loads(out.stdout)
+    assert (done["published"], done["skipped"], done["matched"], done["experiment"]) == (2, 0, len(rewarded), "demo")
+    assert done["url"].endswith(f"/#/experiments/{done['experiment_id']}/traces")
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    traces = [client.get_trace(t.info.trace_id) for t in client.search_traces(locations=[done["experiment_id"]])]
+    assert sorted(t.info.trace_id for t in traces) == sorted(done["trace_ids"])
+    for trace in traces:
+        tid = trace.info.tags["tracemill.trajectory_id"]
+        assert tid in rewarded and trace.info.tags["workspace"] == "demo" and trace.info.tags["agent"]
+        shown = json.loads(tm("trajectories", "show", "demo", tid, "--json", "--no-refresh", home=home).stdout)
+        calls = [c["name"] for m in shown["messages"] for c in m.get("tool_calls") or []]
+        spans = trace.data.spans
+        assert [s.name for s in spans if s.span_type == "TOOL"] == calls
+        assert sum(s.span_type == "CHAT_MODEL" for s in spans) == sum(m["role"] == "assistant" for m in shown["messages"])
+        rewards = [a.value for a in trace.info.assessments if a.name == "reward"]
+        assert rewards == [stats.rewards[tid]]
+
+    again = tm("trajectories", "publish", "demo", "--filter", "reward > 0", "--limit", "3", home=home)
+    assert again.returncode == 0 and "published 1 of" in again.stdout and "(2 already there)" in again.stdout
+    assert "/#/experiments/" in again.stdout and "mlflow ui --backend-store-uri" in again.stdout
+    other = json.loads(tm("trajectories", "publish", "demo", "--limit", "1", "--experiment", "review", "--json",
+                          home=home).stdout)
+    assert other["experiment"] == "review" and other["published"] == 1 and other["experiment_id"] != done["experiment_id"]

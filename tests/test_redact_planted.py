@@ -114,3 +114,6 @@ def test_online_eval_report_is_redacted() -> None:
     answers = [t["final_answer"] for t in report["tasks"]]
     assert answers == ["Mail [REDACTED:email], key [REDACTED:aws_key]. The answer is 7.83 USD."] * 3
     assert all(isinstance(t["task"], dict) and t["task"]["task_id"] for t in report["tasks"])
+    # the rollouts' messages (what MLflow traces show) too
+    written = [m["content"] for t in report["tasks"] for m in t["messages"] if m["role"] == "assistant"]
+    assert written and all("[REDACTED:email]" in c and "jane.doe" not in c for c in written)

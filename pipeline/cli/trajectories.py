@@ -1,5 +1,5 @@
-"""`tracemill trajectories list|show` and `tracemill outcome record`: read captured trajectories and
-their outcomes, and add an outcome, from a terminal.
+"""`tracemill trajectories list|show|publish` and `tracemill outcome record`: read captured trajectories
+and their outcomes, add an outcome, from a terminal, and publish them as MLflow traces to read in its UI.
 
 Why: before this, looking at what an agent did (and what it was scored) took Python and Parquet. Both
 read the joined lake, brought up to date from the landing area first (`refresh_lake`, incremental), so
@@ -17,7 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.capture.workspace import Workspace, WorkspaceNotFound
-from pipeline.cli.common import HomeOpt, JsonOpt, WorkspaceArg, console, fail, fail_filter
+from pipeline.cli.common import HomeOpt, JsonOpt, WorkspaceArg, console, fail, fail_filter, settings
+from pipeline.traces import Score, TrajectoryTrace, log_traces, traces_link
+from pipeline.tracking import MlflowTracker
 
 trajectories_app = typer.Typer(help="List and read captured trajectories with their outcomes.", no_args_is_help=True)
 outcome_app = typer.Typer(help="Record outcomes (rewards, ratings, labels) for trajectories.", no_args_is_help=True)
@@ -161,3 +163,61 @@ def record_outcome(workspace: WorkspaceArg, trajectory_id: TrajectoryIdArg,
              f"letters, digits, _ . -)")
     shown = out.label if out.value is None else f"{out.value:g}"
     console.print(f"recorded {name} = {shown} for {trajectory_id} in {workspace} (source {source})")
+
+
+def _as_trace(row: dict[str, Any], outcomes: list[dict[str, Any]], workspace: str, redact: bool) -> Any:
+    """One joined lake row and its outcomes as a trace: tags to search by, scalar metadata as context."""
+    messages = orjson.loads(row["messages_json"] or "[]")
+    if redact:
+        from pipeline.corpus.redact import Redactor
+
+        messages, _ = Redactor().redact_data(messages)
+    meta = orjson.loads(row.get("metadata_json") or "{}")
+    scores = [Score(o["name"], o["value"] if o["value"] is not None else o["label"], o["source"] or "env",
+                    step=o["step"]) for o in outcomes if o["value"] is not None or o["label"]]
+    started, ended = row.get("started_at"), row.get("ended_at")
+    tags = {"workspace": workspace, "agent": row.get("agent"), "task_id": row.get("task_id"), "day": row.get("day"),
+            "model": row.get("model"), "tracemill.kind": "captured"}
+    return TrajectoryTrace(
+        key=row["trajectory_id"], name=f"{row.get('agent')} · {row.get('task_id') or row['trajectory_id']}",
+        messages=messages, scores=scores, tags={k: str(v) for k, v in tags.items() if v is not None},
+        metadata={k: str(v)[:250] for k, v in meta.items() if isinstance(v, str | int | float | bool)},
+        outputs=row.get("final_answer"), started_at=started,
+        seconds=(ended - started).total_seconds() if started and ended and ended > started else None)
+
+
+@trajectories_app.command("publish")
+def publish_trajectories(
+        workspace: WorkspaceArg, filter: FilterOpt = None, day: DayOpt = None,
+        limit: Annotated[int, typer.Option("--limit", min=1, help="Publish at most this many (newest first).")] = 50,
+        experiment: Annotated[str | None, typer.Option(
+            "--experiment", help="MLflow experiment to publish into (default: the workspace's name).")] = None,
+        redact: Annotated[bool, typer.Option("--redact", help="Mask emails, keys, phone numbers… in the messages "
+                                             "first (as curation does), e.g. before a shared tracking server.")] = False,
+        refresh: RefreshOpt = True, home: HomeOpt = None, json: JsonOpt = False):
+    """Publish trajectories as MLflow traces (a span per turn and tool call, outcomes as assessments), to read
+    them in MLflow's Traces tab; one already published there is skipped."""
+    import polars as pl
+
+    from pipeline.lake.ingest import read_outcomes
+
+    ws = _open(workspace, home)
+    df = _joined(ws, refresh, filter, day)
+    rows = df.sort("started_at", "trajectory_id", descending=True).head(limit).to_dicts() if df.height else []
+    ids = [r["trajectory_id"] for r in rows]
+    outcomes = read_outcomes(ws).filter(pl.col("trajectory_id").is_in(ids)).sort("recorded_at").to_dicts()
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for o in outcomes:
+        by_id.setdefault(o["trajectory_id"], []).append(o)
+    tracker = MlflowTracker(settings(home).tracking_uri, experiment=experiment or workspace)
+    done = log_traces(tracker, [_as_trace(r, by_id.get(r["trajectory_id"], []), workspace, redact) for r in rows])
+    link = traces_link(tracker)
+    if json:
+        console.print_json(orjson.dumps({"published": len(done.trace_ids), "skipped": done.skipped, "matched": df.height,
+                                         "experiment": tracker.experiment, "experiment_id": tracker.experiment_id,
+                                         "trace_ids": done.trace_ids, "url": link}).decode())
+        return
+    console.print(f"published {len(done.trace_ids)} of {df.height} trajectories as MLflow traces in experiment "
+                  f"[bold]{tracker.experiment}[/]" + (f" ({done.skipped} already there)" if done.skipped else ""))
+    console.print(f"open {link}" + ("" if tracker.tracking_uri.startswith("http") else
+                                    f"  (with `make mlflow-ui`, or `mlflow ui --backend-store-uri {tracker.tracking_uri}`)"))

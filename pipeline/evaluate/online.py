@@ -294,7 +294,7 @@ def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: in
             if errors:
                 result["reward_errors"] = errors
         tid = _trajectory_id(ckpt or agent, tag, seed, i, task)
-        results.append({"index": i, "trajectory_id": tid, **result, "messages": messages})
+        results.append({"index": i, "trajectory_id": tid, **result, "messages": messages})  # read as MLflow traces
         if workspace is not None and messages:
             meta = {"checkpoint": ckpt, "eval_tag": tag, "task": task.to_dict(), "eval_seed": seed,
                     "world": env.name, "environment": env_ref, "heldout": True, "eval_index": i}

@@ -114,6 +114,13 @@ def _section(out: Path, name: str, section: Mapping[str, Any], metrics: Sequence
     return paths
 
 
+def plot_folder(path: str | Path) -> str:
+    """The MLflow artifact folder a plot goes to: online, offline and the loss curve each have their own,
+    so the run's Artifacts tab groups them by what they measure."""
+    stem = Path(path).stem
+    return "plots/offline" if stem.startswith("offline_") else "plots/loss" if stem == "loss_curve" else "plots/online"
+
+
 def plots(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     """PNGs: online per-slice metric bars (`slices.png`) and deltas with paired bootstrap CIs
     (`deltas.png`), the same offline (`offline_slices.png`, `offline_deltas.png`), the loss curve and the

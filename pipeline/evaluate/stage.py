@@ -26,8 +26,9 @@ from pipeline.evaluate.compare import Gate, build_report, gate, offline_section
 from pipeline.evaluate.offline import evaluate_checkpoint, preference_accuracy
 from pipeline.evaluate.online import online_eval
 from pipeline.evaluate.plots import plots
-from pipeline.evaluate.publish import log_report
+from pipeline.evaluate.publish import log_plots, log_report
 from pipeline.evaluate.render import markdown_report
+from pipeline.evaluate.rollout_traces import log_rollouts
 from pipeline.evaluate.verdict import finite
 from pipeline.train.checkpoints import finished_checkpoints, promote
 from pipeline.train.methods import method_for
@@ -55,6 +56,7 @@ class EvalResult:
     report_markdown: str
     plots: list[str] = field(default_factory=list)
     mlflow_run_id: str | None = None
+    traces: int = 0  # rollouts readable as MLflow traces on that run
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -198,6 +200,8 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
         (offline_tables["checkpoint"]["eval"], (offline_tables.get("previous") or {}).get("eval"))
     if current is None:  # offline numbers are then the whole evaluation: still draw them
         files = plots({"offline": offline_section(offline_tables, examples), "loss_curve": curve}, ckpt_dir / "eval")
+        if tracker is not None and ckpt.mlflow_run_id:
+            log_plots(tracker, ckpt.mlflow_run_id, files)
         gate_ok, gate_msg = offline_gate(spec, offline_tables)
     else:
         report = build_report(current, base=base, previous=previous, loss_curve=curve, offline=offline_tables,
@@ -220,6 +224,8 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
                         spec.gate.margin, first_checkpoint=gate_prev is None)
     _write(ckpt_dir / "eval" / GATE_FILE, verdict_gate.__dict__)
     reg = ckpt.registration
+    traced = log_rollouts(tracker, current, ckpt.mlflow_run_id, ckpt.corpus_ref, spec.online.trace_limit, reg.model_id) \
+        if tracker is not None and ckpt.mlflow_run_id else None
     if tracker is not None and ckpt.mlflow_run_id and reg.model_version:
         numbers = {f"eval_{k}": v for k, v in {**_clean(offline), **_summary(current)}.items() if finite(v)}
         tracker.describe_model_version(
@@ -234,7 +240,8 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
         checkpoint=str(ckpt_dir), corpus_ref=ckpt.corpus_ref, query=spec.eval.query, offline=_clean(offline),
         slices=slices, online=_summary(current), base_online=_summary(base), previous_online=_summary(previous),
         verdict=verdict, gate=verdict_gate, report_markdown=report_md,
-        plots=[str(f) for f in files if str(f).endswith(".png")], mlflow_run_id=ckpt.mlflow_run_id)
+        plots=[str(f) for f in files if str(f).endswith(".png")], mlflow_run_id=ckpt.mlflow_run_id,
+        traces=len(traced.trace_ids) + traced.skipped if traced else 0)
 
 
 def online_report_name(spec: CorpusSpec) -> str:

@@ -119,11 +119,19 @@ def registered_name(corpus: str) -> str:
     return f"tracemill-{corpus}"
 
 
+def logged_model_name(corpus: str, version: str = "") -> str:
+    """The logged model of one checkpoint: `tracemill-<corpus>-<version>` (MLflow forbids `/ : . %` in it)."""
+    name = f"{registered_name(corpus)}-{version}" if version else registered_name(corpus)
+    return "".join("-" if c in '/:.%"\'' else c for c in name)
+
+
 def register(tracker: Any, run_id: str, checkpoint_dir: Path, corpus: str, tags: dict[str, str]) -> Registration:
     """Register a trained checkpoint as the next version of `tracemill-<corpus>`, or say why the registry
     refused (`registration_error`): the training it follows must not be lost."""
     try:
-        return Registration(**tracker.register_checkpoint(run_id, checkpoint_dir, registered_name(corpus), tags=tags))
+        version = str(tags.get("corpus", "")).rpartition("@")[2]  # <target>@vN → the logged model tracemill-<corpus>-vN
+        return Registration(**tracker.register_checkpoint(run_id, checkpoint_dir, registered_name(corpus), tags=tags,
+                                                          model_name=logged_model_name(corpus, version)))
     except Exception as exc:  # noqa: BLE001 - an hour of training must not be lost to the registry
         error = f"{type(exc).__name__}: {exc}"[:500]
         event(log, "model registration failed", logging.WARNING, corpus=corpus, checkpoint=str(checkpoint_dir),
