@@ -225,7 +225,8 @@ def test_mlflow_ui_shows_the_run_input_dataset_and_a_trace(live, evaluated, tmp_
     client = MlflowClient(tracking_uri=live.mlflow_url)  # through the UI's own server (REST)
     run = client.get_run(evaluated.mlflow_run_id)
     datasets = [d.dataset.name for d in run.inputs.dataset_inputs]
-    assert datasets == ["deeplake://local/sft@v1"], datasets
+    version = evaluated.eval_metadata["corpus_version"]["text"]  # the version the eval read, e.g. …/sft@v2
+    assert re.fullmatch(r"deeplake://local/sft@v\d+", version) and datasets == [version], (version, datasets)
     experiments = [e.experiment_id for e in client.search_experiments()]
     traces = client.search_traces(locations=experiments, include_spans=False, max_results=500)
     by_run: dict[str, list[str]] = {}
