@@ -244,7 +244,7 @@ def test_mlflow_ui_shows_the_run_input_dataset_and_a_trace(live, evaluated, tmp_
         traced = run.info.run_id if run.info.run_id in by_run else next(iter(by_run))
         experiment = client.get_run(traced).info.experiment_id
         page.goto(f"{live.mlflow_url}/#/experiments/{experiment}/runs/{traced}", wait_until="domcontentloaded")
-        page.get_by_role("tab", name="Traces").click()
+        page.get_by_role("tab", name="Traces", exact=True).click()
         rows = page.get_by_role("row").filter(has_text=re.compile(r"tr-[0-9a-f]{32}"))
         rows.first.wait_for(state="visible")
         shown = set(re.findall(r"tr-[0-9a-f]{32}", " ".join(rows.all_inner_texts())))
