@@ -1,23 +1,15 @@
 """The live daemon, for real: `python -m assets.dev.ui` (dagster dev + mlflow ui) on free loopback ports and
-a temp home. Through the GraphQL API: the late-outcome sensor re-joins exactly the days whose rewards
-arrived late, and a late reward yields a new corpus version with no manual step. In headless Chromium: the UI shows the tracemill asset graph. Then a stop by PID that
+a temp home (tests/live_stack.py). Through the GraphQL API: the late-outcome sensor re-joins exactly the days
+whose rewards arrived late, and a late reward yields a new corpus version with no manual step. In headless
+Chromium (tests/live_browser.py): the UI shows the tracemill asset graph; after one train_and_eval run handed
+to the daemon, the eval asset's page shows its plots as images, and the MLflow run page shows the corpus
+version as the input dataset and the online-eval rollouts as traces (issue 16). Then a stop by PID that
 leaves no process behind. Deselect with `-m "not live"`."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import httpx
 import polars as pl
@@ -27,100 +19,27 @@ import yaml
 
 from pipeline.capture.workspace import Workspace
 from pipeline.corpus.store import list_versions, open_corpus
-from pipeline.demo.agents import DemoStats, populate
+from pipeline.demo.agents import populate
 from pipeline.lake.backfill import plan_backfill, run_backfill
 from pipeline.lake.late import trajectory_days
+from tests.live_browser import chromium_page, screenshot
+from tests.live_stack import FINISHED, MATERIALIZATIONS, Live, start_live, wait_for
 
 pytestmark = pytest.mark.live
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DAYS = ["2026-11-16", "2026-11-17", "2026-11-18"]
 LATE_DAYS = [DAYS[0], DAYS[2]]  # late rewards arrive for these; DAYS[1] is the control
 NEW_DAY = "2026-11-19"  # new trajectories for a day not ingested yet: no re-join to request
+# training and evaluation as small as they go: the browser tests need an eval materialization, not a model
 CONFIG = {"workspace": "demo", "partitions_start": "2026-11-01", "corpora": [
-    {"name": "sft", "format": "sft", "filter": "reward > 0", "target": "deeplake://local/sft"}]}
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-LOCATION = {"repositoryLocationName": "assets.definitions", "repositoryName": "__repository__"}
-TICKS = """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { __typename ... on Sensor {
-  minIntervalSeconds sensorState { status ticks(limit: 50) { status timestamp runKeys skipReason } } } } }"""
-RUNS = """query($f: RunsFilter) { runsOrError(filter: $f) { ... on Runs { results {
-  runId status tags { key value } } } } }"""
-MATERIALIZATIONS = """query($k: AssetKeyInput!) { assetOrError(assetKey: $k) { ... on Asset {
-  assetMaterializations(limit: 100) { partition runId timestamp } } } }"""
-FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+    {"name": "sft", "format": "sft", "filter": "reward > 0", "target": "deeplake://local/sft",
+     "environment": "pipeline.demo.environment:make_env",
+     "train": {"max_steps": 2, "batch_size": 4, "max_length": 384},
+     "eval": {"max_examples": 2, "max_new_tokens": 16}, "online": {"n_tasks": 2, "max_steps": 2}}]}
+DATA_PNG = "data:image/png;base64,"
+PNGS_DECODED = """src => { const imgs = [...document.querySelectorAll(`[role=dialog] img[src^="${src}"]`)];
+  return imgs.length >= 3 && imgs.every(i => i.complete && i.naturalWidth > 0); }"""
 GRAPH_NODES = ["raw_trajectories", "outcomes", "base_model", "curated_sft", "corpus_sft", "checkpoint_sft", "eval_sft"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-@dataclass
-class Live:
-    proc: subprocess.Popen
-    home: Path
-    dagster_url: str
-    mlflow_url: str
-    stats: DemoStats
-    lines: list[str] = field(default_factory=list)
-    seen: dict[int, float] = field(default_factory=dict)  # pid → create time, every descendant seen
-
-    def gql(self, query: str, **variables: Any) -> dict:
-        resp = httpx.post(f"{self.dagster_url}/graphql", json={"query": query, "variables": variables}, timeout=20)
-        resp.raise_for_status()
-        return resp.json()["data"]
-
-    def snapshot(self) -> None:
-        try:
-            for child in psutil.Process(self.proc.pid).children(recursive=True):
-                self.seen.setdefault(child.pid, child.create_time())
-        except psutil.NoSuchProcess:
-            pass
-
-    def stop(self, timeout: float = 45) -> float:
-        t0 = time.monotonic()
-        if self.proc.poll() is None:
-            self.snapshot()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return time.monotonic() - t0
-
-    def ticks(self) -> list[dict]:
-        sensor = self.gql(TICKS, s={**LOCATION, "sensorName": "late_outcomes"})["sensorOrError"]
-        return sensor.get("sensorState", {}).get("ticks", []) if sensor["__typename"] == "Sensor" else []
-
-    def sensor_runs(self, sensor: str = "late_outcomes") -> list[dict]:
-        runs = self.gql(RUNS, f={"tags": [{"key": "dagster/sensor_name", "value": sensor}]})
-        return runs["runsOrError"].get("results", [])
-
-    def latest_materialization(self, asset: str) -> float:
-        mats = self.gql(MATERIALIZATIONS, k={"path": [asset]})["assetOrError"].get("assetMaterializations", [])
-        return max((float(m["timestamp"]) for m in mats), default=0.0)
-
-    def caught_up(self) -> bool:
-        """No run queued or running, and the corpus was snapshotted after the latest join: nothing is
-        left for the automation to request."""
-        runs = self.gql(RUNS, f=None)["runsOrError"].get("results", [])
-        return (all(r["status"] in FINISHED for r in runs)
-                and self.latest_materialization("corpus_sft") > self.latest_materialization("joined_trajectories"))
 
 
 @pytest.fixture(scope="module")
@@ -133,17 +52,8 @@ def live(tmp_path_factory):
     for k, v in env.items():
         mp.setenv(k, v)  # the in-test backfill and workspace see the same home
     stats = populate(Workspace.open("demo", home=home), days=DAYS, per_day=12, seed=4)
-    ports = free_port(), free_port()
-    cmd = [sys.executable, "-m", "assets.dev.ui", "--home", str(home),
-           "--dagster-port", str(ports[0]), "--mlflow-port", str(ports[1])]
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    live = Live(proc, home, f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}", stats)
-    threading.Thread(target=lambda: live.lines.extend(proc.stdout), daemon=True).start()
+    live = start_live(home, env, stats)
     try:
-        wait_for(lambda: any("tracemill ui ready" in ln for ln in live.lines) or proc.poll() is not None, 120, "the launcher")
-        assert proc.poll() is None, "launcher exited:\n" + "".join(live.lines)
-        live.snapshot()
         yield live
     finally:
         live.stop()
@@ -251,33 +161,95 @@ def test_a_late_reward_becomes_a_new_corpus_version_by_itself(live):
 
 
 def test_dagster_ui_shows_the_asset_graph(live, tmp_path):
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        pytest.skip("Chromium is not installed and `apt-get install -y chromium` was not possible here "
-                    "(`make test` tries it); the browser check needs a system Chromium")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright missing: pip install -e '.[dev]'")
-    shot = tmp_path / "dagster-asset-graph.png"
     # eval_sft's upstream lineage: every stage of the loop as single nodes (the global lineage page
     # starts with the groups collapsed)
     url = f"{live.dagster_url}/assets/eval_sft?view=lineage&lineageScope=upstream&lineageDepth=8"
-    assert live.gql("mutation { setNuxSeen }")["setNuxSeen"]  # no first-visit dialog over the graph
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(url, wait_until="domcontentloaded", timeout=60_000)
-            for name in GRAPH_NODES:
-                page.get_by_text(name, exact=True).first.wait_for(state="visible", timeout=45_000)
-            # long names are shortened in the middle on the canvas: "join…_trajectories"
-            page.get_by_text(re.compile(r"^join.*_trajectories$")).first.wait_for(state="visible")
-            page.wait_for_timeout(1500)  # let the layout settle for the picture
-            page.screenshot(path=str(shot))
-        finally:
-            browser.close()
-    assert shot.stat().st_size > 10_000
-    if (REPO_ROOT / ".tracemill").is_dir():
-        (REPO_ROOT / ".tracemill" / "screenshots").mkdir(exist_ok=True)
-        shutil.copy(shot, REPO_ROOT / ".tracemill" / "screenshots" / shot.name)
+    with chromium_page("dagster-asset-graph") as page:
+        page.goto(url, wait_until="domcontentloaded")
+        for name in GRAPH_NODES:
+            page.get_by_text(name, exact=True).first.wait_for(state="visible")
+        # long names are shortened in the middle on the canvas: "join…_trajectories"
+        page.get_by_text(re.compile(r"^join.*_trajectories$")).first.wait_for(state="visible")
+        screenshot(page, tmp_path, "dagster-asset-graph.png")
+
+
+@dataclass
+class Evaluated:
+    """What one train_and_eval run left: its Dagster run and the MLflow run the eval logged to."""
+
+    dagster_run_id: str
+    mlflow_run_id: str
+    eval_metadata: dict[str, dict]
+
+
+@pytest.fixture(scope="module")
+def evaluated(live: Live) -> Evaluated:
+    """checkpoint_sft + eval_sft materialized by the daemon, as a person does it (UI → Jobs → train_and_eval
+    → Materialize all). After the tests above the corpus exists; alone, this makes it first."""
+    if not _versions():
+        if not Workspace.open("demo", home=live.home).joined_path(DAYS[0]).exists():
+            assert run_backfill(plan_backfill(DAYS[0], DAYS[-1])).ok
+        wait_for(lambda: live.caught_up() and _versions(), 300, "the automation's first corpus snapshot", every=2)
+    run_id = live.launch("train_and_eval")
+    status = live.wait_run(run_id, 600)
+    assert status == "SUCCESS", f"train_and_eval {status}: see {live.home}/logs/dagster.log"
+    ckpt_run, ckpt = live.latest_metadata("checkpoint_sft")
+    eval_run, meta = live.latest_metadata("eval_sft")
+    assert ckpt_run == eval_run == run_id, (ckpt_run, eval_run, run_id)
+    return Evaluated(run_id, ckpt["mlflow_run_id"]["text"], meta)
+
+
+def test_dagster_ui_shows_the_eval_plots_as_images(live, evaluated, tmp_path):
+    """Issue 16, done when: the eval asset's page shows its plots as pictures in the metadata, not file paths."""
+    assert evaluated.eval_metadata["report"]["__typename"] == "MarkdownMetadataEntry"
+    assert f"]({DATA_PNG}" in evaluated.eval_metadata["report"]["mdStr"]
+    with chromium_page("dagster-eval-plots") as page:
+        page.goto(f"{live.dagster_url}/assets/eval_sft", wait_until="domcontentloaded")  # latest materialization
+        page.get_by_role("row").filter(has=page.get_by_text("verdict", exact=True)).wait_for(state="visible")
+        report = page.get_by_role("row").filter(has=page.get_by_text("report", exact=True))
+        report.get_by_text("[Show Markdown]").click()
+        images = page.get_by_role("dialog").locator(f"img[src^='{DATA_PNG}']")
+        images.first.wait_for(state="visible")
+        page.wait_for_function(PNGS_DECODED, arg=DATA_PNG)  # every plot decoded: no broken-image icon
+        sizes = images.evaluate_all("imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
+        images.first.scroll_into_view_if_needed()
+        screenshot(page, tmp_path, "dagster-eval-plots.png")
+    assert len(sizes) >= 3 and all(w > 100 and h > 100 for w, h in sizes), sizes
+
+
+def test_mlflow_ui_shows_the_run_input_dataset_and_a_trace(live, evaluated, tmp_path):
+    """Issue 16, done when: the run the eval logged to shows the corpus version as its input dataset, and
+    a run of the eval stage has MLflow traces of the online-eval rollouts in its Traces tab."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=live.mlflow_url)  # through the UI's own server (REST)
+    run = client.get_run(evaluated.mlflow_run_id)
+    datasets = [d.dataset.name for d in run.inputs.dataset_inputs]
+    version = evaluated.eval_metadata["corpus_version"]["text"]  # the version the eval read, e.g. …/sft@v2
+    assert re.fullmatch(r"deeplake://local/sft@v\d+", version) and datasets == [version], (version, datasets)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    traces = client.search_traces(locations=experiments, include_spans=False, max_results=500)
+    by_run: dict[str, list[str]] = {}
+    for t in traces:
+        if source := t.info.trace_metadata.get("mlflow.sourceRun"):
+            by_run.setdefault(source, []).append(t.info.trace_id)
+    with chromium_page("mlflow-run") as page:
+        page.goto(f"{live.mlflow_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}",
+                  wait_until="domcontentloaded")
+        page.get_by_text(datasets[0]).first.wait_for(state="visible")  # "deeplake://local/sft@v1 (<digest>)"
+        page.get_by_text("Datasets", exact=True).first.wait_for(state="visible")
+        screenshot(page, tmp_path, "mlflow-run-dataset.png")
+        if not by_run:
+            pytest.fail("no MLflow trace was logged for online eval (issue 16 item 2)")
+        traced = run.info.run_id if run.info.run_id in by_run else next(iter(by_run))
+        experiment = client.get_run(traced).info.experiment_id
+        page.goto(f"{live.mlflow_url}/#/experiments/{experiment}/runs/{traced}", wait_until="domcontentloaded")
+        page.get_by_role("tab", name="Traces", exact=True).click()
+        rows = page.get_by_role("row").filter(has_text=re.compile(r"tr-[0-9a-f]{32}"))
+        rows.first.wait_for(state="visible")
+        shown = set(re.findall(r"tr-[0-9a-f]{32}", " ".join(rows.all_inner_texts())))
+        screenshot(page, tmp_path, "mlflow-run-traces.png")
+    assert shown and shown <= set(by_run[traced]), (shown, by_run[traced])
 
 
 def test_stopping_the_launcher_leaves_no_process(live):
