@@ -182,6 +182,25 @@ def test_device_settings_follow_the_machine():
     assert choose_settings("cpu", ampere).device == "cpu"  # an explicit wish wins over the GPU
 
 
+def test_precision_setting_bf16_on_a_cpu_with_bf16_instructions(tiny_model_dir, rows, tracker, tmp_path):
+    """`train.precision: bf16` autocasts on a CPU that has bf16 instructions (the real-model lane asks for it:
+    about 2x for SmolLM2 here), is refused with the field named on one without, and fp32 stays fp32 on a GPU."""
+    from pipeline.train.devices import DeviceFacts, choose_settings, machine_facts
+
+    with pytest.raises(ValueError, match="train.precision: bf16 needs a CPU with bfloat16"):
+        choose_settings("auto", DeviceFacts(cpu_bf16=False), "bf16")
+    fast = choose_settings("auto", DeviceFacts(cpu_bf16=True), "bf16")
+    assert (fast.device, fast.bf16, fast.mixed_precision) == ("cpu", True, "bf16")
+    assert not choose_settings("auto", DeviceFacts(cpu_bf16=True)).bf16  # auto on a CPU: fp32, as before
+    assert not choose_settings("auto", DeviceFacts(cuda=True, bf16=True, capability=(9, 0)), "fp32").bf16
+    if not machine_facts().cpu_bf16:
+        pytest.skip("this CPU has no bfloat16 instructions: the bf16 training run is checked where it has them")
+    res = train_sft(rows, SFTRecipe(base_model=str(tiny_model_dir), output_dir=str(tmp_path / "bf16"), max_steps=3,
+                                    per_device_batch_size=4, precision="bf16", device="cpu"), tracker=tracker)
+    params = tracker.get_run(res.mlflow_run_id).data.params
+    assert (params["bf16"], params["device"]) == ("True", "cpu") and all(math.isfinite(x) for x in res.losses)
+
+
 def test_probe_and_attention_fallback(tiny_model_dir):
     """This machine's facts agree with torch; a kernel the machine lacks falls back to sdpa, and the model
     config (which `trainer_params` logs) says so."""
