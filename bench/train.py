@@ -1,7 +1,12 @@
-"""Training-throughput benchmark: SFT, DPO, KTO and GRPO with TRL on the tiny model, on demo-world data.
+"""Training-throughput benchmark: SFT, DPO, KTO and GRPO with TRL on demo-world data, on the tiny model or a
+real one in its own chat template (`--model smollm2-135m` after `make smollm2`, or any HF id / path).
 Prints a table, then one line of JSON with every figure.
 
-    .venv/bin/python bench/train.py [--quick] [--device cpu|cuda|auto]
+    .venv/bin/python bench/train.py [--quick] [--device cpu|cuda|auto] [--model smollm2-135m] [--precision bf16]
+
+On a GPU it also reports model FLOPs utilisation: 6 × parameters × tokens/s (forward + backward of a dense
+decoder, attention left out) over the device's peak dense bf16 FLOP/s (a table of common cards, or
+`TRACEMILL_PEAK_TFLOPS`). On a CPU it reports the achieved GFLOP/s by the same count.
 
 Data: `pipeline.demo.agents.populate` fills a temporary workspace; rows are built straight from the landed
 trajectories (no lake/corpus round trip). SFT learns from reward-1 attempts; DPO pairs a reward-1 and a
@@ -77,10 +82,28 @@ def build_rows(trajs: list[dict[str, Any]], tokenizer: Any) -> dict[str, list[di
     return rows
 
 
-def figures(res: Any, wall: float) -> dict[str, float]:
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 125.0,
+                    "RTX 4090": 165.0, "V100": 125.0, "T4": 65.0}  # dense, tensor cores (vendor data sheets)
+
+
+def peak_flops(device: str) -> float | None:
+    """The device's peak dense bf16 FLOP/s, or None (CPU, unknown card without TRACEMILL_PEAK_TFLOPS)."""
+    if os.environ.get("TRACEMILL_PEAK_TFLOPS"):
+        return float(os.environ["TRACEMILL_PEAK_TFLOPS"]) * 1e12
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0)
+    return next((t * 1e12 for card, t in PEAK_BF16_TFLOPS.items() if card in name), None)
+
+
+def figures(res: Any, wall: float, parameters: int, peak: float | None) -> dict[str, float | None]:
+    flops = 6.0 * parameters * res.tokens_per_second  # GRPO's tokens include generated ones: an upper bound
     return {"steps": res.steps, "steps_per_s": res.steps_per_second, "tokens": res.tokens,
             "tokens_per_s": res.tokens_per_second, "train_seconds": res.train_seconds, "wall_seconds": wall,
-            "final_loss": res.final_loss, "rows": res.train_rows}
+            "final_loss": res.final_loss, "rows": res.train_rows, "model_gflops_per_s": flops / 1e9,
+            "mfu": flops / peak if peak else None}
 
 
 def main() -> None:
@@ -88,8 +111,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few steps each (smoke test)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--batch", type=int, default=8, help="sequences (DPO: pairs; GRPO: completions) per step")
+    ap.add_argument("--model", default="tiny", help="tiny (built here), smollm2-135m (after `make smollm2`), "
+                    "or an HF id / path; a real model gets the tools in its prompt")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="train.precision")
+    ap.add_argument("--max-length", type=int, default=768, help="tokens kept per sequence")
     args = ap.parse_args()
+    real = args.model != "tiny"
     steps = ({"sft": 5, "dpo": 3, "kto": 3, "grpo": 2} if args.quick
+             else {"sft": 8, "dpo": 4, "kto": 4, "grpo": 3} if real and args.device == "cpu"
              else {"sft": 60, "dpo": 20, "kto": 20, "grpo": 10})
 
     import torch
@@ -104,13 +133,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         trajs = demo_trajectories(root / "home", per_day=60)
-        model_dir = build_tiny_model([render_text(t["messages"], t["tools"]) for t in trajs], root / "tiny",
-                                     vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, seed=0)
+        if real:
+            from pipeline.models import require_prepared
+
+            model_dir = Path(require_prepared(args.model, Path(os.environ.get("TRACEMILL_HOME", ".tracemill")) / "models"))
+        else:
+            model_dir = build_tiny_model([render_text(t["messages"], t["tools"]) for t in trajs], root / "tiny",
+                                         vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, seed=0)
         rows = build_rows(trajs, AutoTokenizer.from_pretrained(model_dir))
-        common = {"device": args.device, "per_device_batch_size": args.batch, "seed": 0}
+        common = {"device": args.device, "per_device_batch_size": args.batch, "seed": 0, "precision": args.precision}
+        from pipeline.models import parameter_count
+
+        parameters, peak = parameter_count(str(model_dir)), peak_flops(args.device)
         runs: dict[str, tuple[Any, Any]] = {
             "sft": (train_sft, SFTRecipe(base_model=str(model_dir), output_dir=str(root / "sft"),
-                                         max_steps=steps["sft"], **common)),
+                                         max_steps=steps["sft"], max_length=args.max_length, **common)),
         }
         base = str(root / "sft")  # the others start from the SFT checkpoint
         runs["dpo"] = (train_dpo, PrefRecipe(base_model=base, output_dir=str(root / "dpo"), trainer="dpo",
@@ -120,11 +157,13 @@ def main() -> None:
         runs["grpo"] = (train_grpo, RLRecipe(base_model=base, output_dir=str(root / "grpo"),
                                              max_steps=steps["grpo"], learning_rate=1e-4, **common))
         out: dict[str, Any] = {"bench": "train", "device": args.device, "torch_threads": torch.get_num_threads(),
+                               "model": args.model, "parameters": parameters, "precision": args.precision,
+                               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                                "trajectories": len(trajs), **{f"{k}_rows": len(v) for k, v in rows.items()}}
         for name, (train, recipe) in runs.items():
             t0 = time.perf_counter()
             res = train(rows["rl" if name == "grpo" else name], recipe)
-            out[name] = figures(res, time.perf_counter() - t0)
+            out[name] = figures(res, time.perf_counter() - t0, parameters, peak)
             print(f"{name:<5} {res.steps:>3} steps  {res.steps_per_second:6.2f} steps/s  "
                   f"{res.tokens_per_second:9,.0f} tokens/s  loss {res.final_loss:.4f}", file=sys.stderr)
     sft_tps = out["sft"]["tokens_per_s"] or 1.0

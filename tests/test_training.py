@@ -259,3 +259,19 @@ def test_train_sft_streams_rows_of_equal_length(tiny_model_dir, rows, tmp_path):
     recipe = SFTRecipe(base_model=str(tiny_model_dir), output_dir=str(tmp_path / "ckpt"), max_steps=1,
                        per_device_batch_size=4)
     assert train_sft_corpus("org/flat@v1", recipe, root=root).steps == 1
+
+
+def test_mlflow_params_record_the_lora_decision_not_the_wish(tiny_model_dir, tmp_path):
+    """`lora: auto` is logged as what the run did (no LoRA for a model under 1B parameters) and the wish apart;
+    the CLI leaves the choice to `auto` unless --lora/--no-lora is given."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.main import app
+    from pipeline.train.recipes import recipe_params
+
+    params = recipe_params(SFTRecipe(base_model=str(tiny_model_dir), output_dir=str(tmp_path / "o")))
+    assert (params["lora"], params["lora_requested"]) == (False, "auto")
+    forced = recipe_params(SFTRecipe(base_model=str(tiny_model_dir), output_dir=str(tmp_path / "o"), lora=True))
+    assert (forced["lora"], forced["lora_requested"]) == (True, True)
+    help_text = CliRunner().invoke(app, ["train", "sft", "--help"], terminal_width=200).output
+    assert "--lora" in help_text and "--no-lora" in help_text and "auto" in help_text

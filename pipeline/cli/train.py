@@ -35,7 +35,7 @@ train_app = typer.Typer(help="Fine-tune from a corpus version (org/name@vN; the 
 eval_app = typer.Typer(help="Evaluate checkpoints and show their reports.", no_args_is_help=True)
 
 def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: int, learning_rate: float | None,
-         batch_size: int, lora: bool, seed: int, tools_in_prompt: bool, home: str | None, root: str | None,
+         batch_size: int, lora: bool | None, seed: int, tools_in_prompt: bool, home: str | None, root: str | None,
          track: bool, devices: int = 1) -> None:
     """Train the method for `fmt` corpora on a pinned version, as the checkpoint asset does (same method
     table, same recipe mapping and defaults; SFT streams from the version), then register the checkpoint."""
@@ -63,8 +63,8 @@ def _run(fmt: str, corpus: str, base_model: str, out: Path | None, max_steps: in
     split = TrainSplit(c, f"{c.url}@{c.version}", tools_in_prompt=tools_in_prompt)
     out = out or hd / "checkpoints" / "cli" / f"{fmt}-{c.version}"
     lr = {} if learning_rate is None else {"learning_rate": learning_rate}  # else the corpus spec's default
-    train_settings = TrainSettings(max_steps=max_steps, batch_size=batch_size, lora=lora, seed=seed, devices=devices,
-                                   **lr)
+    train_settings = TrainSettings(max_steps=max_steps, batch_size=batch_size, seed=seed, devices=devices,
+                                   lora="auto" if lora is None else lora, **lr)
     recipe = method.make_recipe(train_settings, base_model, str(out))
     tracker = None
     if track:
@@ -100,7 +100,9 @@ def _command(name: str, fmt: str):
                                                             "as in a corpus spec's train: section).")] = None,
         batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per optimizer step "
                                                 "(split across --devices).")] = 8,
-        lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters (merged on save).")] = False,
+        lora: Annotated[bool | None, typer.Option("--lora/--no-lora", help="Train LoRA adapters (merged on save) or "
+                                                  "the full model; default: as train.lora: auto (LoRA above 1B "
+                                                  "parameters).")] = None,
         seed: Annotated[int, typer.Option(help="Random seed (data order, initialisation, sampling).")] = 0,
         tools_in_prompt: Annotated[bool, typer.Option(help="Render tool definitions into prompts.")] = False,
         track: Annotated[bool, typer.Option(help="Log the run to MLflow and register the checkpoint.")] = True,

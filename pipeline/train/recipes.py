@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.config import TrainSettings
+from pipeline.models import resolve_lora
 
 DEVICES_HELP = ("Processes (one per GPU) that train together with DDP; > 1 starts them with `accelerate launch` "
                 "(on CPU: gloo, for tests).")
@@ -149,6 +150,10 @@ class RLRecipe(RecipeBase, LoraFields):
 
 def recipe_params(recipe: BaseModel) -> dict[str, Any]:
     """A recipe as MLflow params; `device` is logged once the trainer is built, as the device it resolved to
-    (`trainer_params`), and the recipe's wish is kept as `device_requested`."""
+    (`trainer_params`), and the recipe's wish is kept as `device_requested`. `lora` is logged as the decision
+    (`auto` resolved for this base model: what the run did), and the wish as `lora_requested`."""
     dumped = recipe.model_dump()
-    return {**{k: v for k, v in dumped.items() if k != "device"}, "device_requested": dumped.get("device")}
+    params = {**{k: v for k, v in dumped.items() if k != "device"}, "device_requested": dumped.get("device")}
+    if "lora" in dumped:
+        params |= {"lora": resolve_lora(dumped["lora"], dumped["base_model"]), "lora_requested": dumped["lora"]}
+    return params
