@@ -187,19 +187,32 @@ def test_trl_trains_from_the_iterable_dataset(corpus, tiny_model_dir, tmp_path):
     assert (batch["labels"] != -100).any()
 
 
-def tiny_llama(attn: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama(attn: str, arch: str = "llama"):
+    """A one-layer model of a real family's architecture: Llama (as the tiny model), SmolLM2's shape (Llama
+    with grouped-query attention and tied embeddings) or Qwen2's (GQA, biased q/k/v projections)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=2, vocab_size=64, max_position_embeddings=256)
-    cfg._attn_implementation = attn
-    return LlamaForCausalLM(cfg).eval()
+    shape = dict(hidden_size=48, intermediate_size=64, num_hidden_layers=1, vocab_size=64, max_position_embeddings=256)
+    if arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**shape, num_attention_heads=6, num_key_value_heads=2))
+    elif arch == "smollm2":
+        model = LlamaForCausalLM(LlamaConfig(**shape, num_attention_heads=6, num_key_value_heads=2,
+                                             tie_word_embeddings=True, rope_theta=100000.0))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**shape, num_attention_heads=2, num_key_value_heads=2))
+    model.config._attn_implementation = attn
+    return model.eval()
 
 
-@pytest.mark.parametrize("attn,mask_4d", [("sdpa", False), ("eager", False), ("eager", True), ("sdpa", True)])
-def test_packed_samples_do_not_see_each_other(corpus, attn, mask_4d):
-    rows, model = corpus[2], tiny_llama(attn)
+@pytest.mark.parametrize("attn,mask_4d,arch", [("sdpa", False, "llama"), ("eager", False, "llama"),
+                                               ("eager", True, "llama"), ("sdpa", True, "llama"),
+                                               ("sdpa", False, "smollm2"), ("sdpa", False, "qwen2"),
+                                               ("eager", True, "qwen2")])
+def test_packed_samples_do_not_see_each_other(corpus, attn, mask_4d, arch):
+    """Position ids restart per packed sequence, so a sample's logits are the same packed or alone, for the
+    tiny model's architecture and for the real families' (GQA, RoPE bases, biased projections)."""
+    rows, model = corpus[2], tiny_llama(attn, arch)
     packs = packed_batches(loader(corpus), pack_length=96, mask_4d=mask_4d)
     batch = next(b for b in packs if len(b["seq_lens"]) >= 3)
     assert batch["cu_seq_lens"][-1] == 96 and batch["input_ids"].shape == (1, 96)

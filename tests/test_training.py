@@ -275,3 +275,18 @@ def test_mlflow_params_record_the_lora_decision_not_the_wish(tiny_model_dir, tmp
     assert (forced["lora"], forced["lora_requested"]) == (True, True)
     help_text = CliRunner().invoke(app, ["train", "sft", "--help"], terminal_width=200).output
     assert "--lora" in help_text and "--no-lora" in help_text and "auto" in help_text
+
+
+def test_generation_backend_is_vllm_only_on_a_gpu_that_has_it():
+    """TRL's colocated vLLM (GRPO) and a vLLM engine (online eval) on a CUDA machine with `vllm` installed;
+    HF generate everywhere else, on request (`TRACEMILL_VLLM=0`) and always on a CPU."""
+    from pipeline.train.devices import DeviceFacts, generation_backend, machine_facts
+
+    gpu = DeviceFacts(cuda=True, bf16=True, capability=(9, 0), vllm=True, gpus=1)
+    assert generation_backend("auto", gpu, env={}) == "vllm"
+    assert generation_backend("auto", gpu, env={"TRACEMILL_VLLM": "0"}) == "hf"
+    assert generation_backend("cpu", gpu, env={}) == "hf"
+    assert generation_backend("auto", DeviceFacts(cuda=True, bf16=True, capability=(9, 0)), env={}) == "hf"
+    assert generation_backend("auto", DeviceFacts(vllm=True), env={}) == "hf"
+    assert generation_backend("auto", machine_facts()) == ("vllm" if machine_facts().cuda and machine_facts().vllm
+                                                           else "hf")

@@ -38,6 +38,28 @@ def _pad_id(tokenizer: Any, stop: list[int]) -> int:
     return next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, *stop) if t is not None)
 
 
+def prompt_ids(tokenizer: Any, conversations: Sequence[list[dict[str, Any]]], tools: list[dict[str, Any]] | None,
+               keep: int) -> list[tuple[list[int], bool]]:
+    """Each conversation's generation prompt in the model's template, cut to its last `keep` tokens (and
+    whether it was cut): what any generation backend is given."""
+    prompts = [tokenize_prompt(tokenizer, messages, tools) for messages in conversations]
+    return [(p[-keep:], len(p) > keep) for p in prompts]
+
+
+def parse_turn(tokenizer: Any, new: list[int], prompt_tokens: int, ms: float, truncated: bool) -> GeneratedTurn:
+    """Generated ids → the turn: cut after the first stop token, decoded, tool calls parsed in the family's
+    format. Shared by every backend (HF `generate` here, vLLM in `pipeline.evaluate.vllm_policy`)."""
+    stop = stop_token_ids(tokenizer)
+    ends, family = end_markers(tokenizer), family_of(tokenizer)
+    new = new[:next((i + 1 for i, t in enumerate(new) if t in stop), len(new))]
+    text = tokenizer.decode(new, skip_special_tokens=False)
+    parsed = parse_assistant_output(text, family, ends)
+    ended = any(e in text for e in ends) or (bool(new) and new[-1] in stop)
+    invalid = bool(parsed["invalid_tool_calls"]) or not (parsed["content"] or parsed["tool_calls"])
+    return GeneratedTurn({"content": parsed["content"], "tool_calls": parsed["tool_calls"]}, prompt_tokens, len(new),
+                         ms, ended, invalid or not ended, truncated)
+
+
 def greedy_turns(model: Any, tokenizer: Any, conversations: Sequence[list[dict[str, Any]]],
                  tools: list[dict[str, Any]] | None, max_new_tokens: int, batch_size: int = 32) -> list[GeneratedTurn]:
     """The next assistant turn of every conversation, greedily and without gradient, `batch_size`
@@ -50,11 +72,10 @@ def greedy_turns(model: Any, tokenizer: Any, conversations: Sequence[list[dict[s
     pad = _pad_id(tokenizer, stop)
     keep = (getattr(model.config, "max_position_embeddings", None) or 1 << 30) - max_new_tokens
     device = next(model.parameters()).device
-    ends, family = end_markers(tokenizer), family_of(tokenizer)
-    prompts = [tokenize_prompt(tokenizer, messages, tools) for messages in conversations]
+    prompts = prompt_ids(tokenizer, conversations, tools, keep)
     turns: list[GeneratedTurn] = []
     for lo in range(0, len(prompts), batch_size):
-        chunk = [(p[-keep:], len(p) > keep) for p in prompts[lo:lo + batch_size]]
+        chunk = prompts[lo:lo + batch_size]
         width = max(len(p) for p, _ in chunk)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p, _ in chunk], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in chunk], device=device)
@@ -64,15 +85,7 @@ def greedy_turns(model: Any, tokenizer: Any, conversations: Sequence[list[dict[s
                                  eos_token_id=stop, pad_token_id=pad)
         ms = (time.perf_counter() - started) * 1000
         for row, (prompt, truncated) in enumerate(chunk):
-            new = out[row, width:].tolist()
-            cut = next((i + 1 for i, t in enumerate(new) if t in stop), len(new))  # through the first stop token
-            new = new[:cut]
-            text = tokenizer.decode(new, skip_special_tokens=False)
-            parsed = parse_assistant_output(text, family, ends)
-            ended = any(e in text for e in ends) or (bool(new) and new[-1] in stop)
-            invalid = bool(parsed["invalid_tool_calls"]) or not (parsed["content"] or parsed["tool_calls"])
-            turns.append(GeneratedTurn({"content": parsed["content"], "tool_calls": parsed["tool_calls"]}, len(prompt),
-                                       len(new), ms, ended, invalid or not ended, truncated))
+            turns.append(parse_turn(tokenizer, out[row, width:].tolist(), len(prompt), ms, truncated))
     return turns
 
 

@@ -45,6 +45,7 @@ from pipeline.environment import (
     run_episodes,
 )
 from pipeline.schema import utcnow
+from pipeline.train.devices import generation_backend, machine_facts
 
 PolicyFactory = Callable[[Any], Policy]
 _MODEL_CACHE: dict[tuple[str, str, float], tuple[Any, Any]] = {}
@@ -102,9 +103,11 @@ class ModelPolicy:
     tools: list[dict[str, Any]] | None = None
     turns: list[Turn] = field(default_factory=list)
     episode_turns: dict[int, list[Turn]] = field(default_factory=dict)
+    engine: Callable[..., list[Any]] | None = None  # a vLLM engine (`VllmTurns`) on a GPU that has it, else HF generate
 
     def _generate(self, conversations: Sequence[list[dict[str, Any]]]) -> list[tuple[Turn, dict[str, Any]]]:
-        out = greedy_turns(self.model, self.tokenizer, conversations, self.tools, self.max_new_tokens)
+        out = (self.engine(conversations, self.tools) if self.engine is not None
+               else greedy_turns(self.model, self.tokenizer, conversations, self.tools, self.max_new_tokens))
         return [(Turn(g.prompt_tokens, g.new_tokens, g.ms, "stop" if g.ended else "length", g.invalid, g.truncated),
                  g.message) for g in out]
 
@@ -131,9 +134,17 @@ def model_policy(checkpoint_dir: str | Path, *, max_new_tokens: int = 64, tools_
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    tools = env.tools if tools_in_prompt else None
+    if generation_backend(device, machine_facts()) == "vllm":
+        from transformers import AutoTokenizer
+
+        from pipeline.evaluate.vllm_policy import VllmTurns
+
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+        return ModelPolicy(None, tokenizer, Path(checkpoint_dir).name, max_new_tokens, tools,
+                           engine=VllmTurns(checkpoint_dir, tokenizer, max_new_tokens))
     model, tokenizer = _load(checkpoint_dir, device)
-    return ModelPolicy(model, tokenizer, Path(checkpoint_dir).name, max_new_tokens,
-                       env.tools if tools_in_prompt else None)
+    return ModelPolicy(model, tokenizer, Path(checkpoint_dir).name, max_new_tokens, tools)
 
 
 def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ class DeviceFacts:
     flash_attn: bool = False  # the `flash_attn` package is importable
     gpus: int = 0
     cpu_bf16: bool = False  # the CPU has bfloat16 instructions (AVX512-BF16 or AMX), so oneDNN runs bf16 fast
+    vllm: bool = False  # the `vllm` package is importable (GPU generation for GRPO and online eval)
 
     @classmethod
     def probe(cls) -> DeviceFacts:
@@ -39,7 +41,8 @@ class DeviceFacts:
         if not torch.cuda.is_available():
             return cls(flash_attn=importlib.util.find_spec("flash_attn") is not None, cpu_bf16=_cpu_bf16())
         return cls(cuda=True, bf16=torch.cuda.is_bf16_supported(), capability=torch.cuda.get_device_capability(0),
-                   flash_attn=importlib.util.find_spec("flash_attn") is not None, gpus=torch.cuda.device_count())
+                   flash_attn=importlib.util.find_spec("flash_attn") is not None, gpus=torch.cuda.device_count(),
+                   vllm=importlib.util.find_spec("vllm") is not None)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,15 @@ def choose_settings(requested: Device, facts: DeviceFacts, precision: Precision 
                           attn_implementation="flash_attention_2" if flash else "sdpa")
 
 
+def generation_backend(requested: Device, facts: DeviceFacts, env: Mapping[str, str] = os.environ) -> str:
+    """"vllm" (TRL's colocated vLLM for GRPO, a vLLM engine for online eval) on a CUDA device with the `vllm`
+    package installed, unless `TRACEMILL_VLLM=0`; "hf" (transformers `generate`) otherwise, and always on a
+    CPU. Logged as the run's `generation_backend` param."""
+    if requested == "cpu" or not (facts.cuda and facts.vllm) or env.get("TRACEMILL_VLLM", "1") == "0":
+        return "hf"
+    return "vllm"
+
+
 def world_size() -> int:
     """Processes in this training (torchrun / accelerate launch set WORLD_SIZE; 1 when not launched)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -142,4 +154,5 @@ def trainer_params(trainer: Any) -> dict[str, Any]:
     args, config = trainer.args, getattr(trainer.model, "config", None)
     return {"device": args.device.type, "bf16": bool(args.bf16), "fp16": bool(args.fp16),
             "attn_implementation": getattr(config, "_attn_implementation", None) or "default",
-            "world_size": int(args.world_size)}
+            "world_size": int(args.world_size),
+            **({"generation_backend": "vllm" if args.use_vllm else "hf"} if hasattr(args, "use_vllm") else {})}

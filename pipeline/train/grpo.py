@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.environment import GuardedReward, RewardFunction, environment_factory, load_reward
 from pipeline.jsonio import dumps_json
 from pipeline.train import launch
+from pipeline.train.devices import generation_backend, machine_facts
 from pipeline.train.episode_reward import EpisodeReward
 from pipeline.train.recipes import RLRecipe
 from pipeline.train.result import TrainResult
@@ -69,10 +70,12 @@ def _build(data: list[dict[str, str]], recipe: RLRecipe) -> Callable[[list], Any
         from trl import GRPOConfig, GRPOTrainer
 
         model, tokenizer = load_policy(recipe.base_model, recipe.device)
+        vllm = generation_backend(recipe.device, machine_facts()) == "vllm"  # colocated: same GPU, same process
         config = GRPOConfig(
             **common_args(recipe), num_generations=recipe.num_generations,
             max_completion_length=recipe.max_completion_length, temperature=recipe.temperature, beta=recipe.beta,
-            reward_weights=recipe.reward_weights, use_vllm=False, log_completions=False)
+            reward_weights=recipe.reward_weights, log_completions=False, use_vllm=vllm,
+            **({"vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3} if vllm else {}))
         fns = reward_functions(tokenizer.eos_token_id, recipe)
         trainer = GRPOTrainer(model=model, reward_funcs=fns, args=config,
                               train_dataset=datasets.Dataset.from_list(data), processing_class=tokenizer,
