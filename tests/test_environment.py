@@ -116,3 +116,30 @@ def test_nothing_outside_demo_imports_it():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{rel}: {m}" for m in mods if m.startswith(("pipeline.demo", "examples"))]
     assert offenders == []
+
+
+def test_episodes_in_lockstep_are_the_episodes_one_at_a_time():
+    """`run_episodes` (what a batched model policy drives) runs each episode exactly as `run_episode`: same
+    messages, answers and rewards, every open episode asked once per round, finished ones never again."""
+    from pipeline.demo.environment import make_env
+    from pipeline.demo.world import eval_tasks as demo_tasks
+    from pipeline.environment import run_episode, run_episodes
+
+    tasks = demo_tasks(5, 8)
+    agents = ["careful", "hasty", "confused", "verbose"]
+    alone = [run_episode(make_env(), policy_for(agents[i % 4], t, seed=1), t, max_steps=6) for i, t in enumerate(tasks)]
+    policies = {i: policy_for(agents[i % 4], t, seed=1) for i, t in enumerate(tasks)}
+    rounds: list[list[int]] = []
+
+    def batched(indices, conversations):
+        rounds.append(list(indices))
+        return [policies[i](c) for i, c in zip(indices, conversations, strict=True)]
+
+    finished: list[int] = []
+    together = run_episodes([make_env() for _ in tasks], batched, tasks, max_steps=6,
+                            on_done=lambda i, ep: finished.append(i))
+    assert [(e.messages, e.final_answer, e.reward, e.error) for e in together] == \
+        [(e.messages, e.final_answer, e.reward, e.error) for e in alone]
+    assert rounds[0] == list(range(len(tasks))) and all(r == sorted(r) for r in rounds)
+    assert sorted(finished) == list(range(len(tasks)))
+    assert len(rounds) == max(sum(m["role"] == "assistant" for m in e.messages) for e in alone)

@@ -110,3 +110,14 @@ def test_summarize_pools_rates_and_handles_no_calls():
     assert math.isnan(summarize(rows[1:])["tool_call_error_rate"]) and math.isnan(summarize([])["success_rate"])
     with pytest.raises(ValueError):
         online_eval(None)
+
+
+def test_batched_rollouts_match_one_at_a_time(tiny_model_dir, model_report):
+    """`online_eval` advances all episodes together (one left-padded `generate` per round); the same model
+    asked one episode at a time writes the same turns, so batching changes the speed, not the numbers."""
+    one = model_policy(tiny_model_dir, max_new_tokens=MAX_NEW)
+    sequential = online_eval(tiny_model_dir, seed=3, n_tasks=N_TASKS, max_steps=MAX_STEPS, max_new_tokens=MAX_NEW,
+                             policy_factory=lambda task: one)
+    assert [t["messages"] for t in sequential["tasks"]] == [t["messages"] for t in model_report["tasks"]]
+    assert per_task(sequential, "steps") == per_task(model_report, "steps")
+    assert len(one.turns) == sum(per_task(model_report, "steps"))  # one generate per episode and turn there
