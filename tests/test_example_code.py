@@ -4,6 +4,7 @@ sometimes, broken never), practice tasks disjoint from the held-out ones, and ON
 
 from __future__ import annotations
 
+import json
 from random import Random
 
 from examples.code.agents import AGENTS
@@ -43,5 +44,14 @@ def test_example_code_whole_loop(tmp_path, monkeypatch):
         assert summary["checkpoints"][name]["steps"] == 2
         ev = summary["evals"][name]
         assert 0 <= ev["online_success_rate"] <= 1 and 0 <= ev["base_online_success_rate"] <= 1
+    headline = json.loads((tmp_path / "demo-summary.json").read_text())  # what `make demo(-real)` writes
+    assert headline["model"] == "tiny" and set(headline["corpora"]) == {"code_sft", "code_rl"}
+    for name, h in headline["corpora"].items():
+        ev = summary["evals"][name]
+        assert (h["success"], h["base_success"]) == (round(ev["online_success_rate"], 4),
+                                                    round(ev["base_online_success_rate"], 4))
+        assert h["n_tasks"] > 0
+        assert h["n_unseen_item_tasks"] == 0 and h["success_unseen"] is None  # not the demo world: no item names
+        assert len(h["ci95"]) == 2 and h["ci95"][0] <= h["success"] - h["base_success"] <= h["ci95"][1]
     captured = tmp_path / "workspaces" / "code_eval"  # online rollouts: their own workspace, not `code`
     assert any((captured / "landing" / "trajectory").rglob("*.*")) and (captured / "heldout_tasks.json").exists()
