@@ -52,9 +52,10 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or default_model(Path(tmp))
-        env = make_env(args.unseen_share)
-        common = {"seed": 0, "n_tasks": args.tasks, "max_steps": args.max_steps, "environment": env,
-                  "tools_in_prompt": True, "device": "cpu"}
+        env = make_env(args.unseen_share)  # by reference below: a fresh instance per episode, as a spec gives
+        common = {"seed": 0, "n_tasks": args.tasks, "max_steps": args.max_steps, "device": "cpu",
+                  "environment": "pipeline.demo.environment:make_env", "tools_in_prompt": True,
+                  "environment_config": {"unseen_item_share": args.unseen_share}}
         one_by_one = model_policy(model, tools_in_prompt=True, environment=env)  # loads (and caches) the model
         runs = {}
         for name, kwargs in (("batched", {}), ("one_at_a_time", {"policy_factory": lambda task: one_by_one}),

@@ -121,3 +121,15 @@ def test_batched_rollouts_match_one_at_a_time(tiny_model_dir, model_report):
     assert [t["messages"] for t in sequential["tasks"]] == [t["messages"] for t in model_report["tasks"]]
     assert per_task(sequential, "steps") == per_task(model_report, "steps")
     assert len(one.turns) == sum(per_task(model_report, "steps"))  # one generate per episode and turn there
+
+
+def test_a_given_environment_instance_runs_its_episodes_one_at_a_time(tiny_model_dir):
+    """One instance is reset per episode, so its episodes must not interleave: with an instance, the model's
+    numbers equal those with a factory (a fresh instance per episode, episodes batched)."""
+    from pipeline.demo.environment import make_env
+
+    by_ref = online_eval(tiny_model_dir, seed=4, n_tasks=N_TASKS, max_steps=MAX_STEPS, max_new_tokens=MAX_NEW,
+                         environment="pipeline.demo.environment:make_env")
+    instance = online_eval(tiny_model_dir, seed=4, n_tasks=N_TASKS, max_steps=MAX_STEPS, max_new_tokens=MAX_NEW,
+                           environment=make_env())
+    assert [t["messages"] for t in instance["tasks"]] == [t["messages"] for t in by_ref["tasks"]]

@@ -105,11 +105,15 @@ def _result(task: EnvTask, episode: Episode, seconds: float, turns: list[Turn] |
 
 
 def _rollouts(make: Callable[[], Environment], tasks: Sequence[EnvTask], policy_factory: PolicyFactory | None,
-              shared: ModelPolicy | None, max_steps: int,
-              timeout_s: float) -> list[tuple[dict[str, Any], list[dict[str, Any]], list[Turn] | None]]:
+              shared: ModelPolicy | None, max_steps: int, timeout_s: float,
+              fresh: bool = True) -> list[tuple[dict[str, Any], list[dict[str, Any]], list[Turn] | None]]:
     """Every task's episode: (result, messages, turns). A model policy advances all episodes together,
-    one batched `generate` per round; an injected policy runs them one after another."""
+    one batched `generate` per round, when `make` gives a fresh environment each time (a spec's factory);
+    one given instance is reset per episode, so its episodes cannot interleave and run one at a time."""
+    if shared is not None and not fresh:
+        return [_rollouts(make, [task], None, shared, max_steps, timeout_s, fresh=True)[0] for task in tasks]
     if shared is not None:
+        shared.episode_turns.clear()  # indices are this call's episodes
         started, ended = time.perf_counter(), {}
 
         def done(i: int, _: Episode) -> None:
@@ -197,7 +201,8 @@ def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: in
     tasks = list(env.eval_tasks(seed, n_tasks))
     with torch.random.fork_rng(devices=[]):  # seeded, without disturbing the caller's RNG state
         torch.manual_seed(seed)
-        rollouts = _rollouts(make, tasks, policy_factory, shared, max_steps, timeout_s)
+        rollouts = _rollouts(make, tasks, policy_factory, shared, max_steps, timeout_s,
+                             fresh=isinstance(environment, str))
     for i, (task, (result, messages, turns)) in enumerate(zip(tasks, rollouts, strict=True)):
         if reward_fns:
             result["rewards"], errors = _score_rewards(reward_fns, task, messages, env.tools, timeout_s)
