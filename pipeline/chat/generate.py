@@ -46,14 +46,28 @@ def prompt_ids(tokenizer: Any, conversations: Sequence[list[dict[str, Any]]], to
     return [(p[-keep:], len(p) > keep) for p in prompts]
 
 
-def parse_turn(tokenizer: Any, new: list[int], prompt_tokens: int, ms: float, truncated: bool) -> GeneratedTurn:
+@dataclass(frozen=True)
+class TurnFormat:
+    """Where a tokenizer's generated turn ends and how its tool calls are written: worked out once per batch
+    (or engine), not per generated row."""
+
+    stop: list[int]
+    ends: tuple[str, ...]
+    family: Any
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> TurnFormat:
+        return cls(stop_token_ids(tokenizer), end_markers(tokenizer), family_of(tokenizer))
+
+
+def parse_turn(tokenizer: Any, fmt: TurnFormat, new: list[int], prompt_tokens: int, ms: float,
+               truncated: bool) -> GeneratedTurn:
     """Generated ids → the turn: cut after the first stop token, decoded, tool calls parsed in the family's
     format. Shared by every backend (HF `generate` here, vLLM in `pipeline.evaluate.vllm_policy`)."""
-    stop = stop_token_ids(tokenizer)
-    ends, family = end_markers(tokenizer), family_of(tokenizer)
+    stop, ends = fmt.stop, fmt.ends
     new = new[:next((i + 1 for i, t in enumerate(new) if t in stop), len(new))]
     text = tokenizer.decode(new, skip_special_tokens=False)
-    parsed = parse_assistant_output(text, family, ends)
+    parsed = parse_assistant_output(text, fmt.family, ends)
     ended = any(e in text for e in ends) or (bool(new) and new[-1] in stop)
     invalid = bool(parsed["invalid_tool_calls"]) or not (parsed["content"] or parsed["tool_calls"])
     return GeneratedTurn({"content": parsed["content"], "tool_calls": parsed["tool_calls"]}, prompt_tokens, len(new),
@@ -68,7 +82,8 @@ def greedy_turns(model: Any, tokenizer: Any, conversations: Sequence[list[dict[s
     at the same column; a row that hits a stop token is padded from there on by `generate`."""
     import torch
 
-    stop = stop_token_ids(tokenizer)
+    fmt = TurnFormat.of(tokenizer)
+    stop = fmt.stop
     pad = _pad_id(tokenizer, stop)
     keep = (getattr(model.config, "max_position_embeddings", None) or 1 << 30) - max_new_tokens
     device = next(model.parameters()).device
@@ -85,7 +100,7 @@ def greedy_turns(model: Any, tokenizer: Any, conversations: Sequence[list[dict[s
                                  eos_token_id=stop, pad_token_id=pad)
         ms = (time.perf_counter() - started) * 1000
         for row, (prompt, truncated) in enumerate(chunk):
-            turns.append(parse_turn(tokenizer, out[row, width:].tolist(), len(prompt), ms, truncated))
+            turns.append(parse_turn(tokenizer, fmt, out[row, width:].tolist(), len(prompt), ms, truncated))
     return turns
 
 

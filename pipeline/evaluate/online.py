@@ -105,13 +105,10 @@ def _result(task: EnvTask, episode: Episode, seconds: float, turns: list[Turn] |
 
 
 def _rollouts(make: Callable[[], Environment], tasks: Sequence[EnvTask], policy_factory: PolicyFactory | None,
-              shared: ModelPolicy | None, max_steps: int, timeout_s: float,
-              fresh: bool = True) -> list[tuple[dict[str, Any], list[dict[str, Any]], list[Turn] | None]]:
-    """Every task's episode: (result, messages, turns). A model policy advances all episodes together,
-    one batched `generate` per round, when `make` gives a fresh environment each time (a spec's factory);
-    one given instance is reset per episode, so its episodes cannot interleave and run one at a time."""
-    if shared is not None and not fresh:
-        return [_rollouts(make, [task], None, shared, max_steps, timeout_s, fresh=True)[0] for task in tasks]
+              shared: ModelPolicy | None, max_steps: int,
+              timeout_s: float) -> list[tuple[dict[str, Any], list[dict[str, Any]], list[Turn] | None]]:
+    """Every task's episode: (result, messages, turns). A batched model policy (`shared`) advances all
+    episodes together, one `generate` per round; a policy factory runs them one after another."""
     if shared is not None:
         shared.episode_turns.clear()  # indices are this call's episodes
         started, ended = time.perf_counter(), {}
@@ -191,9 +188,12 @@ def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: in
     name = Path(checkpoint_dir).name if checkpoint_dir is not None else "policy"
     agent = agent or f"ckpt:{name}"
     shared = None
-    if policy_factory is None:  # stateless: one policy serves every task, in batches
+    if policy_factory is None:  # stateless: one policy serves every task
         shared = model_policy(checkpoint_dir, max_new_tokens=max_new_tokens, tools_in_prompt=tools_in_prompt,
                               device=device, environment=env)
+        if not isinstance(environment, str):  # one given instance is reset per episode: they cannot interleave
+            one = shared
+            policy_factory, shared = (lambda task: one), None
     ckpt = str(Path(checkpoint_dir).resolve()) if checkpoint_dir is not None else None
     env_ref = environment if isinstance(environment, str) else env.name
     results: list[dict[str, Any]] = []
@@ -201,8 +201,7 @@ def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: in
     tasks = list(env.eval_tasks(seed, n_tasks))
     with torch.random.fork_rng(devices=[]):  # seeded, without disturbing the caller's RNG state
         torch.manual_seed(seed)
-        rollouts = _rollouts(make, tasks, policy_factory, shared, max_steps, timeout_s,
-                             fresh=isinstance(environment, str))
+        rollouts = _rollouts(make, tasks, policy_factory, shared, max_steps, timeout_s)
     for i, (task, (result, messages, turns)) in enumerate(zip(tasks, rollouts, strict=True)):
         if reward_fns:
             result["rewards"], errors = _score_rewards(reward_fns, task, messages, env.tools, timeout_s)

@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.chat.generate import GeneratedTurn, parse_turn, prompt_ids
-from pipeline.chat.render import stop_token_ids
+from pipeline.chat.generate import GeneratedTurn, TurnFormat, parse_turn, prompt_ids
 
 GPU_MEMORY_SHARE = 0.5  # of the card: the rest stays free for the trainer or a second model (base vs checkpoint)
 
@@ -28,7 +27,8 @@ class VllmTurns:
         from vllm import LLM, SamplingParams
 
         self.tokenizer, self.max_new_tokens = tokenizer, max_new_tokens
-        self.stop = stop_token_ids(tokenizer)
+        self.fmt = TurnFormat.of(tokenizer)
+        self.stop = self.fmt.stop
         self.llm = LLM(model=str(checkpoint_dir), gpu_memory_utilization=GPU_MEMORY_SHARE, seed=0)
         self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=self.stop,
                                      skip_special_tokens=False)
@@ -45,5 +45,5 @@ class VllmTurns:
             new = list(out.outputs[0].token_ids)
             if out.outputs[0].finish_reason == "stop" and self.stop and (not new or new[-1] not in self.stop):
                 new.append(self.stop[0])  # vLLM may leave the stop token out: the turn did end
-            turns.append(parse_turn(self.tokenizer, new, len(prompt), ms, truncated))
+            turns.append(parse_turn(self.tokenizer, self.fmt, new, len(prompt), ms, truncated))
         return turns
