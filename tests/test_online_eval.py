@@ -124,12 +124,28 @@ def test_batched_rollouts_match_one_at_a_time(tiny_model_dir, model_report):
 
 
 def test_a_given_environment_instance_runs_its_episodes_one_at_a_time(tiny_model_dir):
-    """One instance is reset per episode, so its episodes must not interleave: with an instance, the model's
-    numbers equal those with a factory (a fresh instance per episode, episodes batched)."""
-    from pipeline.demo.environment import make_env
+    """One instance is reset per episode, so its episodes must not interleave (each reset is followed by that
+    episode's reward before the next reset), and its numbers equal those with a factory, which gives a fresh
+    instance per episode and lets the model advance all episodes in one batch."""
+    from pipeline.demo.environment import DemoEnvironment
 
+    class Recorded(DemoEnvironment):
+        def __init__(self):
+            super().__init__()
+            self.events: list[str] = []
+
+        def reset(self, task):
+            self.events.append("reset")
+            return super().reset(task)
+
+        def reward(self, task, messages):
+            self.events.append("reward")
+            return super().reward(task, messages)
+
+    env = Recorded()
+    instance = online_eval(tiny_model_dir, seed=4, n_tasks=N_TASKS, max_steps=MAX_STEPS, max_new_tokens=MAX_NEW,
+                           environment=env)
+    assert env.events == ["reset", "reward"] * N_TASKS
     by_ref = online_eval(tiny_model_dir, seed=4, n_tasks=N_TASKS, max_steps=MAX_STEPS, max_new_tokens=MAX_NEW,
                          environment="pipeline.demo.environment:make_env")
-    instance = online_eval(tiny_model_dir, seed=4, n_tasks=N_TASKS, max_steps=MAX_STEPS, max_new_tokens=MAX_NEW,
-                           environment=make_env())
     assert [t["messages"] for t in instance["tasks"]] == [t["messages"] for t in by_ref["tasks"]]
