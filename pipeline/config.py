@@ -74,6 +74,10 @@ class OnlineEvalSettings(_Cfg):
 
     n_tasks: int = Field(30, ge=0, description="Held-out tasks of the environment the checkpoint acts on (0: off).")
     max_steps: int = Field(8, ge=1, description="Assistant turns allowed per task.")
+    max_new_tokens: int = Field(128, ge=1, description="Generation budget per assistant turn. A turn that reaches "
+                                "it is cut (counted in the report's `cut_turn_rate`): a tool call cut short does not "
+                                "parse, so keep room for the longest call (a real model's convert call with its "
+                                "arguments is ~50-70 tokens).")
     seed: int = Field(1000, description="Seed of the held-out tasks (never the training seed).")
     capture_to: str | None = Field(None, description="Workspace the rollouts are captured into (tagged with the "
                                    "checkpoint and environment); none by default, never implicitly the source.")

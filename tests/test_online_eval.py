@@ -86,6 +86,7 @@ def test_harness_scores_a_known_correct_policy_as_perfect(tmp_path):
     ws.close()
     assert report["success_rate"] == 1.0 and report["mean_reward"] == 1.0
     assert report["tool_call_error_rate"] == 0.0 and report["invalid_output_rate"] == 0.0
+    assert math.isnan(report["cut_turn_rate"])  # a scripted policy generates no tokens
     # lookup + calculator (+ convert when not USD) + the answer
     assert per_task(report, "steps") == [3.0 if t.currency == "USD" else 4.0 for t in eval_tasks(5, 6)]
     outcomes, _ = ingest_outcomes(ws)
@@ -107,6 +108,8 @@ def test_summarize_pools_rates_and_handles_no_calls():
             {"success": False, "reward": 0.0, "steps": 1, "tool_calls": 0, "tool_errors": 0, "invalid_turns": 1}]
     s = summarize(rows)
     assert s["success_rate"] == 0.5 and s["tool_call_error_rate"] == 0.0 and s["invalid_output_rate"] == 0.25
+    assert math.isnan(s["cut_turn_rate"])  # no turn log
+    assert summarize([{**r, "cut_turns": c} for r, c in zip(rows, (1, 1), strict=True)])["cut_turn_rate"] == 0.5
     assert math.isnan(summarize(rows[1:])["tool_call_error_rate"]) and math.isnan(summarize([])["success_rate"])
     with pytest.raises(ValueError):
         online_eval(None)
@@ -121,6 +124,10 @@ def test_batched_rollouts_match_one_at_a_time(tiny_model_dir, model_report):
     assert [t["messages"] for t in sequential["tasks"]] == [t["messages"] for t in model_report["tasks"]]
     assert per_task(sequential, "steps") == per_task(model_report, "steps")
     assert len(one.turns) == sum(per_task(model_report, "steps"))  # one generate per episode and turn there
+    # turns that ran out of tokens, counted from the policy's own log: a cut tool call does not parse
+    cut = sum(t.finish_reason == "length" for t in one.turns) / len(one.turns)
+    assert sequential["cut_turn_rate"] == model_report["cut_turn_rate"] == cut
+    assert model_report["max_new_tokens"] == MAX_NEW
 
 
 def test_a_given_environment_instance_runs_its_episodes_one_at_a_time(tiny_model_dir):

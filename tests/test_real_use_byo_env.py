@@ -164,3 +164,19 @@ def test_no_environment_means_offline_only_and_an_offline_gate():
     assert offline_gate(acc, {"checkpoint": {"eval": {"final_answer_accuracy": 0.5}},
                               "previous": {"eval": {"final_answer_accuracy": 0.6}}})[0] is False
     assert offline_gate(spec, {"checkpoint": {"eval": {"loss": 1.0}}, "previous": None})[0]  # first checkpoint
+
+
+def test_a_specs_turn_budget_reaches_online_eval_and_grpo_episodes(tiny_model_dir, tmp_path):
+    """`online.max_new_tokens` is what every generated turn may spend, in the online stage and in the turns GRPO
+    plays after its sampled first turn (the stage once ignored it: a real model's convert call, ~50-70 tokens,
+    was cut at the old 48/64 and never parsed)."""
+    from pipeline.evaluate.stage import _online, online_report_name
+
+    spec = SPEC.model_copy(update={"online": SPEC.online.model_copy(update={"max_new_tokens": 7})})
+    recipe = recipe_for(spec, "m", "o")
+    assert recipe.episode_max_new_tokens == 7 and recipe.max_completion_length == 12  # first turn: its own budget
+    assert reward_functions(None, recipe)[-1].max_new_tokens == 7
+    assert online_report_name(spec) != online_report_name(SPEC)  # a report per budget, never another's
+    rep = _online(spec, str(tiny_model_dir), None, "budget", tmp_path / online_report_name(spec))
+    assert rep["max_new_tokens"] == 7 and rep["n_tasks"] == 4
+    assert 0.0 <= rep["cut_turn_rate"] <= 1.0

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from pipeline.capture.workspace import Workspace
-from pipeline.demo.plans import planned
+from pipeline.demo.cues import cued
 from pipeline.demo.rollout import rollout
 from pipeline.demo.scoring import numbers_in
 from pipeline.demo.world import ITEMS, SEEN_ITEMS, TOOLS, Task, fmt, make_task
@@ -239,12 +239,13 @@ def make_bad_records(seed: int, day: str, n: int) -> list[dict[str, Any]]:
 
 def populate(ws: Workspace, *, days: list[str], per_day: int, seed: int = 0, late_fraction: float = 0.3,
              bad_records: int = 2, preferences_per_day: int = 2, items: tuple[str, ...] | None = None,
-             plans: bool = False) -> DemoStats:
+             cues: bool = False) -> DemoStats:
     """Write `per_day` trajectories for each ISO day: tasks drawn per day, each attempted by
     `ATTEMPTS_PER_TASK` different agents. Reward and success outcomes are written at once, except for a
     `late_fraction` of trajectories whose outcomes are held in `stats.late_outcomes` (see
     `deliver_late`). A few human preferences pair a successful attempt with a failed one. `items` limits
-    the tasks to those items (default: all); `plans` makes every agent state its plan first (`planned`)."""
+    the tasks to those items (default: all); `cues` makes every agent name the question's currency before it
+    decides whether to convert (`pipeline.demo.cues`)."""
     stats = DemoStats(trajectories_per_agent={a: 0 for a in AGENTS}, successes_per_agent={a: 0 for a in AGENTS})
     for day in days:
         day_start = datetime.fromisoformat(day).replace(tzinfo=UTC)
@@ -260,7 +261,7 @@ def populate(ws: Workspace, *, days: list[str], per_day: int, seed: int = 0, lat
             tid = f"demo-{seed}-{day}-{i:04d}"
             start = day_start + timedelta(seconds=round((i + 0.8 * rng.random()) * 86400 / per_day, 3))
             script = agent.script(task, rng)
-            messages, _, reward = rollout(ScriptPolicy(planned(script, task) if plans else script), task)
+            messages, _, reward = rollout(ScriptPolicy(cued(script, task) if cues else script), task)
             end = _record(ws, tid, agent, task, messages, start, rng)
             stats.trajectories_per_agent[agent.name] += 1
             stats.successes_per_agent[agent.name] += int(reward >= 1.0)
@@ -290,11 +291,8 @@ def populate(ws: Workspace, *, days: list[str], per_day: int, seed: int = 0, lat
 def populate_seen_items(ws: Workspace, *, days: list[str], per_day: int, seed: int = 0) -> DemoStats:
     """The real-model lane's traffic (`make demo-real`): as `populate`, but no trajectory names an item of
     `UNSEEN_ITEMS`, which its held-out tasks ask about (`make_env(unseen_item_share=…)`), and every agent
-    states its plan with its first call. Why plans: whether to convert depends on the question's currency,
-    one token ~100 tokens back when the decision falls after the calculator; SmolLM2-135M did not learn
-    that from 85 solved runs (0 of 21 non-USD held-out tasks converted, two runs), while a plan names the
-    conversion right after the question, and the later decision follows the plan."""
-    return populate(ws, days=days, per_day=per_day, seed=seed, items=SEEN_ITEMS, plans=True)
+    names the question's currency right before it decides whether to convert (`pipeline.demo.cues`: why)."""
+    return populate(ws, days=days, per_day=per_day, seed=seed, items=SEEN_ITEMS, cues=True)
 
 
 def deliver_late(ws: Workspace, stats: DemoStats) -> int:

@@ -46,9 +46,13 @@ from pipeline.evaluate.policy import ModelPolicy, Turn, model_policy
 from pipeline.schema import utcnow
 
 PolicyFactory = Callable[[Any], Policy]
+
+
 def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Aggregate per-task results. Error and invalid rates are pooled over calls/turns (not averaged
-    per task), so a task with many calls weighs more; NaN when there is nothing to count."""
+    per task), so a task with many calls weighs more; NaN when there is nothing to count. `cut_turn_rate` is
+    the share of turns that ran out of `max_new_tokens` (a cut tool call does not parse: raise the budget);
+    NaN for a policy that logs no turns (a scripted one)."""
     def ratio(num: str, den: str) -> float:
         total = sum(r[den] for r in results)
         return sum(r[num] for r in results) / total if total else float("nan")
@@ -60,6 +64,7 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         "tool_call_error_rate": ratio("tool_errors", "tool_calls"),
         "mean_steps": sum(r["steps"] for r in results) / n if n else float("nan"),
         "invalid_output_rate": ratio("invalid_turns", "steps"),
+        "cut_turn_rate": ratio("cut_turns", "steps") if all("cut_turns" in r for r in results) else float("nan"),
         "n_tasks": n,
     }
 
@@ -100,6 +105,7 @@ def _result(task: EnvTask, episode: Episode, seconds: float, turns: list[Turn] |
     return {"task_id": task.task_id, "task": task.to_dict(), "final_answer": episode.final_answer, "reward": reward,
             "success": reward >= 1.0, "steps": len(assistants), "tool_calls": len(tools),
             "tool_errors": sum(bool(m.get("is_error")) for m in tools), "invalid_turns": int(invalid),
+            **({"cut_turns": sum(t.finish_reason == "length" for t in turns)} if turns is not None else {}),
             "finished": bool(assistants) and not assistants[-1]["tool_calls"], "seconds": seconds,
             **({"error": episode.error} if episode.error else {})}
 
@@ -165,7 +171,7 @@ def _reward_means(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: int = 30, max_steps: int = 8,
                 workspace: Any = None, tag: str | None = None, policy_factory: PolicyFactory | None = None,
-                agent: str | None = None, max_new_tokens: int = 64, tools_in_prompt: bool = False,
+                agent: str | None = None, max_new_tokens: int = 128, tools_in_prompt: bool = False,
                 device: str = "auto", environment: Environment | str = DEFAULT_ENVIRONMENT,
                 environment_config: Mapping[str, Any] | None = None, rewards: Sequence[str] = (),
                 timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
@@ -219,6 +225,7 @@ def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: in
     # the report (eval/online-*.json, MLflow, Dagster metadata) shows what the model wrote: redacted like a corpus
     tasks, _ = Redactor().redact_data(results)
     return {"checkpoint": ckpt, "agent": agent, "eval_tag": tag, "seed": seed, "max_steps": max_steps,
+            "max_new_tokens": max_new_tokens,
             "environment": env_ref, **summarize(results), **_reward_means(results),
             "errors": sum("error" in r for r in results), "seconds": elapsed,
             "seconds_per_rollout": elapsed / len(results) if results else math.nan, "tasks": tasks}

@@ -133,7 +133,8 @@ def _online(spec: CorpusSpec, checkpoint_dir: str | None, ws: Workspace | None, 
     env = load_environment(spec.environment, spec.environment_config)
     agent = f"ckpt:{Path(checkpoint_dir or 'policy').name}@{env.name}"  # a snapshot filter can name it
     rep = online_eval(checkpoint_dir, seed=spec.online.seed, n_tasks=spec.online.n_tasks,
-                      max_steps=spec.online.max_steps, workspace=ws, tag=tag, agent=agent,
+                      max_steps=spec.online.max_steps, max_new_tokens=spec.online.max_new_tokens, workspace=ws,
+                      tag=tag, agent=agent,
                       tools_in_prompt=spec.tools_in_prompt, environment=spec.environment,
                       environment_config=spec.environment_config, rewards=spec.rewards,
                       timeout_s=spec.online.timeout_s)
@@ -246,10 +247,11 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
 
 def online_report_name(spec: CorpusSpec) -> str:
     """The file an online report is cached in, in the model's folder: keyed by everything that changes
-    the numbers (seed, tasks, environment and its config, tools in the prompt, steps), so a base model
+    the numbers (seed, tasks, environment and its config, tools in the prompt, turns and their token budget), so a base model
     shared by two specs is measured once per setting and never answers with another setting's report."""
     key = hashlib.sha1(orjson.dumps([spec.environment, spec.environment_config, spec.tools_in_prompt,
-                                     spec.online.max_steps], option=orjson.OPT_SORT_KEYS)).hexdigest()[:8]
+                                     spec.online.max_steps, spec.online.max_new_tokens],
+                                    option=orjson.OPT_SORT_KEYS)).hexdigest()[:8]
     return f"online-{spec.online.seed}-{spec.online.n_tasks}-{key}.json"
 
 
@@ -305,7 +307,8 @@ def offline_on_same_rows(spec: CorpusSpec, corpus_url: str, model_dir: str) -> d
 def _summary(rep: dict[str, Any] | None) -> dict[str, Any]:
     if not rep:
         return {}
-    keys = ("success_rate", "mean_reward", "tool_call_error_rate", "mean_steps", "invalid_output_rate", "n_tasks")
+    keys = ("success_rate", "mean_reward", "tool_call_error_rate", "mean_steps", "invalid_output_rate", "cut_turn_rate",
+            "n_tasks")
     return _clean({k: rep.get(k) for k in (*keys, "errors", *(k for k in rep if k.startswith("reward/")))})
 
 

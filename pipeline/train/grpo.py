@@ -57,7 +57,7 @@ def reward_functions(eos_token_id: int | None, recipe: RLRecipe) -> list[RewardF
                                  for ref in recipe.rewards]
     if recipe.environment:
         fns.append(EpisodeReward(environment_factory(recipe.environment, recipe.environment_config),
-                                 max_steps=recipe.episode_max_steps, max_new_tokens=recipe.max_completion_length,
+                                 max_steps=recipe.episode_max_steps, max_new_tokens=recipe.episode_max_new_tokens,
                                  timeout_s=recipe.timeout_s, tools_in_prompt=recipe.tools_in_prompt))
     if not fns:
         raise ValueError("GRPO needs reward functions: set rewards: [module:function, ...] or an environment")

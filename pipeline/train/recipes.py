@@ -120,6 +120,8 @@ class RLRecipe(RecipeBase, LoraFields):
                                "(a corpus spec's `rewards`).")
     episode_max_steps: int = Field(6, ge=1, description="Assistant turns an episode may take after the "
                                    "generated first turn, the policy continuing greedily.")
+    episode_max_new_tokens: int = Field(128, ge=1, description="Generation budget of each continued turn (a "
+                                        "spec's `online.max_new_tokens`): a tool call cut short does not parse.")
     timeout_s: float = Field(30.0, gt=0, description="Per-call limit on environment and reward code.")
     tools_in_prompt: bool = Field(False, description="Show the environment's tools in continued turns' prompts.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="No warmup: a few dozen steps of noisy rewards.")

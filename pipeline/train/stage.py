@@ -58,7 +58,8 @@ def recipe_for(spec: CorpusSpec, start: str, output_dir: str) -> Any:
         recipe = type(recipe).model_validate({
             **recipe.model_dump(), "environment": spec.environment, "rewards": list(spec.rewards),
             "environment_config": dict(spec.environment_config), "episode_max_steps": spec.online.max_steps,
-            "timeout_s": spec.online.timeout_s, "tools_in_prompt": spec.tools_in_prompt})
+            "episode_max_new_tokens": spec.online.max_new_tokens, "timeout_s": spec.online.timeout_s,
+            "tools_in_prompt": spec.tools_in_prompt})
     return recipe
 
 
