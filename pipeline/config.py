@@ -62,7 +62,8 @@ class TrainSettings(_Cfg):
 
 
 class EvalSettings(_Cfg):
-    max_examples: int = Field(24, ge=1, description="Eval conversations used for generation metrics.")
+    max_examples: int = Field(24, ge=1, description="Eval conversations used for generation metrics; for dpo/kto, "
+                              "the pairs (rows) whose log-probabilities are compared.")
     max_new_tokens: int = Field(48, ge=1, description="Generation budget per assistant turn.")
     query: str = Field("SELECT * WHERE \"split\" = 'eval'", description="TQL slice of the corpus to evaluate on.")
     slices: dict[str, str] = Field(default_factory=dict, description="More named TQL slices of the same corpus "

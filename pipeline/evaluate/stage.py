@@ -81,8 +81,10 @@ def _eval_generation(spec: CorpusSpec, checkpoint_dir: str, rows: list[dict[str,
 
 
 def _eval_preference(spec: CorpusSpec, checkpoint_dir: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """How often the checkpoint prefers the chosen completion (KTO rows: the desirable one)."""
-    return preference_accuracy(checkpoint_dir, rows, tools_in_prompt=spec.tools_in_prompt)
+    """How often the checkpoint prefers the chosen completion (KTO rows: the desirable one), on the first
+    `eval.max_examples` rows: each costs two forward passes per model scored (checkpoint, previous, base)."""
+    return preference_accuracy(checkpoint_dir, rows, tools_in_prompt=spec.tools_in_prompt,
+                               max_examples=spec.eval.max_examples)
 
 
 # What a training method's `offline_eval` names (pipeline.train.methods): how its checkpoints are scored.
