@@ -82,6 +82,7 @@ def build_rows(trajs: list[dict[str, Any]], tokenizer: Any) -> dict[str, list[di
     return rows
 
 
+GRPO_REWARDS = ["pipeline.demo.rewards:tool_call_reward", "pipeline.demo.rewards:format_reward"]
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 125.0,
                     "RTX 4090": 165.0, "V100": 125.0, "T4": 65.0}  # dense, tensor cores (vendor data sheets)
 
@@ -115,6 +116,8 @@ def main() -> None:
                     "or an HF id / path; a real model gets the tools in its prompt")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="train.precision")
     ap.add_argument("--max-length", type=int, default=768, help="tokens kept per sequence")
+    ap.add_argument("--only", nargs="+", default=["dpo", "kto", "grpo"], choices=["dpo", "kto", "grpo"],
+                    help="trainers measured besides SFT (the baseline, and their starting checkpoint)")
     args = ap.parse_args()
     real = args.model != "tiny"
     steps = ({"sft": 5, "dpo": 3, "kto": 3, "grpo": 2} if args.quick
@@ -154,8 +157,10 @@ def main() -> None:
                                              max_steps=steps["dpo"], learning_rate=1e-3, **common))  # earlier default: comparable figures
         runs["kto"] = (train_kto, PrefRecipe(base_model=base, output_dir=str(root / "kto"), trainer="kto",
                                              max_steps=steps["kto"], learning_rate=1e-3, **common))
-        runs["grpo"] = (train_grpo, RLRecipe(base_model=base, output_dir=str(root / "grpo"),
-                                             max_steps=steps["grpo"], learning_rate=1e-4, **common))
+        runs["grpo"] = (train_grpo, RLRecipe(base_model=base, output_dir=str(root / "grpo"),  # rewards only: no
+                                             max_steps=steps["grpo"], learning_rate=1e-4,  # episode continuation
+                                             rewards=GRPO_REWARDS, **common))
+        runs = {k: v for k, v in runs.items() if k == "sft" or k in args.only}  # the others start from SFT
         out: dict[str, Any] = {"bench": "train", "device": args.device, "torch_threads": torch.get_num_threads(),
                                "model": args.model, "parameters": parameters, "precision": args.precision,
                                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -167,9 +172,9 @@ def main() -> None:
             print(f"{name:<5} {res.steps:>3} steps  {res.steps_per_second:6.2f} steps/s  "
                   f"{res.tokens_per_second:9,.0f} tokens/s  loss {res.final_loss:.4f}", file=sys.stderr)
     sft_tps = out["sft"]["tokens_per_s"] or 1.0
-    out["tokens_per_s_vs_sft"] = {k: out[k]["tokens_per_s"] / sft_tps for k in ("dpo", "kto", "grpo")}
-    out["steps_per_s_vs_sft"] = {k: out[k]["steps_per_s"] / (out["sft"]["steps_per_s"] or 1.0)
-                                 for k in ("dpo", "kto", "grpo")}
+    measured = [k for k in ("dpo", "kto", "grpo") if k in out]
+    out["tokens_per_s_vs_sft"] = {k: out[k]["tokens_per_s"] / sft_tps for k in measured}
+    out["steps_per_s_vs_sft"] = {k: out[k]["steps_per_s"] / (out["sft"]["steps_per_s"] or 1.0) for k in measured}
     out["total_seconds"] = time.perf_counter() - started
 
     def rounded(v: Any) -> Any:
