@@ -33,3 +33,20 @@ def test_headline_pairs_tasks_and_slices_the_novel_ones():
 def test_a_base_report_on_other_tasks_is_refused():
     with pytest.raises(ValueError, match="same online.seed and online.n_tasks"):
         headline("v1", _report([True, False], ITEMS[:2]), _report([True], ITEMS[:1]))
+
+
+def test_unseen_items_are_those_the_captured_traffic_never_names(tmp_path):
+    """The headline's unseen-item slice is measured against the traffic itself: the real lane's traffic never
+    names `UNSEEN_ITEMS`; the tiny demo's names every item, so it has no unseen slice to claim."""
+    from assets.dev.demo import items_named
+    from pipeline.capture.workspace import Workspace
+    from pipeline.demo.agents import populate, populate_seen_items
+    from pipeline.demo.world import ITEMS, SEEN_ITEMS, UNSEEN_ITEMS
+
+    real = Workspace.open("real", home=tmp_path)
+    populate_seen_items(real, days=["2026-11-01"], per_day=60)
+    named = items_named(real)
+    assert named and named <= set(SEEN_ITEMS) and not named & set(UNSEEN_ITEMS)
+    tiny = Workspace.open("tiny", home=tmp_path)
+    populate(tiny, days=["2026-11-01"], per_day=60)
+    assert items_named(tiny) <= set(ITEMS) and items_named(tiny) & set(UNSEEN_ITEMS)

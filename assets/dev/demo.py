@@ -75,6 +75,7 @@ def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None, 
     stats = _load(populate)(ws, days=DEMO_DAYS, per_day=per_day, seed=seed)
     console.print(f"captured {sum(stats.trajectories_per_agent.values())} trajectories "
                   f"({len(stats.late_outcomes)} rewards held back as late)")
+    named = items_named(ws)  # before any evaluation captures rollouts: what training can have seen
 
     def run(job: str, partition_key: str | None = None) -> dg.ExecuteInProcessResult:
         with stage_lines(instance, console) as run_id:  # a line per step and training/eval progress
@@ -110,16 +111,25 @@ def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None, 
         "evals": {n: _meta(trained, f"eval_{n}") for n in names},
         "wall_seconds": round(time.time() - t0, 1), "home": str(home),
     }
-    summary["headline"] = write_headline(cfg, home, summary)
+    summary["headline"] = write_headline(cfg, home, summary, named)
     _print_summary(summary)
     return summary
 
 
-def write_headline(cfg, home: Path, summary: dict) -> dict:
+def items_named(ws) -> set[str]:
+    """The items the captured traffic asks about (each trajectory's task metadata)."""
+    from pipeline.capture.landing import read_landed
+
+    tasks = ((line.record.get("metadata") or {}).get("task") or {} for line in read_landed(ws.landing, "trajectory")
+             if isinstance(line.record, dict))
+    return {t["item"] for t in tasks if isinstance(t, dict) and t.get("item")}
+
+
+def write_headline(cfg, home: Path, summary: dict, named: set[str]) -> dict:
     """`demo-summary.json` in the home: per corpus, the base model's and the checkpoint's online success on the
-    same held-out tasks, on the tasks about items no training trajectory names, and the paired bootstrap
-    interval of the difference (`pipeline.evaluate.headline`)."""
-    from pipeline.demo.world import UNSEEN_ITEMS
+    same held-out tasks, on the tasks about items no captured trajectory names (`named`: so the tiny demo,
+    whose traffic names every item, has none), and the paired bootstrap interval of the difference
+    (`pipeline.evaluate.headline`)."""
     from pipeline.evaluate.headline import headline
     from pipeline.evaluate.stage import online_reports
     from pipeline.jsonio import dumps_json
@@ -133,7 +143,7 @@ def write_headline(cfg, home: Path, summary: dict) -> dict:
         if current is None:
             continue  # offline-only spec: no online headline
         corpora[spec.name] = headline(Path(ckpt).name, current, base,
-                                      novel=lambda task: task.get("item") in UNSEEN_ITEMS).to_dict()
+                                      novel=lambda task: bool(task.get("item")) and task["item"] not in named).to_dict()
     out = {"model": cfg.base_model, "corpora": corpora, "wall_seconds": summary["wall_seconds"]}
     (home / "demo-summary.json").write_text(dumps_json(out, indent=2) + "\n")
     return out
