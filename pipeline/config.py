@@ -70,15 +70,19 @@ class EvalSettings(_Cfg):
                                    "version, e.g. {long: \"SELECT * WHERE \\\"split\\\" = 'eval' AND n_tokens > 220\"}.")
 
 
+# New tokens a generated turn may spend by default (online eval, GRPO's continued turns). A turn cut short does
+# not parse when it holds a tool call, and a real model's call with its arguments is easily 50-70 tokens.
+TURN_TOKENS = 128
+
+
 class OnlineEvalSettings(_Cfg):
     """Online evaluation runs only for a spec with an `environment`."""
 
     n_tasks: int = Field(30, ge=0, description="Held-out tasks of the environment the checkpoint acts on (0: off).")
     max_steps: int = Field(8, ge=1, description="Assistant turns allowed per task.")
-    max_new_tokens: int = Field(128, ge=1, description="Generation budget per assistant turn. A turn that reaches "
-                                "it is cut (counted in the report's `cut_turn_rate`): a tool call cut short does not "
-                                "parse, so keep room for the longest call (a real model's convert call with its "
-                                "arguments is ~50-70 tokens).")
+    max_new_tokens: int = Field(TURN_TOKENS, ge=1, description="Generation budget per assistant turn. A turn that "
+                                "reaches it is cut (counted in the report's `cut_turn_rate`): a tool call cut short "
+                                "does not parse, so keep room for the longest call.")
     seed: int = Field(1000, description="Seed of the held-out tasks (never the training seed).")
     capture_to: str | None = Field(None, description="Workspace the rollouts are captured into (tagged with the "
                                    "checkpoint and environment); none by default, never implicitly the source.")

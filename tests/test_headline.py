@@ -38,9 +38,8 @@ def test_a_base_report_on_other_tasks_is_refused():
 def test_unseen_items_are_those_the_captured_traffic_never_names(tmp_path):
     """The headline's unseen-item slice is measured against the traffic itself: the real lane's traffic never
     names `UNSEEN_ITEMS`; the tiny demo's names every item, so it has no unseen slice to claim."""
-    from assets.dev.demo import items_named
     from pipeline.capture.workspace import Workspace
-    from pipeline.demo.agents import populate, populate_seen_items
+    from pipeline.demo.agents import items_named, populate, populate_seen_items
     from pipeline.demo.world import ITEMS, SEEN_ITEMS, UNSEEN_ITEMS
 
     real = Workspace.open("real", home=tmp_path)

@@ -60,6 +60,7 @@ def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None, 
     from assets.definitions import build_definitions
     from pipeline.capture.workspace import Workspace
     from pipeline.config import load_config
+    from pipeline.demo.agents import items_named
     from pipeline.lake.ingest import workspace_counts
 
     cfg = load_config()
@@ -114,15 +115,6 @@ def run_demo(per_day: int = 300, seed: int = 0, train_steps: int | None = None, 
     summary["headline"] = write_headline(cfg, home, summary, named)
     _print_summary(summary)
     return summary
-
-
-def items_named(ws) -> set[str]:
-    """The items the captured traffic asks about (each trajectory's task metadata)."""
-    from pipeline.capture.landing import read_landed
-
-    tasks = ((line.record.get("metadata") or {}).get("task") or {} for line in read_landed(ws.landing, "trajectory")
-             if isinstance(line.record, dict))
-    return {t["item"] for t in tasks if isinstance(t, dict) and t.get("item")}
 
 
 def write_headline(cfg, home: Path, summary: dict, named: set[str]) -> dict:

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.capture.landing import read_landed
 from pipeline.capture.workspace import Workspace
 from pipeline.demo.cues import cued
 from pipeline.demo.rollout import rollout
@@ -293,6 +294,14 @@ def populate_seen_items(ws: Workspace, *, days: list[str], per_day: int, seed: i
     `UNSEEN_ITEMS`, which its held-out tasks ask about (`make_env(unseen_item_share=…)`), and every agent
     names the question's currency right before it decides whether to convert (`pipeline.demo.cues`: why)."""
     return populate(ws, days=days, per_day=per_day, seed=seed, items=SEEN_ITEMS, cues=True)
+
+
+def items_named(ws: Workspace) -> set[str]:
+    """The items the workspace's captured traffic asks about (each trajectory's task metadata): a held-out task
+    about any other item is one whose name training never saw."""
+    tasks = ((line.record.get("metadata") or {}).get("task") for line in read_landed(ws.landing, "trajectory")
+             if isinstance(line.record, dict))
+    return {t["item"] for t in tasks if isinstance(t, dict) and t.get("item")}
 
 
 def deliver_late(ws: Workspace, stats: DemoStats) -> int:

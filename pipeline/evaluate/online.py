@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import progress
+from pipeline.config import TURN_TOKENS
 from pipeline.corpus.heldout import record_heldout
 from pipeline.corpus.redact import Redactor
 from pipeline.environment import (
@@ -171,7 +172,7 @@ def _reward_means(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 def online_eval(checkpoint_dir: str | Path | None, *, seed: int = 0, n_tasks: int = 30, max_steps: int = 8,
                 workspace: Any = None, tag: str | None = None, policy_factory: PolicyFactory | None = None,
-                agent: str | None = None, max_new_tokens: int = 128, tools_in_prompt: bool = False,
+                agent: str | None = None, max_new_tokens: int = TURN_TOKENS, tools_in_prompt: bool = False,
                 device: str = "auto", environment: Environment | str = DEFAULT_ENVIRONMENT,
                 environment_config: Mapping[str, Any] | None = None, rewards: Sequence[str] = (),
                 timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.chat.generate import greedy_turns
+from pipeline.config import TURN_TOKENS
 from pipeline.environment import DEFAULT_ENVIRONMENT, Environment, load_environment
 from pipeline.train.devices import generation_backend, machine_facts
 
@@ -66,7 +67,7 @@ class ModelPolicy:
     model: Any
     tokenizer: Any
     name: str
-    max_new_tokens: int = 128
+    max_new_tokens: int = TURN_TOKENS
     tools: list[dict[str, Any]] | None = None
     turns: list[Turn] = field(default_factory=list)
     episode_turns: dict[int, list[Turn]] = field(default_factory=dict)
@@ -91,7 +92,7 @@ class ModelPolicy:
         return replies
 
 
-def model_policy(checkpoint_dir: str | Path, *, max_new_tokens: int = 128, tools_in_prompt: bool = False,
+def model_policy(checkpoint_dir: str | Path, *, max_new_tokens: int = TURN_TOKENS, tools_in_prompt: bool = False,
                  device: str = "auto", environment: Environment | str = DEFAULT_ENVIRONMENT) -> ModelPolicy:
     """A rollout policy backed by a saved HF checkpoint (loaded once, cached). `tools_in_prompt` must
     match how the corpus rendered training sequences (`CorpusSpec.tools_in_prompt`), or the model sees

@@ -136,8 +136,7 @@ def _online(spec: CorpusSpec, checkpoint_dir: str | None, ws: Workspace | None, 
     agent = f"ckpt:{Path(checkpoint_dir or 'policy').name}@{env.name}"  # a snapshot filter can name it
     rep = online_eval(checkpoint_dir, seed=spec.online.seed, n_tasks=spec.online.n_tasks,
                       max_steps=spec.online.max_steps, max_new_tokens=spec.online.max_new_tokens, workspace=ws,
-                      tag=tag, agent=agent,
-                      tools_in_prompt=spec.tools_in_prompt, environment=spec.environment,
+                      tag=tag, agent=agent, tools_in_prompt=spec.tools_in_prompt, environment=spec.environment,
                       environment_config=spec.environment_config, rewards=spec.rewards,
                       timeout_s=spec.online.timeout_s)
     _write(cache, rep)
@@ -249,8 +248,8 @@ def evaluate_corpus(spec: CorpusSpec, corpus_root: str, checkpoints: Path, base_
 
 def online_report_name(spec: CorpusSpec) -> str:
     """The file an online report is cached in, in the model's folder: keyed by everything that changes
-    the numbers (seed, tasks, environment and its config, tools in the prompt, turns and their token budget), so a base model
-    shared by two specs is measured once per setting and never answers with another setting's report."""
+    the numbers (seed, tasks, environment and its config, tools in the prompt, turns and their token budget),
+    so a base model shared by two specs is measured once per setting and never answers with another's report."""
     key = hashlib.sha1(orjson.dumps([spec.environment, spec.environment_config, spec.tools_in_prompt,
                                      spec.online.max_steps, spec.online.max_new_tokens],
                                     option=orjson.OPT_SORT_KEYS)).hexdigest()[:8]

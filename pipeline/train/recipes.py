@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.config import TrainSettings
+from pipeline.config import TURN_TOKENS, TrainSettings
 from pipeline.models import resolve_lora
 
 DEVICES_HELP = ("Processes (one per GPU) that train together with DDP; > 1 starts them with `accelerate launch` "
@@ -120,7 +120,7 @@ class RLRecipe(RecipeBase, LoraFields):
                                "(a corpus spec's `rewards`).")
     episode_max_steps: int = Field(6, ge=1, description="Assistant turns an episode may take after the "
                                    "generated first turn, the policy continuing greedily.")
-    episode_max_new_tokens: int = Field(128, ge=1, description="Generation budget of each continued turn (a "
+    episode_max_new_tokens: int = Field(TURN_TOKENS, ge=1, description="Generation budget of each continued turn (a "
                                         "spec's `online.max_new_tokens`): a tool call cut short does not parse.")
     timeout_s: float = Field(30.0, gt=0, description="Per-call limit on environment and reward code.")
     tools_in_prompt: bool = Field(False, description="Show the environment's tools in continued turns' prompts.")
